@@ -1,0 +1,91 @@
+"""Wiring: settings → services → FastAPI app with routers, error handlers and CORS."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aiaa_server import __version__
+from aiaa_server.api import inference, models, system
+from aiaa_server.errors import AIAAError, ServiceUnavailable
+from aiaa_server.logs import setup_logging
+from aiaa_server.services import Services
+from aiaa_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    settings.prepare_workspace()
+    log_tail = setup_logging(settings.log_level, settings.log_file, settings.log_lines)
+    services = Services.build(settings, log_tail)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(services.load_models)
+        try:
+            yield
+        finally:
+            services.close()
+
+    app = FastAPI(
+        title="aiaa-server",
+        version=__version__,
+        description="Open AI-Assisted Annotation server speaking the NVIDIA Clara AIAA protocol.",
+        redirect_slashes=False,
+        docs_url=None,
+        redoc_url=None,
+        root_path=settings.root_path,
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=["Content-Disposition", "Content-Length"],
+    )
+    _add_error_handlers(app)
+    for module in (system, models, inference):
+        app.include_router(module.router)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(AIAAError)
+    async def aiaa_error(request: Request, exc: AIAAError) -> JSONResponse:
+        if exc.status >= 500:
+            log.error("%s %s failed: %s", request.method, request.url.path, exc.message)
+        else:
+            log.info("%s %s refused (%d): %s", request.method, request.url.path, exc.status, exc.message)
+        headers = {}
+        if isinstance(exc, ServiceUnavailable) and exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail, "code": "http_error"}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"detail": f"invalid request: {problems}", "code": "invalid_request"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s: unexpected error", request.method, request.url.path)
+        return JSONResponse(
+            {"detail": f"internal server error ({type(exc).__name__}); see GET /logs", "code": "internal_error"},
+            status_code=500,
+        )

@@ -1,0 +1,75 @@
+"""Local engine: TorchScript models loaded once per (file, device) and shared by every request."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import torch
+
+from aiaa_server.errors import InvalidModel
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(requested: str | None, default: str) -> torch.device:
+    """The device to run on; CUDA requests fall back to CPU (with a warning) where no GPU is present."""
+    name = (requested or default or "cpu").lower()
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device %s requested but CUDA is not available; using cpu", name)
+        name = "cpu"
+    return torch.device(name)
+
+
+class TorchScriptEngine:
+    def __init__(self, module: torch.jit.ScriptModule, device: torch.device, name: str) -> None:
+        self.module = module
+        self.device = device
+        self.name = name
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            output = self.module(batch.to(self.device, dtype=torch.float32))
+        if isinstance(output, (tuple, list)):
+            output = output[0]
+        if isinstance(output, dict):
+            output = next(iter(output.values()))
+        return output
+
+
+def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:
+    """Load a TorchScript file; pickled checkpoints are refused (TorchScript loading runs no pickle code)."""
+    try:
+        module = torch.jit.load(str(path), map_location=device)
+    except Exception as exc:
+        raise InvalidModel(f"{path.name} is not a loadable TorchScript model: {exc}", file=path.name) from exc
+    module.eval()
+    return module
+
+
+class TorchScriptPool:
+    """Process-wide cache: each TorchScript file is loaded once per device and reused."""
+
+    def __init__(self) -> None:
+        self._engines: dict[tuple[str, int, str], TorchScriptEngine] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path, device: torch.device, name: str) -> TorchScriptEngine:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_mtime_ns, str(device))
+        with self._lock:
+            engine = self._engines.get(key)
+            if engine is None:
+                engine = TorchScriptEngine(load_torchscript(path, device), device, name)
+                self._engines[key] = engine
+            return engine
+
+    def evict(self, path: Path) -> None:
+        resolved = str(path.resolve())
+        with self._lock:
+            for key in [k for k in self._engines if k[0] == resolved]:
+                del self._engines[key]
+
+    def __len__(self) -> int:
+        return len(self._engines)

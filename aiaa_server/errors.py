@@ -1,0 +1,94 @@
+"""Errors raised by the core; the web layer maps each to an HTTP status and a JSON body.
+
+The core never imports FastAPI: it raises these and `app.py` turns them into responses.
+"""
+
+from __future__ import annotations
+
+
+class AIAAError(Exception):
+    """Base class: `status` is the HTTP status the web layer answers with."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_json(self) -> dict[str, object]:
+        body: dict[str, object] = {"detail": self.message, "code": self.code}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class BadRequest(AIAAError):
+    status = 400
+    code = "bad_request"
+
+
+class InvalidImage(BadRequest):
+    code = "invalid_image"
+
+
+class InvalidParams(BadRequest):
+    code = "invalid_params"
+
+
+class Unauthorized(AIAAError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(AIAAError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(AIAAError):
+    status = 404
+    code = "not_found"
+
+
+class PayloadTooLarge(AIAAError):
+    status = 413
+    code = "payload_too_large"
+
+
+class IncompatibleInput(AIAAError):
+    """The request is well formed but the model cannot take it (e.g. a 2D image for a 3D model)."""
+
+    status = 422
+    code = "incompatible_input"
+
+
+class SessionExpired(AIAAError):
+    """Clara's non-standard 440: the clients drop their session and retry on it."""
+
+    status = 440
+    code = "session_expired"
+
+
+class ServiceUnavailable(AIAAError):
+    status = 503
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after: int | None = None, **details: object) -> None:
+        super().__init__(message, **details)
+        self.retry_after = retry_after
+
+
+class ModelError(AIAAError):
+    """A model's own pipeline failed while processing a valid request."""
+
+    status = 500
+    code = "model_error"
+
+
+class InvalidModel(AIAAError):
+    """An MMAR that cannot be loaded: bad config, unknown component, unreadable TorchScript."""
+
+    status = 422
+    code = "invalid_model"

@@ -1,0 +1,111 @@
+"""A model's pipeline: pre-transforms → network (whole image or sliding window) → post-transforms → writer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+
+from aiaa_server.engines.base import Engine
+from aiaa_server.errors import AIAAError, IncompatibleInput, ModelError
+from aiaa_server.inference.tensors import plain_tensor
+from aiaa_server.inference.transforms import WriterOutput
+from aiaa_server.mmar.config import AIAAConfig, InferenceArgs
+
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _transform_name(transform: object) -> str:
+    return type(transform).__name__
+
+
+def _apply(transforms: Sequence[Transform], data: dict[str, Any], stage: str, error: type[AIAAError]) -> dict[str, Any]:
+    for transform in transforms:
+        try:
+            data = transform(data)
+        except AIAAError:
+            raise
+        except Exception as exc:
+            cause = exc.__cause__ or exc  # MONAI wraps failures in "applying transform ..." RuntimeErrors
+            raise error(f"{stage} {_transform_name(transform)} failed: {cause}", stage=stage) from exc
+    return data
+
+
+@dataclass
+class ModelPipeline:
+    """Everything needed to run one model; built once per model and shared by all requests."""
+
+    name: str
+    config: AIAAConfig
+    pre_transforms: list[Transform]
+    post_transforms: list[Transform]
+    writer: Callable[[dict[str, Any]], WriterOutput]
+    engine: Engine | None
+    args: InferenceArgs
+    cache_index: int = 0  # pre_transforms[:cache_index] depend only on the image (cacheable per session)
+
+    @property
+    def input_key(self) -> str:
+        return self.config.inference.input
+
+    @property
+    def output_key(self) -> str:
+        return self.config.inference.output
+
+    def preprocess_image(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The image-only part of pre-processing (up to and including `cache_until`)."""
+        return _apply(self.pre_transforms[: self.cache_index], data, "pre-transform", IncompatibleInput)
+
+    def preprocess_request(self, data: dict[str, Any]) -> dict[str, Any]:
+        return _apply(self.pre_transforms[self.cache_index :], data, "pre-transform", IncompatibleInput)
+
+    def infer(self, data: dict[str, Any]) -> dict[str, Any]:
+        if self.engine is None:
+            raise ModelError(f"model {self.name!r} has no network to run")
+        image = data[self.input_key]
+        batch = plain_tensor(image).float()[None]
+        try:
+            output = self._forward(batch)[0].cpu()
+        except AIAAError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"inference failed for model {self.name!r}: {exc}") from exc
+        if isinstance(image, MetaTensor):
+            output = MetaTensor(output, meta=dict(image.meta))  # meta carries the affine
+        data[self.output_key] = output
+        return data
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        assert self.engine is not None
+        if not self.args.scanning_window:
+            return self.engine(batch)
+        assert self.args.roi is not None
+        roi = list(self.args.roi)[-(batch.ndim - 2) :]
+        with torch.inference_mode():
+            return sliding_window_inference(
+                batch,
+                roi_size=roi,
+                sw_batch_size=self.args.sw_batch_size,
+                predictor=self.engine,
+                overlap=self.args.overlap,
+                mode=self.args.mode,
+                sw_device=self.engine.device,
+                device=torch.device("cpu"),
+            )
+
+    def postprocess(self, data: dict[str, Any]) -> WriterOutput:
+        data = _apply(self.post_transforms, data, "post-transform", ModelError)
+        try:
+            return self.writer(data)
+        except AIAAError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"writer failed for model {self.name!r}: {exc}") from exc
+
+    def run(self, data: dict[str, Any]) -> WriterOutput:
+        data = self.preprocess_request(self.preprocess_image(data))
+        return self.postprocess(self.infer(data))

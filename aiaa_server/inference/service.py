@@ -1,0 +1,144 @@
+"""The inference service: resolves the model and the image, runs the pipeline off the event loop, and
+encodes the result on the client's grid in the requested format."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiaa_server.errors import BadRequest, IncompatibleInput, ModelError, SessionExpired
+from aiaa_server.imaging.formats import ImageFormat
+from aiaa_server.imaging.io import Volume, encode_volume, read_volume
+from aiaa_server.inference.interactive import prepare_params
+from aiaa_server.inference.params import ResultOptions
+from aiaa_server.inference.tensors import volume_to_tensor
+from aiaa_server.mmar.config import ModelType
+from aiaa_server.mmar.loader import LoadedModel
+from aiaa_server.mmar.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+class Endpoint(str, enum.Enum):
+    SEGMENTATION = "segmentation"
+    INFERENCE = "inference"
+    DEXTR3D = "dextr3d"
+    DEEPGROW = "deepgrow"
+
+
+# Which model types each endpoint serves (`/v1/inference` serves every type).
+ENDPOINT_TYPES: dict[Endpoint, set[ModelType]] = {
+    Endpoint.SEGMENTATION: {ModelType.SEGMENTATION, ModelType.OTHERS, ModelType.PIPELINE},
+    Endpoint.DEXTR3D: {ModelType.ANNOTATION},
+    Endpoint.DEEPGROW: {ModelType.DEEPGROW, ModelType.PIPELINE},
+    Endpoint.INFERENCE: set(ModelType),
+}
+
+
+@dataclass(frozen=True)
+class ImageUpload:
+    path: Path
+    filename: str
+
+
+@dataclass
+class InferenceRequest:
+    endpoint: Endpoint
+    model: str | None
+    params: dict[str, Any]
+    upload: ImageUpload | None = None
+    session_id: str | None = None
+
+
+@dataclass
+class InferenceResult:
+    params: dict[str, Any]
+    image: bytes | None = None
+    filename: str | None = None
+    media_type: str = "application/octet-stream"
+
+
+def _safe_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
+
+
+class InferenceService:
+    def __init__(self, registry: ModelRegistry, executor: ThreadPoolExecutor, gzip_level: int = 1) -> None:
+        self.registry = registry
+        self.executor = executor
+        self.gzip_level = gzip_level
+
+    async def run(self, request: InferenceRequest) -> InferenceResult:
+        model = self.registry.get(request.model)
+        self._check_endpoint(request.endpoint, model)
+        options = ResultOptions.from_params(request.params)
+        request.params = prepare_params(model.config, request.params)
+        if request.session_id:
+            raise SessionExpired("Session Expired", session_id=request.session_id)
+        if request.upload is None:
+            raise BadRequest("no image uploaded: send the image as a multipart file part, or use session_id")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._run_sync, model, request, options)
+
+    @staticmethod
+    def _check_endpoint(endpoint: Endpoint, model: LoadedModel) -> None:
+        if model.config.type not in ENDPOINT_TYPES[endpoint]:
+            raise BadRequest(
+                f"model {model.name!r} is a {model.config.type.value} model; /v1/{endpoint.value} serves "
+                f"{', '.join(sorted(t.value for t in ENDPOINT_TYPES[endpoint]))} models "
+                "(use /v1/inference for any model)",
+                model=model.name,
+            )
+
+    def _run_sync(self, model: LoadedModel, request: InferenceRequest, options: ResultOptions) -> InferenceResult:
+        assert request.upload is not None
+        started = time.perf_counter()
+        volume = read_volume(request.upload.path, request.upload.filename)
+        self._check_dimensions(model, volume)
+        data = {**request.params, model.pipeline.input_key: volume_to_tensor(volume)}
+        output = model.pipeline.run(data)
+        result = self._encode(model, volume, output.image, output.json, options)
+        log.info(
+            "%s %s on %s %s: %.3f s",
+            request.endpoint.value, model.name, volume.name, volume.spatial_shape, time.perf_counter() - started,
+        )
+        return result
+
+    @staticmethod
+    def _check_dimensions(model: LoadedModel, volume: Volume) -> None:
+        wanted = model.config.spatial_dims
+        shape = volume.spatial_shape
+        effective = sum(1 for s in shape if s > 1)
+        if volume.array.ndim < wanted or (wanted == 3 and effective < 3):
+            raise IncompatibleInput(
+                f"model {model.name!r} expects a 3D volume, got an image of shape {list(shape)}",
+                model=model.name, shape=list(shape),
+            )
+
+    def _encode(
+        self, model: LoadedModel, volume: Volume, image: Any, json_result: dict[str, Any], options: ResultOptions
+    ) -> InferenceResult:
+        if image is None:
+            return InferenceResult(params=json_result)
+        if tuple(image.shape) != volume.spatial_shape:
+            raise ModelError(
+                f"model {model.name!r} produced a result of shape {list(image.shape)} for an input of shape "
+                f"{list(volume.spatial_shape)}; its post_transforms must restore the input grid "
+                "(e.g. aiaa.transforms.Restored)",
+            )
+        fmt = options.output_format(volume.format)
+        payload = encode_volume(
+            image, volume, fmt, dtype=options.dtype, compress=options.compress(fmt), gzip_level=self.gzip_level
+        )
+        filename = f"{_safe_stem(volume.name)}_{_safe_stem(model.name)}{fmt.value}"
+        return InferenceResult(params=json_result, image=payload, filename=filename, media_type=fmt.media_type)
+
+
+__all__ = ["Endpoint", "ImageUpload", "InferenceRequest", "InferenceResult", "InferenceService", "ImageFormat"]

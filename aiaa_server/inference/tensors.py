@@ -1,0 +1,35 @@
+"""Turning decoded volumes into MONAI MetaTensors that remember the grid the client sent."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+
+from aiaa_server.imaging.io import Volume
+
+ORIGINAL_AFFINE = "aiaa_original_affine"
+ORIGINAL_SHAPE = "aiaa_original_shape"
+
+
+def volume_to_tensor(volume: Volume) -> MetaTensor:
+    """Float32 MetaTensor, no channel, carrying the input affine and shape for restoring results later."""
+    array = np.asarray(volume.array, dtype=np.float32, order="C")  # at most one copy
+    affine = torch.as_tensor(volume.affine, dtype=torch.float64)
+    meta = {
+        "filename_or_obj": volume.name,
+        "original_channel_dim": "no_channel",
+        "spatial_shape": np.asarray(array.shape),
+        "space": "RAS",
+        ORIGINAL_AFFINE: volume.affine.copy(),
+        ORIGINAL_SHAPE: tuple(int(s) for s in array.shape),
+    }
+    return MetaTensor(torch.from_numpy(array), affine=affine, meta=meta)
+
+
+def plain_tensor(value: object) -> torch.Tensor:
+    if isinstance(value, MetaTensor):
+        return value.as_tensor()
+    if isinstance(value, torch.Tensor):
+        return value
+    return torch.as_tensor(np.asarray(value))

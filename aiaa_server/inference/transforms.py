@@ -1,0 +1,160 @@
+"""Clara's `aiaa.transforms.*` components, implemented here so 4.x configs run unchanged.
+
+Configs name them `aiaa.transforms.Restored`, `aiaa.transforms.ExtremePointsd`, ... or by short name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, SpatialResample
+
+from aiaa_server.errors import ModelError
+from aiaa_server.imaging.io import read_volume
+from aiaa_server.imaging.masks import bounding_box, extreme_points
+from aiaa_server.inference.tensors import ORIGINAL_AFFINE, ORIGINAL_SHAPE, volume_to_tensor
+
+
+class LoadImaged(MapTransform):
+    """Loads a path, or passes through an image the server already decoded (uploads, sessions)."""
+
+    def __init__(self, keys: Any, allow_missing_keys: bool = False, **_ignored: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if isinstance(d[key], (str, Path)):
+                d[key] = volume_to_tensor(read_volume(Path(d[key])))
+        return d
+
+
+def _original_grid(reference: Any, ref_key: str) -> tuple[np.ndarray, np.ndarray, tuple[int, ...]]:
+    if not isinstance(reference, MetaTensor) or ORIGINAL_AFFINE not in reference.meta:
+        raise ModelError(f"cannot restore the result: {ref_key!r} no longer carries its original geometry")
+    source_affine = np.asarray(reference.affine, dtype=np.float64)
+    return source_affine, np.asarray(reference.meta[ORIGINAL_AFFINE]), tuple(reference.meta[ORIGINAL_SHAPE])
+
+
+def restore_to_grid(
+    value: Any, source_affine: np.ndarray, target_affine: np.ndarray, target_shape: tuple[int, ...], mode: str
+) -> np.ndarray:
+    """Resample `value` (channel-first or not) from the model grid back onto the client's grid."""
+    array = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if isinstance(array, MetaTensor):
+        array = array.as_tensor()
+    added_channel = array.ndim == len(target_shape)
+    if added_channel:
+        array = array[None]
+    same_grid = tuple(array.shape[1:]) == target_shape and np.allclose(source_affine, target_affine, atol=1e-6)
+    if not same_grid:
+        original_dtype = array.dtype
+        resampler = SpatialResample(mode=mode, padding_mode="zeros", dtype=torch.float32)
+        moved = resampler(
+            MetaTensor(array.float(), affine=torch.as_tensor(source_affine)),
+            dst_affine=torch.as_tensor(target_affine),
+            spatial_size=target_shape,
+        )
+        array = moved.as_tensor()
+        if not original_dtype.is_floating_point:
+            array = array.round().to(original_dtype)
+    result = array.numpy()
+    return result[0] if added_channel else result
+
+
+class Restored(MapTransform):
+    """Undo the pre-transforms' resampling/reorientation/cropping: put results on the input's voxel grid."""
+
+    def __init__(self, keys: Any, ref_image: str = "image", mode: str = "nearest", allow_missing_keys: bool = False,
+                 **_ignored: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.ref_image = ref_image
+        self.mode = mode
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        source_affine, target_affine, target_shape = _original_grid(d[self.ref_image], self.ref_image)
+        for key in self.key_iterator(d):
+            d[key] = restore_to_grid(d[key], source_affine, target_affine, target_shape, self.mode)
+        return d
+
+
+def _spatial_mask(value: Any) -> np.ndarray:
+    array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+    while array.ndim > 3 and array.shape[0] == 1:
+        array = array[0]
+    return array
+
+
+class ExtremePointsd(MapTransform):
+    """`result[points]` = the 6 extreme points of the foreground, [x, y, z] voxel ints."""
+
+    def __init__(self, keys: Any, result: str = "result", points: str = "points", allow_missing_keys: bool = False,
+                 **_ignored: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.result = result
+        self.points = points
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d.setdefault(self.result, {})[self.points] = extreme_points(_spatial_mask(d[key]))
+        return d
+
+
+class BoundingBoxd(MapTransform):
+    """`result[bbox]` = `[[min x, y, z], [max x, y, z]]` of the foreground."""
+
+    def __init__(self, keys: Any, result: str = "result", bbox: str = "bbox", allow_missing_keys: bool = False,
+                 **_ignored: Any) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.result = result
+        self.bbox = bbox
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d.setdefault(self.result, {})[self.bbox] = bounding_box(_spatial_mask(d[key]))
+        return d
+
+
+@dataclass
+class WriterOutput:
+    image: np.ndarray | None
+    json: dict[str, Any] = field(default_factory=dict)
+
+
+class Writer:
+    """Picks the result image and result JSON out of the data; the service encodes them for the client."""
+
+    def __init__(self, image: str | None = "pred", json: str = "result", **_ignored: Any) -> None:
+        self.image_key = image
+        self.json_key = json
+
+    def __call__(self, data: dict[str, Any]) -> WriterOutput:
+        image = None
+        if self.image_key and data.get(self.image_key) is not None:
+            image = _spatial_mask(data[self.image_key])
+        result = data.get(self.json_key) or {}
+        if not isinstance(result, dict):
+            result = {self.json_key: result}
+        return WriterOutput(image=image, json=_jsonable(result))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _jsonable(value.detach().cpu().numpy())
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

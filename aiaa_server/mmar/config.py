@@ -1,0 +1,140 @@
+"""Typed schema of `config/config_aiaa.json` (Clara 4.x form, tolerant of 3.x leftovers)."""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class ModelType(str, enum.Enum):
+    SEGMENTATION = "segmentation"
+    ANNOTATION = "annotation"
+    DEEPGROW = "deepgrow"
+    CLASSIFICATION = "classification"
+    OTHERS = "others"
+    PIPELINE = "pipeline"
+
+    @classmethod
+    def _missing_(cls, value: object) -> "ModelType | None":
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            for member in cls:
+                if member.value == lowered:
+                    return member
+        return None
+
+
+class ComponentConfig(BaseModel):
+    """`{"name": ..., "args": {...}}`: a transform, inference backend or writer named by class."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _non_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("component name must not be empty")
+        return value.strip()
+
+
+class TensorConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    data_type: str = "TYPE_FP32"
+    dims: list[int]
+
+
+class TritonModelConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    platform: str = "pytorch_libtorch"
+    max_batch_size: int = 1
+    input: list[TensorConfig] = Field(default_factory=list)
+    output: list[TensorConfig] = Field(default_factory=list)
+
+
+class BackendConfig(ComponentConfig):
+    """The `AIAA` or `TRITON` section of `inference`."""
+
+    name: str = "aiaa.inference.PyTorchInference"
+    triton_model_config: TritonModelConfig | None = None
+
+
+class InferenceArgs(BaseModel):
+    """The arguments our inference step understands (`inference.AIAA.args`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    scanning_window: bool = False
+    roi: list[int] | None = None
+    overlap: float = Field(0.25, ge=0.0, lt=1.0)
+    sw_batch_size: int = Field(1, ge=1)
+    mode: str = "constant"
+    device: str | None = None
+    sw_device: str | None = None
+
+    @model_validator(mode="after")
+    def _roi_when_scanning(self) -> "InferenceArgs":
+        if self.scanning_window and not self.roi:
+            raise ValueError("scanning_window needs a roi, e.g. [160, 160, 160]")
+        return self
+
+
+class InferenceConfig(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    input: str = "image"
+    output: str = "model"
+    meta_data: dict[str, Any] = Field(default_factory=dict)
+    AIAA: BackendConfig = Field(default_factory=BackendConfig)
+    TRITON: BackendConfig | None = None
+
+    @property
+    def args(self) -> InferenceArgs:
+        return InferenceArgs.model_validate(self.AIAA.args)
+
+
+class AIAAConfig(BaseModel):
+    """`config_aiaa.json`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: str = "1"
+    type: ModelType = ModelType.SEGMENTATION
+    labels: list[str] = Field(default_factory=list)
+    description: str = ""
+    pre_transforms: list[ComponentConfig] = Field(default_factory=list)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    post_transforms: list[ComponentConfig] = Field(default_factory=list)
+    writer: ComponentConfig | None = None
+    cache_until: str | None = None
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_as_string(cls, value: Any) -> str:
+        # 4.x configs carry `"version": 1`; the C++ client only parses a string.
+        return str(value) if value is not None else "1"
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_strings(cls, value: Any) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, dict):  # {"1": "spleen", ...} or {"spleen": 1, ...}
+            items = sorted(value.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else int(kv[1]))
+            return [str(v) if str(k).isdigit() else str(k) for k, v in items]
+        return [str(v) for v in value]
+
+    @property
+    def spatial_dims(self) -> int:
+        """2 for 2D deepgrow models, else 3."""
+        deepgrow = str(self.inference.meta_data.get("deepgrow", "")).upper()
+        if self.type is ModelType.DEEPGROW and "3D" not in deepgrow:
+            return 2
+        return int(self.inference.meta_data.get("spatial_dims", 3))

@@ -1,0 +1,140 @@
+"""Loading an MMAR folder (`config/config_aiaa.json` + `models/model.ts` + optional `custom/`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from aiaa_server.engines.torchscript import TorchScriptPool, resolve_device
+from aiaa_server.errors import InvalidModel
+from aiaa_server.inference.pipeline import ModelPipeline
+from aiaa_server.inference.transforms import Writer
+from aiaa_server.mmar.components import CustomCode, build_component
+from aiaa_server.mmar.config import AIAAConfig, ModelType
+
+log = logging.getLogger(__name__)
+
+CONFIG_PATH = Path("config") / "config_aiaa.json"
+MODEL_FILES = (Path("models") / "model.ts", Path("models") / "model.pt")
+NETWORKLESS_TYPES = {ModelType.PIPELINE}
+
+
+class ModelInfo(BaseModel):
+    """A model as `GET /v1/models` shows it (protocol section 6)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    type: str
+    labels: list[str]
+    description: str
+    version: str
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    path: Path
+    config: AIAAConfig
+    pipeline: ModelPipeline
+    model_file: Path | None
+
+    @property
+    def info(self) -> ModelInfo:
+        extra: dict[str, Any] = dict(self.config.inference.meta_data)
+        return ModelInfo(
+            name=self.name,
+            type=self.config.type.value,
+            labels=list(self.config.labels),
+            description=self.config.description,
+            version=self.config.version,
+            **{k: v for k, v in extra.items() if k not in ModelInfo.model_fields},
+        )
+
+
+def is_mmar(folder: Path) -> bool:
+    return (folder / CONFIG_PATH).is_file()
+
+
+def read_config(path: Path) -> AIAAConfig:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidModel(f"cannot read {path.name}: {exc}") from exc
+    return parse_config(raw)
+
+
+def parse_config(raw: Any) -> AIAAConfig:
+    if not isinstance(raw, dict):
+        raise InvalidModel("config_aiaa.json must hold a JSON object")
+    try:
+        return AIAAConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise InvalidModel(f"invalid config_aiaa.json: {problems}") from exc
+
+
+def find_model_file(folder: Path) -> Path | None:
+    for relative in MODEL_FILES:
+        if (folder / relative).is_file():
+            return folder / relative
+    return None
+
+
+def _cache_index(config: AIAAConfig) -> int:
+    """How many leading pre-transforms depend on the image only (per `cache_until`)."""
+    names = [c.name.rsplit(".", 1)[-1] for c in config.pre_transforms]
+    if config.cache_until is None:
+        return 0
+    if config.cache_until.upper() == "ALL":
+        return len(names)
+    wanted = config.cache_until.rsplit(".", 1)[-1]
+    if wanted not in names:
+        raise InvalidModel(f"cache_until names {config.cache_until!r}, which is not one of the pre_transforms")
+    # "up to and including it" — but the named transform itself usually reads request params (clicks),
+    # so the cache stops just before it.
+    return names.index(wanted)
+
+
+def load_mmar(
+    folder: Path,
+    pool: TorchScriptPool,
+    default_device: str = "cpu",
+    name: str | None = None,
+) -> LoadedModel:
+    """Build a model from an MMAR folder; raises InvalidModel naming what is wrong."""
+    folder = folder.resolve()
+    if not is_mmar(folder):
+        raise InvalidModel(f"{folder.name}: no {CONFIG_PATH.as_posix()} found")
+    config = read_config(folder / CONFIG_PATH)
+    custom = CustomCode(folder)
+    pre = [build_component(c, custom) for c in config.pre_transforms]
+    post = [build_component(c, custom) for c in config.post_transforms]
+    writer = build_component(config.writer, custom) if config.writer is not None else Writer(
+        image=config.inference.output, json="result"
+    )
+    args = config.inference.args
+    model_file = find_model_file(folder)
+    engine = None
+    if config.type not in NETWORKLESS_TYPES or model_file is not None:
+        if model_file is None:
+            raise InvalidModel(f"{folder.name}: no models/model.ts (TorchScript) found")
+        device: torch.device = resolve_device(args.sw_device or args.device, default_device)
+        engine = pool.get(model_file, device, name or folder.name)
+    pipeline = ModelPipeline(
+        name=name or folder.name,
+        config=config,
+        pre_transforms=pre,
+        post_transforms=post,
+        writer=writer,
+        engine=engine,
+        args=args,
+        cache_index=_cache_index(config),
+    )
+    return LoadedModel(name=name or folder.name, path=folder, config=config, pipeline=pipeline, model_file=model_file)

@@ -1,0 +1,85 @@
+"""The models the server serves: discovered in model folders, replaceable at run time."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from aiaa_server.engines.torchscript import TorchScriptPool
+from aiaa_server.errors import AIAAError, NotFound
+from aiaa_server.mmar.loader import LoadedModel, ModelInfo, is_mmar, load_mmar
+
+log = logging.getLogger(__name__)
+
+
+class ModelRegistry:
+    def __init__(self, pool: TorchScriptPool, default_device: str = "cpu") -> None:
+        self.pool = pool
+        self.default_device = default_device
+        self._models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+        self.load_errors: dict[str, str] = {}
+
+    def scan(self, folders: list[Path]) -> None:
+        """Load every MMAR found directly under each folder; later folders win on name clashes."""
+        for folder in folders:
+            if not folder.is_dir():
+                log.warning("model folder %s does not exist; skipped", folder)
+                continue
+            for candidate in sorted(p for p in folder.iterdir() if p.is_dir()):
+                if is_mmar(candidate):
+                    self.load(candidate)
+
+    def load(self, folder: Path, name: str | None = None) -> LoadedModel | None:
+        model_name = name or folder.name
+        try:
+            model = load_mmar(folder, self.pool, self.default_device, name=model_name)
+        except AIAAError as exc:
+            self.load_errors[model_name] = exc.message
+            log.error("model %s not loaded: %s", model_name, exc.message)
+            return None
+        self.put(model)
+        log.info("model %s loaded from %s (%s)", model.name, folder, model.config.type.value)
+        return model
+
+    def put(self, model: LoadedModel) -> None:
+        with self._lock:
+            self._models[model.name] = model
+            self.load_errors.pop(model.name, None)
+
+    def remove(self, name: str) -> LoadedModel:
+        with self._lock:
+            model = self._models.pop(name, None)
+        if model is None:
+            raise NotFound(f"model {name!r} not found")
+        return model
+
+    def get(self, name: str | None) -> LoadedModel:
+        if not name:
+            raise NotFound("no model given: add ?model=NAME (see GET /v1/models)")
+        with self._lock:
+            model = self._models.get(name)
+        if model is None:
+            raise NotFound(f"model {name!r} not found", model=name)
+        return model
+
+    def names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+    def infos(self, label: str | None = None, model_type: str | None = None) -> list[ModelInfo]:
+        """Models filtered by label (case-insensitive exact) and type, AND-combined."""
+        with self._lock:
+            models = [self._models[n] for n in sorted(self._models)]
+        infos = [m.info for m in models]
+        if label:
+            wanted = label.strip().lower()
+            infos = [i for i in infos if any(lbl.lower() == wanted for lbl in i.labels)]
+        if model_type:
+            wanted_type = model_type.strip().lower()
+            infos = [i for i in infos if i.type == wanted_type]
+        return infos
+
+    def __len__(self) -> int:
+        return len(self._models)

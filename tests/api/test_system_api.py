@@ -1,0 +1,95 @@
+"""Landing page, docs, logs, health, CORS and the reverse-proxy prefix, through real servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.server import LiveServer, start_server
+
+
+@pytest.mark.parametrize("path", ["/docs", "/docs/"])
+def test_docs_answer_200_without_redirect(server: LiveServer, path: str) -> None:
+    with server.client(follow_redirects=False) as client:
+        response = client.get(path)
+    assert response.status_code == 200  # the AWS health check and the Python client never follow redirects
+    assert "swagger" in response.text.lower()
+    assert "/openapi.json" in response.text
+
+
+def test_openapi_lists_protocol_endpoints(server: LiveServer) -> None:
+    with server.client() as client:
+        spec = client.get("/openapi.json").json()
+    for path in ("/v1/models", "/v1/segmentation", "/v1/inference", "/logs"):
+        assert path in spec["paths"]
+
+
+def test_landing_page_lists_models(server: LiveServer) -> None:
+    with server.client() as client:
+        response = client.get("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "test_threshold" in response.text
+
+
+@pytest.mark.parametrize("path", ["/logs", "/logs/"])
+def test_logs_return_last_lines(server: LiveServer, path: str) -> None:
+    with server.client() as client:
+        client.get("/v1/models", params={"model": "log-marker-model"})  # a 404 that gets logged
+        response = client.get(path, params={"lines": 5})
+        everything = client.get(path, params={"lines": 1000}).text
+    assert response.status_code == 200
+    lines = response.text.strip().splitlines()
+    assert 0 < len(lines) <= 5
+    assert "log-marker-model" in everything
+
+
+def test_logs_reject_bad_lines_param(server: LiveServer) -> None:
+    with server.client() as client:
+        response = client.get("/logs", params={"lines": "many"})
+    assert response.status_code == 422
+    assert "lines" in response.json()["detail"]
+
+
+def test_cors_headers_for_browser_clients(server: LiveServer) -> None:
+    with server.client() as client:
+        preflight = client.options(
+            "/v1/segmentation",
+            headers={"Origin": "http://viewer.example", "Access-Control-Request-Method": "POST"},
+        )
+        simple = client.get("/v1/models", headers={"Origin": "http://viewer.example"})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] in ("*", "http://viewer.example")
+    assert simple.headers["access-control-allow-origin"] in ("*", "http://viewer.example")
+
+
+def test_no_compression_even_when_asked(server: LiveServer) -> None:
+    with server.client() as client:
+        response = client.get("/v1/models", headers={"accept-encoding": "gzip"})
+    assert "content-encoding" not in response.headers
+
+
+def test_health_and_ready(server: LiveServer) -> None:
+    with server.client() as client:
+        health = client.get("/health").json()
+        ready = client.get("/ready").json()
+    assert health["status"] == "ok"
+    assert ready["ready"] is True
+    assert ready["models"]["test_threshold"] == "ready"
+
+
+def test_root_path_prefix_behind_a_proxy(tmp_path: Path, test_models_dir: Path) -> None:
+    live = start_server(tmp_path / "ws", ["--models", str(test_models_dir), "--no-bundled_models",
+                                          "--root_path", "/aiaa"], prefix="/aiaa")
+    try:
+        with httpx.Client(timeout=30) as client:
+            prefixed = client.get(live.url("/v1/models"))
+            docs = client.get(live.url("/docs/"))
+        assert prefixed.status_code == 200
+        assert {m["name"] for m in prefixed.json()} >= {"test_threshold"}
+        assert docs.status_code == 200
+        assert "/aiaa/openapi.json" in docs.text
+    finally:
+        live.stop()

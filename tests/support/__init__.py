@@ -1,0 +1,1 @@
+"""Test support: building real MMARs, NIfTI volumes with known geometry, and a live server process."""

@@ -1,0 +1,43 @@
+"""NIfTI/NRRD volumes with known geometry and known content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+def lps_affine(spacing: tuple[float, float, float], origin: tuple[float, float, float] = (90.0, 110.0, -40.0)) -> np.ndarray:
+    """The common DICOM-derived NIfTI layout: i → patient left... stored as diag(-sx, -sy, sz) in RAS."""
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = origin
+    return affine
+
+
+def cube_volume(
+    shape: tuple[int, int, int] = (96, 80, 40),
+    box: tuple[slice, slice, slice] = (slice(30, 60), slice(20, 50), slice(10, 30)),
+    background: float = -800.0,
+    foreground: float = 300.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """int16 HU volume with one bright box, and the box's mask."""
+    image = np.full(shape, background, dtype=np.int16)
+    mask = np.zeros(shape, dtype=np.uint8)
+    image[box] = foreground
+    mask[box] = 1
+    return image, mask
+
+
+def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
+    image = nib.Nifti1Image(array, affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    nib.save(image, str(path))
+    return path
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
