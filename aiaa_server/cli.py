@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+
 import uvicorn
+from pydantic import ValidationError
 
 from aiaa_server.app import create_app
 from aiaa_server.settings import settings_from_cli
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = settings_from_cli(argv)
+    try:
+        settings = settings_from_cli(argv)
+    except ValidationError as exc:
+        problems = "; ".join(f"--{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        print(f"aiaa-server: invalid option: {problems}", file=sys.stderr)
+        raise SystemExit(2) from None
     app = create_app(settings)
     uvicorn.run(
         app,

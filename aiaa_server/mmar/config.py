@@ -95,6 +95,11 @@ class InferenceConfig(BaseModel):
     AIAA: BackendConfig = Field(default_factory=BackendConfig)
     TRITON: BackendConfig | None = None
 
+    @model_validator(mode="after")
+    def _check_args(self) -> "InferenceConfig":
+        self.args  # noqa: B018 - validates the AIAA args at load time, not at the first request
+        return self
+
     @property
     def args(self) -> InferenceArgs:
         return InferenceArgs.model_validate(self.AIAA.args)

@@ -1,0 +1,86 @@
+"""Decoding volumes and encoding results on the input's exact geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from aiaa_server.errors import InvalidImage
+from aiaa_server.imaging.formats import ImageFormat
+from aiaa_server.imaging.io import decode_result, encode_volume, read_volume
+from tests.support.volumes import lps_affine, save_nifti
+
+
+@pytest.fixture()
+def oblique_nifti(tmp_path: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    angle = np.deg2rad(12)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([0.7, 0.8, 3.0])
+    affine[:3, 3] = [-12.5, 30.25, 100.0]
+    array = np.random.default_rng(1).integers(-1000, 1000, size=(20, 18, 6)).astype(np.int16)
+    return save_nifti(tmp_path / "oblique.nii.gz", array, affine), array, affine
+
+
+def test_nifti_round_trip_keeps_voxels_and_geometry(oblique_nifti) -> None:
+    path, array, _ = oblique_nifti
+    volume = read_volume(path, "oblique.nii.gz")
+    assert volume.name == "oblique"
+    np.testing.assert_array_equal(volume.array, array)
+    mask = (array > 0).astype(np.uint8)
+    for fmt in (ImageFormat.NIFTI_GZ, ImageFormat.NIFTI, ImageFormat.NRRD):
+        payload = encode_volume(mask, volume, fmt, compress=fmt is not ImageFormat.NIFTI)
+        decoded, affine = decode_result(payload, fmt)
+        np.testing.assert_array_equal(decoded, mask)
+        np.testing.assert_allclose(affine, nib.load(str(path)).affine, atol=1e-5)
+
+
+def test_result_keeps_qform_and_sform_codes(tmp_path: Path) -> None:
+    affine = lps_affine((1.0, 1.0, 2.0))
+    image = nib.Nifti1Image(np.zeros((5, 5, 5), np.int16), affine)
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=2)
+    nib.save(image, str(tmp_path / "codes.nii"))
+    volume = read_volume(tmp_path / "codes.nii", "codes.nii")
+    result = nib.Nifti1Image.from_bytes(encode_volume(np.ones((5, 5, 5), np.uint8), volume, ImageFormat.NIFTI))
+    assert int(result.header["qform_code"]) == 1
+    assert int(result.header["sform_code"]) == 2
+
+
+def test_nrrd_lps_geometry_becomes_ras(tmp_path: Path) -> None:
+    import nrrd
+
+    array = np.arange(24, dtype=np.int16).reshape(4, 3, 2)
+    nrrd.write(str(tmp_path / "v.nrrd"), array, {"space": "left-posterior-superior",
+                                                 "space directions": np.diag([0.5, 0.6, 2.0]),
+                                                 "space origin": np.array([10.0, 20.0, 30.0])})
+    volume = read_volume(tmp_path / "v.nrrd", "v.nrrd")
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_allclose(volume.affine[:3, :3], np.diag([-0.5, -0.6, 2.0]))
+    np.testing.assert_allclose(volume.affine[:3, 3], [-10.0, -20.0, 30.0])
+
+
+def test_trailing_singleton_dimensions_are_dropped(tmp_path: Path) -> None:
+    path = save_nifti(tmp_path / "v.nii.gz", np.zeros((6, 5, 4, 1), np.int16), np.eye(4))
+    assert read_volume(path, "v.nii.gz").array.shape == (6, 5, 4)
+
+
+def test_4d_and_corrupt_files_are_invalid(tmp_path: Path, oblique_nifti) -> None:
+    path = save_nifti(tmp_path / "v4.nii.gz", np.zeros((6, 5, 4, 3), np.int16), np.eye(4))
+    with pytest.raises(InvalidImage, match="4D"):
+        read_volume(path, "v4.nii.gz")
+    good, _, _ = oblique_nifti
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(good.read_bytes()[:300])
+    with pytest.raises(InvalidImage, match="could not decode 'cut.nii.gz'"):
+        read_volume(cut, "cut.nii.gz")
+
+
+def test_encode_refuses_a_result_off_the_input_grid(oblique_nifti) -> None:
+    path, array, _ = oblique_nifti
+    volume = read_volume(path, "oblique.nii.gz")
+    with pytest.raises(ValueError, match="not the input grid"):
+        encode_volume(np.zeros((2, 2, 2), np.uint8), volume, ImageFormat.NIFTI_GZ)

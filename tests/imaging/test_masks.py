@@ -1,0 +1,27 @@
+"""Extreme points and bounding boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aiaa_server.imaging.masks import bounding_box, extreme_points
+
+
+def test_extreme_points_of_a_blob() -> None:
+    mask = np.zeros((30, 20, 10), np.uint8)
+    zz, yy, xx = np.meshgrid(np.arange(30), np.arange(20), np.arange(10), indexing="ij")
+    mask[((zz - 15) / 8) ** 2 + ((yy - 9) / 6) ** 2 + ((xx - 4) / 3) ** 2 <= 1] = 1
+    points = extreme_points(mask)
+    assert len(points) == 6
+    assert all(mask[tuple(p)] for p in points)
+    foreground = np.argwhere(mask)
+    for axis in range(3):
+        assert points[2 * axis][axis] == foreground[:, axis].min()
+        assert points[2 * axis + 1][axis] == foreground[:, axis].max()
+    assert bounding_box(mask) == [foreground.min(0).tolist(), foreground.max(0).tolist()]
+
+
+def test_empty_mask_has_no_points() -> None:
+    empty = np.zeros((5, 5, 5))
+    assert extreme_points(empty) == []
+    assert bounding_box(empty) == []

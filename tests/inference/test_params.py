@@ -1,0 +1,63 @@
+"""Lenient params parsing and result options."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiaa_server.errors import InvalidImage, InvalidParams
+from aiaa_server.imaging.formats import ImageFormat
+from aiaa_server.inference.interactive import parse_points, prepare_params
+from aiaa_server.inference.params import ResultOptions, parse_params
+from aiaa_server.mmar.loader import parse_config
+
+
+@pytest.mark.parametrize("raw", [None, "", "  ", "null", b"null", "{}"])
+def test_empty_forms_become_empty_dict(raw: object) -> None:
+    assert parse_params(raw) == {}
+
+
+def test_json_encoded_lists_are_decoded() -> None:
+    params = parse_params('{"points": "[[1,2,3],[4,5,6]]", "label": "spleen", "bad": "[not json"}')
+    assert params == {"points": [[1, 2, 3], [4, 5, 6]], "label": "spleen", "bad": "[not json"}
+
+
+@pytest.mark.parametrize(("raw", "word"), [("{oops", "not valid JSON"), ("[1]", "JSON object"), ("3", "JSON object")])
+def test_bad_params(raw: str, word: str) -> None:
+    with pytest.raises(InvalidParams, match=word):
+        parse_params(raw)
+
+
+def test_result_options() -> None:
+    options = ResultOptions.from_params({"result_extension": "nrrd", "result_dtype": "uint16", "result_compress": "true"})
+    assert options.output_format(ImageFormat.NIFTI_GZ) is ImageFormat.NRRD
+    assert options.compress(ImageFormat.NRRD) is True
+    assert options.dtype.name == "uint16"
+    default = ResultOptions.from_params({})
+    assert default.output_format(ImageFormat.NIFTI) is ImageFormat.NIFTI
+    assert default.output_format(ImageFormat.DICOM) is ImageFormat.NIFTI_GZ
+    assert ResultOptions.from_params({"result_compress": False}).output_format(ImageFormat.NIFTI_GZ) is ImageFormat.NIFTI
+    with pytest.raises(InvalidImage, match="result_extension"):
+        ResultOptions.from_params({"result_extension": ".jpg"})
+    with pytest.raises(InvalidParams, match="result_compress"):
+        ResultOptions.from_params({"result_compress": "perhaps"})
+
+
+def test_points_accept_every_client_shape() -> None:
+    assert parse_points([1, 2, 3], "current_point") == [[1, 2, 3]]
+    assert parse_points([[1, 2, 3]], "current_point") == [[1, 2, 3]]
+    assert parse_points(None, "current_point") == []
+    assert parse_points([[1.4, 2.6, 3.0]], "foreground") == [[1, 3, 3]]
+    with pytest.raises(InvalidParams, match="foreground"):
+        parse_points("abc", "foreground")
+    with pytest.raises(InvalidParams, match="numbers"):
+        parse_points([["a", 2, 3]], "background")
+
+
+def test_prepare_params_for_interactive_types() -> None:
+    annotation = parse_config({"type": "annotation"})
+    with pytest.raises(InvalidParams, match="at least 6"):
+        prepare_params(annotation, {"points": [[1, 2, 3]] * 5})
+    assert len(prepare_params(annotation, {"points": [[1, 2, 3]] * 6})["points"]) == 6
+    deepgrow = parse_config({"type": "deepgrow", "inference": {"meta_data": {"deepgrow": "3D"}}})
+    prepared = prepare_params(deepgrow, {"foreground": [[1, 2, 3]], "current_point": [1, 2, 3]})
+    assert prepared["background"] == [] and prepared["current_point"] == [[1, 2, 3]]
