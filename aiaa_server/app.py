@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aiaa_server import __version__
-from aiaa_server.api import inference, models, system
+from aiaa_server.api import admin, inference, models, polygons, sessions, system
 from aiaa_server.errors import AIAAError, ServiceUnavailable
 from aiaa_server.logs import setup_logging
+from aiaa_server.security import warn_if_exposed
 from aiaa_server.services import Services
 from aiaa_server.settings import Settings
 
@@ -27,13 +28,17 @@ def create_app(settings: Settings) -> FastAPI:
     settings.prepare_workspace()
     log_tail = setup_logging(settings.log_level, settings.log_file, settings.log_lines)
     services = Services.build(settings, log_tail)
+    warn_if_exposed(services.admin_policy, settings.host)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(services.model_admin.store.recover)  # before the scan sees the folder
         await asyncio.to_thread(services.load_models)
+        sweeper = asyncio.create_task(services.sessions.sweep_periodically(settings.session_sweep_seconds))
         try:
             yield
         finally:
+            sweeper.cancel()
             services.close()
 
     app = FastAPI(
@@ -55,7 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
         expose_headers=["Content-Disposition", "Content-Length"],
     )
     _add_error_handlers(app)
-    for module in (system, models, inference):
+    for module in (system, models, inference, admin, sessions, polygons):
         app.include_router(module.router)
     return app
 
@@ -68,6 +73,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         else:
             log.info("%s %s refused (%d): %s", request.method, request.url.path, exc.status, exc.message)
         headers = {}
+        headers.update(getattr(exc, "headers", {}))
         if isinstance(exc, ServiceUnavailable) and exc.retry_after is not None:
             headers["Retry-After"] = str(exc.retry_after)
         return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)

@@ -5,6 +5,8 @@ The core never imports FastAPI: it raises these and `app.py` turns them into res
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class AIAAError(Exception):
     """Base class: `status` is the HTTP status the web layer answers with."""
@@ -40,6 +42,7 @@ class InvalidParams(BadRequest):
 class Unauthorized(AIAAError):
     status = 401
     code = "unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="aiaa-server admin"'}
 
 
 class Forbidden(AIAAError):
@@ -92,3 +95,29 @@ class InvalidModel(AIAAError):
 
     status = 422
     code = "invalid_model"
+
+
+class Conflict(AIAAError):
+    status = 409
+    code = "conflict"
+
+
+class InvalidModelName(BadRequest):
+    code = "invalid_model_name"
+
+
+class InvalidArchive(BadRequest):
+    """An uploaded MMAR archive that is malformed or unsafe (path traversal, links, special files)."""
+
+    code = "invalid_archive"
+
+
+class ArchiveTooLarge(PayloadTooLarge):
+    """An archive whose contents exceed the uncompressed-size or file-count limits (zip bombs)."""
+
+    code = "archive_too_large"
+
+
+class NotImplementedOnServer(AIAAError):
+    status = 501
+    code = "not_implemented"

@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+from aiaa_server.security import parse_hosts
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
@@ -38,7 +40,58 @@ class Settings(BaseSettings):
     log_lines: int = Field(10000, ge=100, description="log lines kept in memory for GET /logs")
     cors_origins: list[str] = Field(default_factory=lambda: ["*"], description="allowed CORS origins")
     session_expiry: int = Field(3600, ge=1, description="default and maximum session expiry in seconds")
+    session_budget_mb: int = Field(
+        10240, ge=1, description="disk budget for stored sessions in MiB (least recently used evicted first)"
+    )
+    session_sweep_seconds: float = Field(60.0, gt=0, description="how often expired sessions are removed")
+    session_cache_mb: int = Field(
+        2048, ge=0, description="memory for decoded/pre-processed session images in MiB (LRU)"
+    )
     result_gzip_level: int = Field(1, ge=0, le=9, description="gzip level for .nii.gz/.nrrd results (speed first)")
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token the /admin endpoints require (prefer the AIAA_ADMIN_TOKEN env var)"
+    )
+    admin_hosts: str = Field("*", description="clients allowed on /admin endpoints: * or comma list of IPs/CIDRs")
+    max_upload_mb: int = Field(2048, ge=1, description="largest model upload (PUT /admin/model) in MiB")
+    max_archive_mb: int = Field(8192, ge=1, description="largest total uncompressed size of an uploaded MMAR archive")
+    max_archive_files: int = Field(10000, ge=1, description="most entries in an uploaded MMAR archive")
+    allow_uploaded_code: bool = Field(
+        False, description="let uploaded MMARs run Python: custom/ code and non-MONAI component names"
+    )
+    engine: Literal["local", "triton"] = Field(
+        "local",
+        description="where networks run: local (alias AIAA) or triton (alias TRITON); a model's config_aiaa.json "
+        "may force one with inference.engine",
+    )
+    triton_url: str = Field(
+        "localhost:8001", description="Triton Inference Server HOST:PORT (its gRPC port with --triton_protocol grpc)"
+    )
+    triton_protocol: Literal["grpc", "http"] = Field(
+        "grpc", description="protocol to Triton; grpc for large volumes (Triton refuses HTTP bodies over 64 MiB)"
+    )
+    triton_timeout: float = Field(60.0, gt=0, description="seconds one Triton call may take")
+    triton_backend: Literal["pytorch", "python"] = Field(
+        "pytorch", description="Triton backend in the generated repository: pytorch (production) or python (CPU tests)"
+    )
+
+    @field_validator("engine", "triton_protocol", "triton_backend", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        value = value.strip().lower()
+        return "local" if value == "aiaa" else value
+
+    @field_validator("admin_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("admin_hosts")
+    @classmethod
+    def _check_admin_hosts(cls, value: str) -> str:
+        parse_hosts(value)
+        return value.strip() or "*"
 
     @field_validator("root_path")
     @classmethod
@@ -63,8 +116,17 @@ class Settings(BaseSettings):
         return self.workspace / "models"
 
     @property
+    def triton_models_dir(self) -> Path:
+        """The Triton model repository aiaa-server writes; Triton must see it (same path or shared volume)."""
+        return self.workspace / "triton_models"
+
+    @property
     def tmp_dir(self) -> Path:
         return self.workspace / "tmp"
+
+    @property
+    def sessions_dir(self) -> Path:
+        return self.workspace / "sessions"
 
     @property
     def log_file(self) -> Path:

@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 
 from aiaa_server import __version__
 from aiaa_server.api.deps import get_services
+from aiaa_server.engines.factory import engine_readiness
 from aiaa_server.services import Services
 
 router = APIRouter(tags=["system"])
@@ -59,10 +60,18 @@ def health() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/ready", summary="Readiness: models loaded")
+@router.get("/ready", summary="Readiness: models loaded (and, for Triton models, loaded in Triton)")
 def ready(services: Annotated[Services, Depends(get_services)]) -> dict[str, object]:
+    models = {name: _model_readiness(services, name) for name in services.registry.names()}
     return {
-        "ready": len(services.registry) > 0,
-        "models": {name: "ready" for name in services.registry.names()},
+        "ready": any(status == "ready" for status in models.values()),
+        "models": models,
         "failed": dict(services.registry.load_errors),
     }
+
+
+def _model_readiness(services: Services, name: str) -> str:
+    model = services.registry.find(name)
+    if model is None:
+        return "removed"
+    return engine_readiness(model.pipeline.engine) if model.pipeline.engine is not None else "ready"

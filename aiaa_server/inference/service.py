@@ -22,6 +22,7 @@ from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.config import ModelType
 from aiaa_server.mmar.loader import LoadedModel
 from aiaa_server.mmar.registry import ModelRegistry
+from aiaa_server.sessions import SessionNotFound, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -70,21 +71,27 @@ def _safe_stem(name: str) -> str:
 
 
 class InferenceService:
-    def __init__(self, registry: ModelRegistry, executor: ThreadPoolExecutor, gzip_level: int = 1) -> None:
+    def __init__(
+        self, registry: ModelRegistry, executor: ThreadPoolExecutor, gzip_level: int = 1,
+        sessions: SessionStore | None = None,
+    ) -> None:
         self.registry = registry
         self.executor = executor
         self.gzip_level = gzip_level
+        self.sessions = sessions
 
     async def run(self, request: InferenceRequest) -> InferenceResult:
         model = self.registry.get(request.model)
         self._check_endpoint(request.endpoint, model)
         options = ResultOptions.from_params(request.params)
         request.params = prepare_params(model.config, request.params)
-        if request.session_id:
-            raise SessionExpired("Session Expired", session_id=request.session_id)
+        loop = asyncio.get_running_loop()
+        if request.session_id:  # the session image wins over an uploaded file (protocol section 5)
+            if self.sessions is None:
+                raise SessionExpired("Session Expired", session_id=request.session_id)
+            return await loop.run_in_executor(self.executor, self._run_session_sync, model, request, options)
         if request.upload is None:
             raise BadRequest("no image uploaded: send the image as a multipart file part, or use session_id")
-        loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self._run_sync, model, request, options)
 
     @staticmethod
@@ -108,6 +115,33 @@ class InferenceService:
         log.info(
             "%s %s on %s %s: %.3f s",
             request.endpoint.value, model.name, volume.name, volume.spatial_shape, time.perf_counter() - started,
+        )
+        return result
+
+    def _run_session_sync(
+        self, model: LoadedModel, request: InferenceRequest, options: ResultOptions
+    ) -> InferenceResult:
+        """Like `_run_sync` on the session's image: decoded once, image-only pre-processing cached per model."""
+        assert self.sessions is not None and request.session_id
+        session_id = request.session_id
+        started = time.perf_counter()
+        try:
+            self.sessions.touch(session_id)
+            volume = self.sessions.volume(session_id)
+        except SessionNotFound as exc:
+            raise SessionExpired("Session Expired", session_id=session_id) from exc
+        self._check_dimensions(model, volume)
+        pipeline = model.pipeline
+        cached = self.sessions.preprocessed(
+            session_id, model.name, pipeline,
+            lambda: pipeline.preprocess_image({pipeline.input_key: volume_to_tensor(volume)}),
+        )
+        data = {**request.params, **cached}  # a fresh dict per request: the cached one is never mutated
+        output = pipeline.postprocess(pipeline.infer(pipeline.preprocess_request(data)))
+        result = self._encode(model, volume, output.image, output.json, options)
+        log.info(
+            "%s %s on session %s %s: %.3f s",
+            request.endpoint.value, model.name, session_id, volume.spatial_shape, time.perf_counter() - started,
         )
         return result
 

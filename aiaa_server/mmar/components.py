@@ -23,6 +23,7 @@ from aiaa_server.mmar.config import ComponentConfig
 # Modules searched, in order, for short names and for `aiaa.*` / `monai.*` names that no longer exist.
 _SHORT_NAME_MODULES = (
     "aiaa_server.inference.transforms",
+    "aiaa_server.inference.click_transforms",
     "monai.transforms",
     "monai.apps.deepgrow.transforms",
 )

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from aiaa_server.engines.torchscript import TorchScriptPool, resolve_device
+from aiaa_server.engines.factory import EngineFactory
+from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.errors import InvalidModel
 from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.transforms import Writer
@@ -104,11 +104,16 @@ def _cache_index(config: AIAAConfig) -> int:
 
 def load_mmar(
     folder: Path,
-    pool: TorchScriptPool,
+    engines: EngineFactory | TorchScriptPool,
     default_device: str = "cpu",
     name: str | None = None,
 ) -> LoadedModel:
-    """Build a model from an MMAR folder; raises InvalidModel naming what is wrong."""
+    """Build a model from an MMAR folder; raises InvalidModel naming what is wrong.
+
+    `engines` picks the model's engine (local or Triton); a bare TorchScriptPool runs it locally.
+    """
+    if isinstance(engines, TorchScriptPool):
+        engines = EngineFactory(engines, default_device)
     folder = folder.resolve()
     if not is_mmar(folder):
         raise InvalidModel(f"{folder.name}: no {CONFIG_PATH.as_posix()} found")
@@ -125,8 +130,7 @@ def load_mmar(
     if config.type not in NETWORKLESS_TYPES or model_file is not None:
         if model_file is None:
             raise InvalidModel(f"{folder.name}: no models/model.ts (TorchScript) found")
-        device: torch.device = resolve_device(args.sw_device or args.device, default_device)
-        engine = pool.get(model_file, device, name or folder.name)
+        engine = engines.create(name or folder.name, model_file, config, device=args.sw_device or args.device)
     pipeline = ModelPipeline(
         name=name or folder.name,
         config=config,

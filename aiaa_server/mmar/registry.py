@@ -55,6 +55,16 @@ class ModelRegistry:
             raise NotFound(f"model {name!r} not found")
         return model
 
+    def find(self, name: str) -> LoadedModel | None:
+        with self._lock:
+            return self._models.get(name)
+
+    def discard(self, name: str) -> LoadedModel | None:
+        """Stop serving `name` (and forget its load error); no error if it is unknown."""
+        with self._lock:
+            self.load_errors.pop(name, None)
+            return self._models.pop(name, None)
+
     def get(self, name: str | None) -> LoadedModel:
         if not name:
             raise NotFound("no model given: add ?model=NAME (see GET /v1/models)")

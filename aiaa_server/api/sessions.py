@@ -1,0 +1,65 @@
+"""`PUT /session/`, `GET /session/{id}`, `DELETE /session/{id}` (protocol section 5)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from aiaa_server.api.deps import get_services
+from aiaa_server.api.forms import read_body
+from aiaa_server.services import Services
+from aiaa_server.sessions import NotSupported, SessionCreated, SessionInfo
+
+router = APIRouter(tags=["sessions"])
+
+SESSION_UPLOAD_DOC = {
+    "requestBody": {
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {"type": "string", "format": "binary",
+                                  "description": "NIfTI/NRRD volume, or several DICOM files (image0, image1, …), "
+                                                 "or one zip of DICOM files (any part names)"},
+                        "params": {"type": "string", "description": "optional; ignored"},
+                    },
+                }
+            },
+            "application/json": {"schema": {"type": "object", "description": '{"dicom": {...}}: PACS pull (501)'}},
+        }
+    }
+}
+
+
+@router.put("/session/", response_model=SessionCreated, openapi_extra=SESSION_UPLOAD_DOC,
+            summary="Upload an image once and get a session id for later calls")
+@router.put("/session", response_model=SessionCreated, include_in_schema=False)
+async def create_session(
+    request: Request,
+    services: Annotated[Services, Depends(get_services)],
+    expiry: Annotated[int | None, Query(description="seconds; 0 or absent: server default (also the maximum)")] = None,
+    save_as: Annotated[str | None, Query(description="format a DICOM series is stored in (.nii.gz default)")] = None,
+    uncompress: Annotated[str | None, Query(description="accepted for compatibility; ignored")] = None,
+) -> SessionCreated:
+    async with read_body(request, services.settings.tmp_dir) as body:
+        if not body.files and "dicom" in body.params:
+            raise NotSupported("pulling a DICOM series from a PACS is not supported: upload the DICOM files instead")
+        info = await asyncio.to_thread(services.sessions.create, body.files, expiry, save_as)
+    return SessionCreated(session_id=info.session_id, session_info=info)
+
+
+@router.get("/session/{session_id}", response_model=SessionInfo, summary="Session details (404 once expired)")
+def get_session(
+    session_id: str,
+    services: Annotated[Services, Depends(get_services)],
+    update_ts: Annotated[bool, Query(description="also refresh last_access_ts (keeps the session alive)")] = False,
+) -> SessionInfo:
+    return services.sessions.get(session_id, touch=update_ts)
+
+
+@router.delete("/session/{session_id}", response_model=SessionInfo, summary="Close a session and delete its files")
+def delete_session(session_id: str, services: Annotated[Services, Depends(get_services)]) -> SessionInfo:
+    return services.sessions.delete(session_id)

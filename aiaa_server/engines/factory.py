@@ -1,0 +1,138 @@
+"""Chooses and builds each model's engine: the local TorchScript pool or a Triton Inference Server.
+
+Which engine runs a model:
+1. `inference.engine` in the MMAR's `config_aiaa.json`, when present, forces it: `"local"` (alias `"AIAA"`) or
+   `"triton"` (alias `"TRITON"`), case-insensitive. E.g. keep a tiny model in-process while the rest use Triton,
+   or send one heavy model to Triton from a server started with the local engine.
+2. Otherwise the server's `--engine` (`local` by default).
+A factory built without a Triton setup (e.g. the private one that validates uploads) runs every model locally.
+
+For Triton, `inference.TRITON.triton_model_config` (Clara 4.x) shapes the generated `config.pbtxt` when present;
+the presence of a TRITON section alone does not choose the engine (Clara configs carry both sections).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from aiaa_server.engines.base import Engine
+from aiaa_server.engines.torchscript import TorchScriptPool, resolve_device
+from aiaa_server.engines.triton import TritonClient, TritonEngine, TritonOptions
+from aiaa_server.engines.triton_repository import TritonBackend, remove_model, write_model
+from aiaa_server.errors import InvalidModel
+from aiaa_server.mmar.config import AIAAConfig
+from aiaa_server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+EngineKind = Literal["local", "triton"]
+_ALIASES: dict[str, EngineKind] = {"local": "local", "aiaa": "local", "triton": "triton"}
+
+
+def engine_kind(value: object) -> EngineKind:
+    """Normalise `local`/`AIAA`/`triton`/`TRITON` (any case); raises ValueError for anything else."""
+    kind = _ALIASES.get(str(value).strip().lower())
+    if kind is None:
+        raise ValueError(f"unknown engine {value!r}: use 'local' (or 'AIAA') or 'triton' (or 'TRITON')")
+    return kind
+
+
+@dataclass(frozen=True)
+class TritonSetup:
+    """Where and how models run on Triton; `repository` must be visible to Triton at the same path."""
+
+    options: TritonOptions
+    repository: Path
+    backend: TritonBackend = "pytorch"
+
+
+class EngineFactory:
+    def __init__(
+        self,
+        pool: TorchScriptPool,
+        default_device: str = "cpu",
+        default_engine: EngineKind = "local",
+        triton: TritonSetup | None = None,
+    ) -> None:
+        self.pool = pool
+        self.default_device = default_device
+        self.default_engine = default_engine
+        self.triton = triton
+        self._client: TritonClient | None = None
+        self._triton_engines: dict[str, TritonEngine] = {}  # by model name
+        self._sources: dict[str, str] = {}  # model name -> resolved model file
+        self._lock = threading.Lock()
+
+    def kind_for(self, config: AIAAConfig) -> EngineKind:
+        forced = (config.inference.model_extra or {}).get("engine")
+        try:
+            kind = self.default_engine if forced is None else engine_kind(forced)
+        except ValueError as exc:
+            raise InvalidModel(f"inference.engine: {exc}") from exc
+        return kind if self.triton is not None else "local"
+
+    def create(self, name: str, model_file: Path, config: AIAAConfig, device: str | None = None) -> Engine:
+        if self.kind_for(config) == "local":
+            resolved: torch.device = resolve_device(device, self.default_device)
+            return self.pool.get(model_file, resolved, name)
+        return self._create_triton(name, model_file, config)
+
+    def _create_triton(self, name: str, model_file: Path, config: AIAAConfig) -> TritonEngine:
+        assert self.triton is not None
+        spec = write_model(self.triton.repository, name, model_file, config, self.triton.backend)
+        engine = TritonEngine(name, spec, self._triton_client())
+        with self._lock:
+            self._triton_engines[name] = engine
+            self._sources[name] = str(model_file.resolve())
+        # Load now when Triton is up; when it is not, the first request or readiness check loads it.
+        status = engine.readiness()
+        if status.startswith("failed"):
+            with self._lock:
+                self._triton_engines.pop(name, None)
+                self._sources.pop(name, None)
+            raise InvalidModel(f"model {name!r}: {status}")
+        if status != "ready":
+            log.warning("model %s: %s; it will be loaded into Triton when Triton answers", name, status)
+        return engine
+
+    def _triton_client(self) -> TritonClient:
+        assert self.triton is not None
+        with self._lock:
+            if self._client is None:
+                self._client = TritonClient(self.triton.options)
+            return self._client
+
+    def evict(self, path: Path) -> None:
+        """Forget engines built from `path` (the model is deleted or replaced): unload it from Triton too."""
+        self.pool.evict(path)
+        resolved = str(path.resolve())
+        with self._lock:
+            names = [name for name, source in self._sources.items() if source == resolved]
+            engines = [self._triton_engines.pop(name) for name in names]
+            for name in names:
+                del self._sources[name]
+        for engine in engines:
+            engine.unload()
+            if self.triton is not None:
+                remove_model(self.triton.repository, engine.name)
+
+
+def engine_readiness(engine: object) -> str:
+    """`ready` for in-process engines; engines backed by a server (Triton) report their own state."""
+    readiness = getattr(engine, "readiness", None)
+    return readiness() if callable(readiness) else "ready"
+
+
+def factory_from_settings(settings: Settings) -> EngineFactory:
+    triton = TritonSetup(
+        options=TritonOptions(settings.triton_url, settings.triton_protocol, settings.triton_timeout),
+        repository=settings.triton_models_dir,
+        backend=settings.triton_backend,
+    )
+    return EngineFactory(TorchScriptPool(), settings.device, settings.engine, triton)

@@ -1,0 +1,498 @@
+"""Sessions (protocol section 5): an uploaded image stored once and reused by many interactive calls.
+
+Each session lives on disk as `<root>/<id>/` holding the image and `meta.json` (written atomically), so
+sessions survive a restart. The store keeps the sessions under a byte budget (least recently accessed
+evicted first) and expires idle ones. Decoded volumes and the models' image-only pre-processing results
+are kept in a bounded in-memory LRU so that clicks on a session neither re-read nor re-preprocess it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from aiaa_server.errors import AIAAError, InvalidImage, InvalidParams, NotFound, PayloadTooLarge
+from aiaa_server.imaging.dicom import read_dicom_series
+from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
+from aiaa_server.imaging.io import Volume, encode_volume, read_volume
+
+log = logging.getLogger(__name__)
+
+META_FILE = "meta.json"
+PARTIAL_SUFFIX = ".partial"
+SAVE_AS_FORMATS = {fmt.value: fmt for fmt in (ImageFormat.NIFTI, ImageFormat.NIFTI_GZ, ImageFormat.NRRD)}
+
+
+class SessionNotFound(NotFound):
+    code = "session_not_found"
+
+
+class NotSupported(AIAAError):
+    status = 501
+    code = "not_supported"
+
+
+class SessionUpload(Protocol):
+    """One uploaded file part (`api.forms` gives `ImageUpload`s)."""
+
+    path: Path
+    filename: str
+
+
+class ImageMeta(BaseModel):
+    shape: list[int]
+    spacing: list[float]
+    affine: list[list[float]]
+    format: str
+    dtype: str
+    source: str
+    size_bytes: int
+
+
+class SessionStats(BaseModel):
+    """Runtime counters (not persisted): how often this server process decoded / pre-processed the image."""
+
+    decodes: int = 0
+    preprocess_runs: dict[str, int] = {}
+    cached_bytes: int = 0
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    name: str
+    image: str
+    meta: ImageMeta
+    create_ts: float
+    last_access_ts: float
+    expiry: int
+    stats: SessionStats | None = None
+
+    def expires_at(self) -> float:
+        return self.last_access_ts + self.expiry
+
+
+class SessionCreated(BaseModel):
+    session_id: str
+    session_info: SessionInfo
+
+
+# --------------------------------------------------------------------------------------------------------
+# In-memory cache
+
+
+@dataclass
+class _Preprocessed:
+    owner: weakref.ref
+    data: dict[str, Any]
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, _Preprocessed):
+        return _nbytes(value.data)
+    if isinstance(value, torch.Tensor):
+        return value.element_size() * value.nelement()
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, Volume):
+        return int(value.array.nbytes)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 0
+
+
+class ByteLRU:
+    """A thread-safe LRU bounded by bytes; concurrent misses on one key compute it once."""
+
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity = capacity_bytes
+        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
+        self._bytes = 0
+        self._guard = threading.Lock()
+        self._key_locks: dict[Hashable, threading.Lock] = {}
+
+    @property
+    def size_bytes(self) -> int:
+        with self._guard:
+            return self._bytes
+
+    def lookup(self, key: Hashable) -> Any | None:
+        with self._guard:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key][0]
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> tuple[Any, bool]:
+        """(value, hit). `compute` runs outside the cache lock, at most once at a time per key."""
+        found = self.lookup(key)
+        if found is not None:
+            return found, True
+        with self._guard:
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            found = self.lookup(key)
+            if found is not None:
+                return found, True
+            value = compute()
+            self.put(key, value)
+            return value, False
+
+    def put(self, key: Hashable, value: Any) -> None:
+        size = _nbytes(value)
+        with self._guard:
+            self._drop(key)
+            if size > self.capacity:
+                return  # bigger than the whole cache: used once, never kept
+            self._items[key] = (value, size)
+            self._bytes += size
+            while self._bytes > self.capacity:
+                oldest = next(iter(self._items))
+                self._drop(oldest)
+
+    def discard(self, predicate: Callable[[Hashable], bool]) -> None:
+        with self._guard:
+            for key in [k for k in self._items if predicate(k)]:
+                self._drop(key)
+            for key in [k for k in self._key_locks if predicate(k) and not self._key_locks[k].locked()]:
+                del self._key_locks[key]
+
+    def bytes_where(self, predicate: Callable[[Hashable], bool]) -> int:
+        with self._guard:
+            return sum(size for key, (_, size) in self._items.items() if predicate(key))
+
+    def _drop(self, key: Hashable) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self._bytes -= item[1]
+
+
+def _for_session(session_id: str) -> Callable[[Hashable], bool]:
+    return lambda key: isinstance(key, tuple) and len(key) > 1 and key[1] == session_id
+
+
+# --------------------------------------------------------------------------------------------------------
+# The store
+
+
+@dataclass
+class _Session:
+    info: SessionInfo
+    folder: Path
+    stats: SessionStats = field(default_factory=SessionStats)
+
+
+def _write_json_atomically(path: Path, payload: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(payload, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _image_meta(volume: Volume, source: str, size_bytes: int, fmt: ImageFormat) -> ImageMeta:
+    return ImageMeta(
+        shape=list(volume.spatial_shape),
+        spacing=[round(s, 6) for s in volume.spacing],
+        affine=[[float(v) for v in row] for row in volume.affine],
+        format=fmt.value,
+        dtype=str(volume.array.dtype),
+        source=source,
+        size_bytes=size_bytes,
+    )
+
+
+class SessionStore:
+    def __init__(
+        self,
+        root: Path,
+        default_expiry: int = 3600,
+        budget_bytes: int = 10 * 2**30,
+        cache_bytes: int = 2 * 2**30,
+        gzip_level: int = 1,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.root = root
+        self.default_expiry = default_expiry
+        self.budget_bytes = budget_bytes
+        self.gzip_level = gzip_level
+        self.cache = ByteLRU(cache_bytes)
+        self._clock = clock
+        self._sessions: dict[str, _Session] = {}
+        self._guard = threading.RLock()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._reload()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+
+    def effective_expiry(self, requested: int | None) -> int:
+        """`min(requested, max)`; absent or <= 0 means the server default (which is also the maximum)."""
+        if requested is None or requested <= 0:
+            return self.default_expiry
+        return min(int(requested), self.default_expiry)
+
+    def create(
+        self, uploads: Sequence[SessionUpload], expiry: int | None = None, save_as: str | None = None
+    ) -> SessionInfo:
+        """Store one volume (NIfTI/NRRD) or a DICOM series (several files or a zip) as a new session."""
+        if not uploads:
+            raise InvalidImage("no image uploaded: send the volume (or the DICOM files) as multipart file parts")
+        save_fmt = self._save_format(save_as)
+        session_id = str(uuid.uuid1())
+        partial = self.root / f"{session_id}{PARTIAL_SUFFIX}"
+        partial.mkdir(parents=True)
+        try:
+            name, image_name, volume, source, fmt = self._store_image(uploads, partial, save_fmt)
+            size = _folder_bytes(partial)
+            if size > self.budget_bytes:
+                raise PayloadTooLarge(
+                    f"the session image takes {size / 2**20:.1f} MB, more than the server's whole session budget "
+                    f"({self.budget_bytes / 2**20:.0f} MB, --session_budget_mb)"
+                )
+            now = self._clock()
+            info = SessionInfo(
+                session_id=session_id, name=name, image=image_name,
+                meta=_image_meta(volume, source, size, fmt),
+                create_ts=now, last_access_ts=now, expiry=self.effective_expiry(expiry),
+            )
+            _write_json_atomically(partial / META_FILE, info.model_dump_json(exclude={"stats"}))
+            evicted = self._insert(session_id, info, partial, size)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        self._remove_folders(evicted, "evicted (session budget)")
+        session = self._sessions.get(session_id)
+        if session is not None:
+            session.stats.decodes += 1
+            self.cache.put(("volume", session_id), volume)
+        log.info("session %s created: %s %s, %.1f MB, expiry %d s", session_id, source, info.meta.shape,
+                 size / 2**20, info.expiry)
+        return self._with_stats(session_id, info)
+
+    def get(self, session_id: str, touch: bool = False) -> SessionInfo:
+        with self._guard:
+            session = self._alive(session_id)
+            if touch:
+                self._touch(session)
+            info = session.info.model_copy()
+        return self._with_stats(session_id, info)
+
+    def touch(self, session_id: str) -> SessionInfo:
+        return self.get(session_id, touch=True)
+
+    def delete(self, session_id: str) -> SessionInfo:
+        with self._guard:
+            session = self._alive(session_id)
+            del self._sessions[session_id]
+        info = self._with_stats(session_id, session.info)
+        self._remove_folders([session], "deleted")
+        return info
+
+    def sweep(self) -> list[str]:
+        """Remove every expired session (and its files); returns their ids."""
+        now = self._clock()
+        with self._guard:
+            expired = [s for s in self._sessions.values() if s.info.expires_at() < now]
+            for session in expired:
+                del self._sessions[session.info.session_id]
+        self._remove_folders(expired, "expired")
+        return [s.info.session_id for s in expired]
+
+    async def sweep_periodically(self, interval_s: float) -> None:
+        """Background task (started by the app's lifespan): sweep every `interval_s` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(self.sweep)
+            except Exception:  # a failing sweep must not kill the task; it retries next round
+                log.exception("session sweep failed")
+
+    @property
+    def total_bytes(self) -> int:
+        with self._guard:
+            return sum(s.info.meta.size_bytes for s in self._sessions.values())
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._sessions)
+
+    # -- cached image access (used by the inference service) ---------------------------------------------
+
+    def volume(self, session_id: str) -> Volume:
+        """The session's decoded volume, from the cache or decoded once (concurrent callers wait for it)."""
+        def decode() -> Volume:
+            path = self._image_path(session_id)
+            volume = read_volume(path, path.name)
+            self._count(session_id, lambda stats: setattr(stats, "decodes", stats.decodes + 1))
+            log.info("session %s: decoded %s %s", session_id, path.name, volume.spatial_shape)
+            return volume
+
+        value, _ = self.cache.get_or_compute(("volume", session_id), decode)
+        return value
+
+    def preprocessed(
+        self, session_id: str, model_name: str, owner: object, compute: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """A model's image-only pre-processing of this session's image, computed once per (session, model).
+
+        `owner` (the model's pipeline object) is part of the key, so a reloaded model never sees results
+        of its predecessor. Callers must copy the returned dict before changing it."""
+        key = ("pre", session_id, model_name, id(owner))
+
+        def run() -> _Preprocessed:
+            data = compute()
+            self._count(session_id, lambda stats: stats.preprocess_runs.__setitem__(
+                model_name, stats.preprocess_runs.get(model_name, 0) + 1))
+            return _Preprocessed(weakref.ref(owner), data)
+
+        entry, _ = self.cache.get_or_compute(key, run)
+        if entry.owner() is not owner:  # id() reused by a new object: stale entry
+            self.cache.discard(lambda k: k == key)
+            entry, _ = self.cache.get_or_compute(key, run)
+        return entry.data
+
+    # -- internals -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _save_format(save_as: str | None) -> ImageFormat:
+        if save_as is None or not save_as.strip():
+            return ImageFormat.NIFTI_GZ
+        wanted = save_as.strip().lower()
+        wanted = wanted if wanted.startswith(".") else "." + wanted
+        if wanted not in SAVE_AS_FORMATS:
+            raise InvalidParams(f"unsupported save_as {save_as!r}; use one of {', '.join(SAVE_AS_FORMATS)}")
+        return SAVE_AS_FORMATS[wanted]
+
+    def _store_image(
+        self, uploads: Sequence[SessionUpload], folder: Path, save_fmt: ImageFormat
+    ) -> tuple[str, str, Volume, str, ImageFormat]:
+        """Put the image into `folder`; returns (name, image file name, its decoded volume, source, format)."""
+        formats = [detect_format(u.path, u.filename) for u in uploads]
+        if len(uploads) == 1 and formats[0].is_volume_format:
+            upload, fmt = uploads[0], formats[0]
+            volume = read_volume(upload.path, upload.filename)  # refuse undecodable files now, not at first click
+            image_name = "image" + fmt.value
+            shutil.move(str(upload.path), folder / image_name)
+            return client_basename(upload.filename) or image_name, image_name, volume, fmt.name.lower(), fmt
+        if all(f in (ImageFormat.DICOM, ImageFormat.ZIP) for f in formats):
+            series = read_dicom_series([u.path for u in uploads], folder / "dicom-unpacked")
+            shutil.rmtree(folder / "dicom-unpacked", ignore_errors=True)
+            image_name = "image" + save_fmt.value
+            payload = encode_volume(series.array, series, save_fmt, dtype=series.array.dtype,
+                                    compress=save_fmt is not ImageFormat.NIFTI, gzip_level=self.gzip_level)
+            (folder / image_name).write_bytes(payload)
+            # Decode what was stored (not the DICOM arrays) so clicks see exactly the file's header and dtype.
+            volume = read_volume(folder / image_name, image_name)
+            source = f"dicom series ({series.extra.get('slices', '?')} slices)"
+            return "dicom_series", image_name, volume, source, save_fmt
+        if len(uploads) == 1:
+            raise InvalidImage(f"sessions hold 3D volumes (NIfTI, NRRD or DICOM); got a {formats[0].value} file")
+        raise InvalidImage(
+            "several files were uploaded but they are not all DICOM: send one NIfTI/NRRD volume, or the DICOM "
+            f"files of one series (got {', '.join(sorted({f.value for f in formats}))})"
+        )
+
+    def _insert(self, session_id: str, info: SessionInfo, partial: Path, size: int) -> list[_Session]:
+        """Make room (least recently accessed first), then publish the session; returns the evicted ones."""
+        with self._guard:
+            evicted = self._evict_until_fits(size)
+            folder = self.root / session_id
+            os.rename(partial, folder)
+            self._sessions[session_id] = _Session(info=info, folder=folder)
+        return evicted
+
+    def _evict_until_fits(self, extra_bytes: int) -> list[_Session]:
+        """Drop least recently accessed sessions (caller holds the lock) until `extra_bytes` more fit."""
+        evicted: list[_Session] = []
+        used = sum(s.info.meta.size_bytes for s in self._sessions.values())
+        for victim in sorted(self._sessions.values(), key=lambda s: s.info.last_access_ts):
+            if used + extra_bytes <= self.budget_bytes:
+                break
+            used -= victim.info.meta.size_bytes
+            del self._sessions[victim.info.session_id]
+            evicted.append(victim)
+        return evicted
+
+    def _alive(self, session_id: str) -> _Session:
+        """The live session (caller holds the lock); expired ones are dropped here already."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            raise SessionNotFound(f"session {session_id!r} does not exist or has expired", session_id=session_id)
+        if session.info.expires_at() < self._clock():
+            del self._sessions[session_id]
+            threading.Thread(target=self._remove_folders, args=([session], "expired"), daemon=True).start()
+            raise SessionNotFound(f"session {session_id!r} has expired", session_id=session_id)
+        return session
+
+    def _touch(self, session: _Session) -> None:
+        session.info.last_access_ts = self._clock()
+        try:
+            _write_json_atomically(session.folder / META_FILE, session.info.model_dump_json(exclude={"stats"}))
+        except OSError as exc:  # the in-memory state stays right; only a restart would see an older time
+            log.warning("session %s: could not persist access time: %s", session.info.session_id, exc)
+
+    def _image_path(self, session_id: str) -> Path:
+        with self._guard:
+            session = self._alive(session_id)
+            return session.folder / session.info.image
+
+    def _count(self, session_id: str, update: Callable[[SessionStats], None]) -> None:
+        with self._guard:
+            session = self._sessions.get(session_id)
+            if session is not None:
+                update(session.stats)
+
+    def _with_stats(self, session_id: str, info: SessionInfo) -> SessionInfo:
+        with self._guard:
+            session = self._sessions.get(session_id)
+            stats = session.stats.model_copy(deep=True) if session is not None else SessionStats()
+        stats.cached_bytes = self.cache.bytes_where(_for_session(session_id))
+        return info.model_copy(update={"stats": stats})
+
+    def _remove_folders(self, sessions: Sequence[_Session], why: str) -> None:
+        for session in sessions:
+            session_id = session.info.session_id
+            self.cache.discard(_for_session(session_id))
+            shutil.rmtree(session.folder, ignore_errors=True)
+            log.info("session %s %s", session_id, why)
+
+    def _reload(self) -> None:
+        """Pick up the sessions a previous run left on disk; drop half-written and expired ones."""
+        now = self._clock()
+        for folder in sorted(self.root.iterdir()):
+            if not folder.is_dir():
+                continue
+            if folder.name.endswith(PARTIAL_SUFFIX):
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            try:
+                info = SessionInfo.model_validate_json((folder / META_FILE).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                log.warning("dropping unreadable session folder %s: %s", folder.name, exc)
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            if info.session_id != folder.name or info.expires_at() < now or not (folder / info.image).is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            self._sessions[info.session_id] = _Session(info=info, folder=folder)
+        with self._guard:
+            over_budget = self._evict_until_fits(0)  # the budget may have been lowered since
+        self._remove_folders(over_budget, "evicted (session budget)")
+        if self._sessions:
+            log.info("reloaded %d session(s) from %s", len(self._sessions), self.root)

@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""DeepGrow 3D click latency through a real aiaa-server process, compared with the bare network forward.
+
+1. Generates a 512×512×120 CT-like abdomen phantom (aiaa_server.phantoms, spacing 0.8×0.8×2.5 mm).
+2. Starts `python -m aiaa_server` on a free loopback port, uploads the volume once (PUT /session/).
+3. Performs --clicks DeepGrow clicks (POST /v1/deepgrow?model=demo_deepgrow_3d&session_id=…) like a user:
+   first click inside an organ, then corrective clicks on the largest error region of the previous result;
+   after 5 clicks (or when nothing is left to correct) the next organ is started.  Only the HTTP round trip
+   is timed (the click simulation on the client side is not).
+4. Times the bare model forward (models/model.ts, TorchScript) on a tensor of the crop shape the server
+   feeds it (3 × the config's DeepgrowCropd spatial_size) with the server's thread count, in the same run.
+Prints median / p95 click latency and the ratio to the median bare forward.
+
+Usage: python bench/click_latency.py [--clicks 24] [--seed 0] [--threads 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from aiaa_server.imaging.formats import ImageFormat  # noqa: E402
+from aiaa_server.imaging.io import decode_result  # noqa: E402
+from aiaa_server.phantoms import ORGAN_LABELS, make_abdomen_phantom, save_nifti  # noqa: E402
+from aiaa_server.synthetic_shapes import Clicks, first_click, next_click  # noqa: E402
+
+MODEL = "demo_deepgrow_3d"
+ORGANS = ("spleen", "liver", "left_kidney", "right_kidney", "stomach")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(workspace: Path, threads: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [sys.executable, "-m", "aiaa_server", "--host", "127.0.0.1", "--port", str(port),
+               "--workspace", str(workspace)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if threads:
+        command += ["--torch_threads", str(threads)]
+    log = open(workspace.parent / "server.log", "wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError((workspace.parent / "server.log").read_text())
+        try:
+            if httpx.get(base + "/health", timeout=2).status_code == 200:
+                ready = httpx.get(base + "/ready", timeout=2)
+                if ready.status_code == 200 and ready.json().get("ready", True):
+                    return process, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    process.terminate()
+    raise RuntimeError("server did not start")
+
+
+def decode(response: httpx.Response) -> np.ndarray:
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    message = BytesParser(policy=HTTP).parsebytes(
+        f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode() + response.content)
+    for part in message.iter_parts():
+        if part.get_filename():
+            array, _ = decode_result(part.get_payload(decode=True), ImageFormat.NIFTI_GZ)
+            return np.asarray(array) > 0
+    raise RuntimeError("no image part in the response")
+
+
+def bare_forward_seconds(repeats: int = 10) -> tuple[float, list[int]]:
+    config = json.loads((REPO / "models" / MODEL / "config" / "config_aiaa.json").read_text())
+    size = next(t["args"]["spatial_size"] for t in config["pre_transforms"] if t["name"].endswith("DeepgrowCropd"))
+    module = torch.jit.load(str(REPO / "models" / MODEL / "models" / "model.ts"), map_location="cpu").eval()
+    batch = torch.randn(1, 3, *size)
+    times = []
+    with torch.inference_mode():
+        module(batch)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            module(batch)
+            times.append(time.perf_counter() - started)
+    return statistics.median(times), list(size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clicks", type=int, default=24)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the server's default)")
+    args = parser.parse_args()
+    threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+
+    rng = np.random.default_rng(args.seed)
+    phantom = make_abdomen_phantom(rng, shape=(512, 512, 120), spacing=(0.8, 0.8, 2.5))
+    spacing = phantom.spacing
+    with tempfile.TemporaryDirectory() as tmp:
+        image_path = Path(tmp) / "abdomen.nii.gz"
+        save_nifti(phantom, image_path)
+        process, base = start_server(Path(tmp) / "workspace", args.threads)
+        latencies: list[float] = []
+        try:
+            with httpx.Client(base_url=base, timeout=120) as client:
+                with open(image_path, "rb") as handle:
+                    created = client.put("/session/", params={"expiry": "600"},
+                                         files={"image": (image_path.name, handle)})
+                created.raise_for_status()
+                session_id = created.json()["session_id"]
+                organ_index, clicks, truth = -1, Clicks(), np.zeros(phantom.shape, bool)
+                while len(latencies) < args.clicks:
+                    if clicks.count == 0 or clicks.count >= 5:
+                        organ_index += 1
+                        truth = phantom.labels == ORGAN_LABELS[ORGANS[organ_index % len(ORGANS)]]
+                        point = first_click(truth, spacing=spacing)
+                        clicks = Clicks(foreground=[point], current=point)
+                    started = time.perf_counter()
+                    response = client.post("/v1/deepgrow", params={"model": MODEL, "session_id": session_id},
+                                           data={"params": json.dumps(clicks.params())})
+                    latencies.append(time.perf_counter() - started)
+                    response.raise_for_status()
+                    correction = next_click(truth, decode(response), spacing=spacing)
+                    if correction is None:
+                        clicks = Clicks()
+                        continue
+                    (clicks.foreground if correction[0] else clicks.background).append(correction[1])
+                    clicks.current = correction[1]
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    forward, size = bare_forward_seconds()
+    ordered = sorted(latencies)
+    median = statistics.median(ordered)
+    p95 = ordered[min(len(ordered) - 1, int(np.ceil(0.95 * len(ordered))) - 1)]
+    print(f"volume 512x512x120 @ 0.8x0.8x2.5 mm, {len(latencies)} DeepGrow 3D clicks via session, "
+          f"torch threads {threads}")
+    print(f"click latency: median {median * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
+          f"min {ordered[0] * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms")
+    print(f"bare model forward on 1x3x{'x'.join(map(str, size))}: median {forward * 1000:.0f} ms")
+    print(f"ratio click median / bare forward: {median / forward:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""DICOM series → volume: slice order, LPS→RAS geometry, rescale, zips, refusals (protocol 5, OHIF uploads)."""
+
+from __future__ import annotations
+
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from aiaa_server.errors import InvalidImage
+from aiaa_server.imaging.dicom import read_dicom_series
+from aiaa_server.imaging.io import LPS_TO_RAS
+
+
+def oblique_directions(degrees: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column directions (LPS) rotated about the patient's S axis and tilted a little about L."""
+    a, b = np.radians(degrees), np.radians(10.0)
+    row = np.array([np.cos(a), np.sin(a), 0.0])
+    col = np.array([-np.sin(a) * np.cos(b), np.cos(a) * np.cos(b), np.sin(b)])
+    return row, col
+
+
+def write_series(
+    folder: Path,
+    hu: np.ndarray,
+    row_spacing: float = 0.7,
+    col_spacing: float = 0.8,
+    slice_step: float = 2.5,
+    origin: tuple[float, float, float] = (-100.0, -120.0, 35.0),
+    directions: tuple[np.ndarray, np.ndarray] | None = None,
+    intercept: float = -1024.0,
+    series_uid: str | None = None,
+    shuffle: bool = True,
+) -> tuple[list[Path], np.ndarray]:
+    """One CT file per slice of `hu` (indexed [i=column, j=row, k=slice]); returns (files in shuffled order,
+    the expected RAS affine)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    row, col = directions if directions is not None else oblique_directions()
+    normal = np.cross(row, col)
+    series_uid = series_uid or generate_uid()
+    paths = []
+    for k in range(hu.shape[2]):
+        uid = generate_uid()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
+        ds.Modality = "CT"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", series_uid
+        ds.InstanceNumber = hu.shape[2] - k  # deliberately not the spatial order
+        ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
+        ds.PixelSpacing = [row_spacing, col_spacing]
+        ds.SliceThickness = slice_step
+        ds.ImageOrientationPatient = [float(v) for v in (*row, *col)]
+        ds.ImagePositionPatient = [float(v) for v in np.asarray(origin) + k * slice_step * normal]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.RescaleSlope, ds.RescaleIntercept = 1, intercept
+        ds.PixelData = (hu[:, :, k].T - intercept).astype(np.uint16).tobytes()  # [row, column]
+        path = folder / f"slice_{uid[-12:]}.dcm"
+        ds.save_as(str(path), enforce_file_format=True)
+        paths.append(path)
+    if shuffle:
+        random.Random(7).shuffle(paths)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = row * col_spacing, col * row_spacing, normal * slice_step, origin
+    return paths, LPS_TO_RAS @ lps
+
+
+def hu_volume(shape: tuple[int, int, int] = (20, 16, 9)) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return rng.integers(-1000, 1500, size=shape).astype(np.int16)
+
+
+def test_series_is_sorted_along_the_normal_with_ras_affine(tmp_path: Path) -> None:
+    hu = hu_volume()
+    paths, expected_affine = write_series(tmp_path / "dcm", hu)
+    volume = read_dicom_series(paths, tmp_path / "work")
+    assert volume.spatial_shape == hu.shape
+    assert volume.array.dtype == np.int16
+    np.testing.assert_array_equal(volume.array, hu)  # rescale applied, [i, j, k] order, spatial slice order
+    np.testing.assert_allclose(volume.affine, expected_affine, atol=1e-6)
+    np.testing.assert_allclose(volume.spacing, (0.8, 0.7, 2.5), atol=1e-6)
+    assert volume.extra["slices"] == hu.shape[2]
+
+
+def test_axial_series_matches_the_usual_nifti_layout(tmp_path: Path) -> None:
+    hu = hu_volume((12, 10, 5))
+    paths, _ = write_series(tmp_path / "dcm", hu, directions=(np.array([1.0, 0, 0]), np.array([0, 1.0, 0])),
+                            origin=(-50.0, -60.0, 10.0))
+    volume = read_dicom_series(paths, tmp_path / "work")
+    expected = np.diag([-0.8, -0.7, 2.5, 1.0])
+    expected[:3, 3] = (50.0, 60.0, 10.0)  # LPS origin flipped into RAS
+    np.testing.assert_allclose(volume.affine, expected, atol=1e-6)
+
+
+def test_fractional_rescale_gives_float(tmp_path: Path) -> None:
+    hu = hu_volume((8, 8, 3))
+    paths, _ = write_series(tmp_path / "dcm", hu, intercept=-1024.5)
+    volume = read_dicom_series(paths, tmp_path / "work")
+    assert volume.array.dtype == np.float32
+    np.testing.assert_allclose(volume.array, hu.astype(np.float64) - 0.5 + 0.0, atol=1e-3)
+
+
+def test_zip_of_the_series(tmp_path: Path) -> None:
+    hu = hu_volume((10, 8, 4))
+    paths, expected_affine = write_series(tmp_path / "dcm", hu)
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in paths:
+            handle.write(path, f"../../evil/{path.name}")  # hostile member names must not matter
+    volume = read_dicom_series([archive], tmp_path / "work")
+    np.testing.assert_array_equal(volume.array, hu)
+    np.testing.assert_allclose(volume.affine, expected_affine, atol=1e-6)
+    assert not (tmp_path / "evil").exists()
+
+
+def test_two_series_are_refused(tmp_path: Path) -> None:
+    first, _ = write_series(tmp_path / "a", hu_volume((6, 6, 2)))
+    second, _ = write_series(tmp_path / "b", hu_volume((6, 6, 2)), origin=(0.0, 0.0, 100.0))
+    with pytest.raises(InvalidImage, match="2 DICOM series"):
+        read_dicom_series(first + second, tmp_path / "work")
+
+
+def test_duplicate_positions_are_refused(tmp_path: Path) -> None:
+    paths, _ = write_series(tmp_path / "a", hu_volume((6, 6, 2)), series_uid="1.2.3.4")
+    again, _ = write_series(tmp_path / "b", hu_volume((6, 6, 2)), series_uid="1.2.3.4")
+    with pytest.raises(InvalidImage, match="share one position"):
+        read_dicom_series(paths + again, tmp_path / "work")
+
+
+def test_non_dicom_file_is_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom at all" * 10)
+    with pytest.raises(InvalidImage):
+        read_dicom_series([junk], tmp_path / "work")
+
+
+def test_pydicom_reads_what_we_wrote(tmp_path: Path) -> None:
+    paths, _ = write_series(tmp_path / "dcm", hu_volume((6, 5, 2)))
+    ds = pydicom.dcmread(str(paths[0]))
+    assert ds.pixel_array.shape == (5, 6)

@@ -1,0 +1,194 @@
+"""Click params and the click-model transforms (DeepGrow 2D/3D, DExtr3D), checked without a network where the
+geometry is what matters (an "oracle" that samples the true mask on the network grid must round-trip)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import EnsureChannelFirstd, Orientationd, Spacingd
+
+from aiaa_server.engines.torchscript import TorchScriptPool
+from aiaa_server.errors import InvalidParams
+from aiaa_server.imaging.formats import ImageFormat
+from aiaa_server.imaging.io import Volume
+from aiaa_server.inference.click_transforms import (
+    GEOMETRY_KEY, GUIDANCE_KEY, AddGuidanceChannelsd, DeepgrowCropd, DeepgrowSliced, ExtremePointsCropd,
+    KeepClickedComponentsd, PasteCropd, gaussian_heatmap, guidance_channel, sample_grid,
+)
+from aiaa_server.inference.interactive import prepare_params
+from aiaa_server.inference.tensors import volume_to_tensor
+from aiaa_server.mmar.components import resolve_component
+from aiaa_server.mmar.loader import load_mmar, parse_config
+from aiaa_server.synthetic_shapes import dice, extreme_points, first_click, make_scene, pick_object
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
+DEEPGROW = parse_config({"type": "deepgrow", "inference": {"meta_data": {"deepgrow": "3D"}}})
+DEXTR = parse_config({"type": "annotation"})
+
+
+# ------------------------------------------------------------------ params
+
+
+@pytest.mark.parametrize("current", [[5, 6, 7], [[5, 6, 7]], [[1, 1, 1], [5, 6, 7]]])
+def test_current_point_flat_or_nested_becomes_one_point(current: Any) -> None:
+    params = prepare_params(DEEPGROW, {"foreground": [[5, 6, 7]], "current_point": current})
+    assert params["current_point"] == [[5, 6, 7]]
+
+
+def test_absent_current_point_and_missing_lists_default_to_empty() -> None:
+    params = prepare_params(DEEPGROW, {"foreground": [[1, 2, 3]]})
+    assert params["current_point"] == [] and params["background"] == []
+    params = prepare_params(DEEPGROW, {"background": [[1, 2, 3]], "current_point": [1, 2, 3]})
+    assert params["foreground"] == [] and params["background"] == [[1, 2, 3]]
+
+
+def test_deepgrow_without_any_click_is_refused() -> None:
+    with pytest.raises(InvalidParams, match="at least one click"):
+        prepare_params(DEEPGROW, {})
+
+
+def test_dextr3d_needs_six_points() -> None:
+    with pytest.raises(InvalidParams, match="at least 6"):
+        prepare_params(DEXTR, {"points": [[1, 2, 3]] * 5})
+    assert len(prepare_params(DEXTR, {"points": [[1, 2, 3]] * 6})["points"]) == 6
+
+
+def test_components_resolve_by_short_and_aiaa_names() -> None:
+    for name in ("DeepgrowCropd", "aiaa.transforms.DeepgrowCropd", "aiaa.transforms.PasteCropd",
+                 "ExtremePointsCropd", "AddGuidanceChannelsd", "DeepgrowSliced"):
+        cls, _ = resolve_component(name, {})
+        assert cls.__name__ == name.rsplit(".", 1)[-1]
+
+
+# ------------------------------------------------------------------ geometry
+
+
+@pytest.fixture(scope="module")
+def scene_and_mask():
+    rng = np.random.default_rng(11)
+    scene = make_scene(rng, shape=(150, 140, 48), spacing=(0.9, 1.0, 2.5), lps=True)
+    label = pick_object(rng, scene, min_voxels=1500)
+    return scene, scene.mask(label)
+
+
+def _data(scene, **params: Any) -> dict[str, Any]:
+    image = volume_to_tensor(Volume(scene.image, scene.affine, ImageFormat.NIFTI_GZ))
+    return EnsureChannelFirstd("image", channel_dim="no_channel")({"image": image, **params})
+
+
+def _oracle_paste(data: dict[str, Any], mask: np.ndarray) -> dict[str, Any]:
+    """Sample the true mask on the network grid (a perfect network) and paste it back."""
+    geometry = data[GEOMETRY_KEY]
+    source = torch.from_numpy(mask.astype(np.float32))[None]
+    if geometry.slice_index is not None:
+        source = source[..., geometry.slice_index]
+    data["pred"] = sample_grid(source, geometry.matrix, geometry.grid_shape)
+    return PasteCropd("pred")(data)
+
+
+@pytest.mark.parametrize("resample_first", [False, True])
+def test_deepgrow_3d_crop_maps_clicks_and_pastes_back_on_the_input_grid(scene_and_mask, resample_first) -> None:
+    scene, mask = scene_and_mask
+    click = first_click(mask)
+    data = _data(scene, foreground=[click], background=[], current_point=[click])
+    if resample_first:  # Orientationd/Spacingd before the crop: points still map through the affines
+        data = Spacingd("image", pixdim=(1.5, 1.5, 1.5))(Orientationd("image", axcodes="RAS")(data))
+    data = DeepgrowCropd("image", spatial_size=(64, 64, 64), pixdim=(2.0, 2.0, 2.0))(data)
+    assert tuple(data["image"].shape) == (1, 64, 64, 64)
+    np.testing.assert_allclose(data[GUIDANCE_KEY]["foreground"], [[31.5, 31.5, 31.5]], atol=1e-6)
+    np.testing.assert_allclose(np.diag(np.asarray(data["image"].affine))[:3], [2.0, 2.0, 2.0])
+    centre_value = float(data["image"][0, 31:33, 31:33, 31:33].mean())
+    assert abs(centre_value - float(scene.image[tuple(click)])) < 80  # the crop really is around the click
+    out = _oracle_paste(data, mask)
+    assert out["pred"].shape == mask.shape and out["pred"].dtype == np.uint8
+    assert dice(out["pred"], mask) > 0.9
+    (x0, x1), (y0, y1), (z0, z1) = out["result"]["crop"]
+    assert 0 <= x0 <= click[0] < x1 <= mask.shape[0] and 0 <= z0 <= click[2] < z1 <= mask.shape[2]
+    assert not out["pred"][:x0].any() and not out["pred"][x1:].any()
+
+
+def test_deepgrow_2d_fills_only_the_clicked_slice(scene_and_mask) -> None:
+    scene, mask = scene_and_mask
+    click = first_click(mask)
+    other = [click[0], click[1], click[2] + 1]
+    data = _data(scene, foreground=[click, other], background=[], current_point=[click])
+    data = DeepgrowSliced("image", spatial_size=(96, 96), pixdim=(1.5, 1.5))(data)
+    assert tuple(data["image"].shape) == (1, 96, 96)
+    assert len(data[GUIDANCE_KEY]["foreground"]) == 1  # the click on another slice is ignored
+    out = _oracle_paste(data, mask)
+    filled = np.nonzero(out["pred"].any(axis=(0, 1)))[0]
+    assert filled.tolist() == [click[2]]
+    assert dice(out["pred"][..., click[2]], mask[..., click[2]]) > 0.9
+    assert out["result"]["crop"][2] == [click[2], click[2] + 1]
+
+
+def test_dextr3d_crop_pads_in_mm_and_pastes_back(scene_and_mask) -> None:
+    scene, mask = scene_and_mask
+    points = extreme_points(mask)
+    data = ExtremePointsCropd("image", pad_mm=20.0, spatial_size=(48, 48, 48))(_data(scene, points=points))
+    geometry = data[GEOMETRY_KEY]
+    lo, hi = geometry.footprint()
+    low = np.min(points, axis=0)
+    expected_pad = np.ceil(20.0 / np.array(scene.spacing))
+    assert np.all(lo == np.maximum(low - expected_pad, 0))
+    grid_points = data[GUIDANCE_KEY]["points"]
+    assert grid_points.shape == (6, 3) and grid_points.min() >= 0 and grid_points.max() <= 47
+    out = _oracle_paste(data, mask)
+    assert dice(out["pred"], mask) > 0.95
+
+
+def test_points_outside_the_image_are_named(scene_and_mask) -> None:
+    scene, mask = scene_and_mask
+    points = extreme_points(mask)[:5] + [[scene.image.shape[0], 3, 3]]
+    with pytest.raises(InvalidParams, match=rf"\[{scene.image.shape[0]}, 3, 3\] is outside the image"):
+        ExtremePointsCropd("image")(_data(scene, points=points))
+    with pytest.raises(InvalidParams, match=r"\[-1, 0, 0\]"):
+        DeepgrowCropd("image")(_data(scene, foreground=[[-1, 0, 0]], background=[], current_point=[]))
+
+
+def test_guidance_heatmaps() -> None:
+    heat = gaussian_heatmap(np.array([[5.0, 5.0, 5.0]]), (11, 11, 11), sigma=2.0)
+    assert heat[5, 5, 5] == pytest.approx(1.0) and heat[5, 5, 7] == pytest.approx(np.exp(-0.5), rel=1e-5)
+    rescaled = guidance_channel(np.array([[2.0, 2.0, 2.0], [8.0, 8.0, 8.0]]), (11, 11, 11), 1.5, (-1.0, 1.0))
+    assert rescaled.min() == pytest.approx(-1.0) and rescaled.max() == pytest.approx(1.0)
+    assert guidance_channel(np.zeros((0, 3)), (4, 4, 4), 2.0).max() == 0.0
+    data = {"image": torch.zeros(1, 8, 8, 8), GUIDANCE_KEY: {"foreground": np.array([[4.0, 4.0, 4.0]]),
+                                                             "background": np.zeros((0, 3))}}
+    out = AddGuidanceChannelsd("image")(data)
+    assert tuple(out["image"].shape) == (3, 8, 8, 8) and float(out["image"][1, 4, 4, 4]) == 1.0
+    assert float(out["image"][2].abs().max()) == 0.0
+
+
+def test_keep_clicked_components_drops_unclicked_islands() -> None:
+    mask = np.zeros((20, 20, 20), np.uint8)
+    mask[2:6, 2:6, 2:6] = 1
+    mask[12:18, 12:18, 12:18] = 1
+    out = KeepClickedComponentsd("pred")({"pred": mask, "foreground": [[14, 14, 14]]})["pred"]
+    assert out[14, 14, 14] == 1 and out[3, 3, 3] == 0
+    untouched = KeepClickedComponentsd("pred")({"pred": mask, "foreground": [[9, 9, 9]]})["pred"]
+    assert untouched.sum() == mask.sum()
+
+
+# ------------------------------------------------------------------ bundled MMARs
+
+
+@pytest.mark.parametrize(("name", "params"), [
+    ("demo_deepgrow_3d", lambda m: {"foreground": [first_click(m)], "current_point": first_click(m)}),
+    ("demo_deepgrow_2d", lambda m: {"foreground": [first_click(m)], "current_point": [first_click(m)]}),
+    ("demo_dextr3d_annotation", lambda m: {"points": extreme_points(m)}),
+])
+def test_bundled_click_models_return_masks_on_the_input_grid(scene_and_mask, name, params) -> None:
+    scene, mask = scene_and_mask
+    model = load_mmar(MODELS / name, TorchScriptPool())
+    prepared = prepare_params(model.config, params(mask))
+    output = model.pipeline.run({**prepared, "image": volume_to_tensor(Volume(scene.image, scene.affine,
+                                                                              ImageFormat.NIFTI_GZ))})
+    assert output.image.shape == mask.shape
+    assert set(np.unique(output.image)) <= {0, 1}
+    if name == "demo_deepgrow_2d":
+        assert np.nonzero(output.image.any(axis=(0, 1)))[0].tolist() in ([], [first_click(mask)[2]])
+    assert "DEMO" in model.config.description
