@@ -9,6 +9,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 venv="${1:-.venv-triton}"
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import pytriton, numpy, torch" 2>/dev/null; then
+    echo "triton venv $venv already installed"
+    exit 0
+fi
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 # The CPU build of torch; a bare `torch` requirement would pull a CUDA build.

@@ -14,7 +14,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aiaa_server import __version__
-from aiaa_server.api import admin, inference, models, polygons, sessions, system
+from aiaa_server.api import admin, inference, metrics, models, polygons, sessions, system
+from aiaa_server.api.metrics import MetricsMiddleware
 from aiaa_server.errors import AIAAError, ServiceUnavailable
 from aiaa_server.logs import setup_logging
 from aiaa_server.security import warn_if_exposed
@@ -57,10 +58,11 @@ def create_app(settings: Settings) -> FastAPI:
         allow_origins=settings.cors_origins,
         allow_methods=["*"],
         allow_headers=["*"],
-        expose_headers=["Content-Disposition", "Content-Length"],
+        expose_headers=["Content-Disposition", "Content-Length", "Retry-After"],
     )
+    app.add_middleware(MetricsMiddleware, metrics=services.http_metrics)  # outermost: times CORS preflights too
     _add_error_handlers(app)
-    for module in (system, models, inference, admin, sessions, polygons):
+    for module in (system, models, inference, admin, sessions, polygons, metrics):
         app.include_router(module.router)
     return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import uvicorn
 from pydantic import ValidationError
@@ -26,7 +27,13 @@ def main(argv: list[str] | None = None) -> None:
         log_config=None,
         access_log=True,
         timeout_keep_alive=30,
+        ssl_certfile=_optional_str(settings.ssl_certfile),
+        ssl_keyfile=_optional_str(settings.ssl_keyfile),
     )
+
+
+def _optional_str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 if __name__ == "__main__":

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import sys
 from dataclasses import dataclass, field
 
 import torch
 
 from aiaa_server.engines.factory import factory_from_settings
+from aiaa_server.inference.pool import InferencePool
 from aiaa_server.inference.service import InferenceService
 from aiaa_server.logs import LogTail
+from aiaa_server.metrics import HttpMetrics, MetricsRegistry
 from aiaa_server.mmar.registry import ModelRegistry
 from aiaa_server.mmar.store import ArchiveLimits, ModelAdmin, ModelStore
 from aiaa_server.security import AdminPolicy
+from aiaa_server.session_backends import session_backend
 from aiaa_server.sessions import SessionStore
 from aiaa_server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+GIL_SWITCH_INTERVAL = 0.0005  # seconds
 
 
 @dataclass
@@ -26,7 +31,9 @@ class Services:
     settings: Settings
     registry: ModelRegistry
     inference: InferenceService
-    executor: ThreadPoolExecutor
+    pool: InferencePool
+    metrics: MetricsRegistry
+    http_metrics: HttpMetrics
     log_tail: LogTail
     sessions: SessionStore
     admin_policy: AdminPolicy = field(init=False)
@@ -49,29 +56,46 @@ class Services:
     def build(cls, settings: Settings, log_tail: LogTail) -> "Services":
         settings.prepare_workspace()
         _set_torch_threads(settings)
+        # Workers run Python-heavy transforms; with the default 5 ms GIL switch interval the event loop
+        # waits up to 5 ms per wake-up for the GIL, which doubled /v1/models p99 under load (bench/README.md).
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL)
         engines = factory_from_settings(settings)
         # The factory stands in for the pool (same evict()); it picks local or Triton per model.
         registry = ModelRegistry(engines, default_device=settings.device)  # type: ignore[arg-type]
-        executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="aiaa-infer")
+        metrics = MetricsRegistry()
+        pool = InferencePool(
+            settings.workers, settings.max_queue, batch_max_wait=settings.batch_max_wait,
+            reserve_interactive=settings.reserve_interactive, registry=metrics,
+        )
         sessions = SessionStore(
             settings.sessions_dir,
             default_expiry=settings.session_expiry,
             budget_bytes=settings.session_budget_mb * 2**20,
             cache_bytes=settings.session_cache_mb * 2**20,
             gzip_level=settings.result_gzip_level,
+            backend=session_backend(settings.session_store, settings.sessions_dir),
         )
-        inference = InferenceService(registry, executor, gzip_level=settings.result_gzip_level, sessions=sessions)
-        return cls(settings=settings, registry=registry, inference=inference, executor=executor, log_tail=log_tail,
-                   sessions=sessions)
+        inference = InferenceService(registry, pool, gzip_level=settings.result_gzip_level, sessions=sessions)
+        return cls(settings=settings, registry=registry, inference=inference, pool=pool, metrics=metrics,
+                   http_metrics=HttpMetrics(metrics), log_tail=log_tail, sessions=sessions)
 
     def load_models(self) -> None:
         self.registry.scan(self.settings.model_dirs)
         log.info("serving %d model(s): %s", len(self.registry), ", ".join(self.registry.names()) or "none")
 
     def close(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False)
+        self.sessions.close()
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # honours taskset/cpusets, unlike os.cpu_count()
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _set_torch_threads(settings: Settings) -> None:
-    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.workers)
+    # Workers run concurrently, each with its own intra-op pool: cores // workers avoids oversubscription.
+    threads = settings.torch_threads or max(1, _usable_cores() // settings.workers)
     torch.set_num_threads(threads)

@@ -1,7 +1,8 @@
 """Sessions (protocol section 5): an uploaded image stored once and reused by many interactive calls.
 
 Each session lives on disk as `<root>/<id>/` holding the image and `meta.json` (written atomically), so
-sessions survive a restart. The store keeps the sessions under a byte budget (least recently accessed
+sessions survive a restart. Its metadata is kept by a backend (`session_backends`): this process (disk), or
+Redis so that replicas sharing the workspace serve each other's sessions. The store keeps the sessions under a byte budget (least recently accessed
 evicted first) and expires idle ones. Decoded volumes and the models' image-only pre-processing results
 are kept in a bounded in-memory LRU so that clicks on a session neither re-read nor re-preprocess it.
 """
@@ -18,7 +19,7 @@ import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,10 +31,10 @@ from aiaa_server.errors import AIAAError, InvalidImage, InvalidParams, NotFound,
 from aiaa_server.imaging.dicom import read_dicom_series
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
+from aiaa_server.session_backends import META_FILE, DiskSessionBackend, SessionBackend, write_json_atomically
 
 log = logging.getLogger(__name__)
 
-META_FILE = "meta.json"
 PARTIAL_SUFFIX = ".partial"
 SAVE_AS_FORMATS = {fmt.value: fmt for fmt in (ImageFormat.NIFTI, ImageFormat.NIFTI_GZ, ImageFormat.NRRD)}
 
@@ -189,17 +190,7 @@ def _for_session(session_id: str) -> Callable[[Hashable], bool]:
 # The store
 
 
-@dataclass
-class _Session:
-    info: SessionInfo
-    folder: Path
-    stats: SessionStats = field(default_factory=SessionStats)
-
-
-def _write_json_atomically(path: Path, payload: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(payload, encoding="utf-8")
-    os.replace(tmp, path)
+PARTIAL_GRACE_S = 3600.0  # a replica may still be writing a younger `.partial` folder in a shared workspace
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -218,7 +209,26 @@ def _image_meta(volume: Volume, source: str, size_bytes: int, fmt: ImageFormat) 
     )
 
 
+def _record(info: SessionInfo) -> str:
+    return info.model_dump_json(exclude={"stats"})
+
+
+def _parse(record: str | None) -> SessionInfo | None:
+    if record is None:
+        return None
+    try:
+        return SessionInfo.model_validate_json(record)
+    except ValueError as exc:
+        log.warning("ignoring an unreadable session record: %s", exc)
+        return None
+
+
 class SessionStore:
+    """Sessions on disk under `root`, their metadata in a `SessionBackend` (memory + meta.json, or Redis).
+
+    The caches (decoded volumes, pre-processing, stats) are per process; every call checks the backend first,
+    so a session deleted or expired through another replica is noticed (and its cache entries dropped)."""
+
     def __init__(
         self,
         root: Path,
@@ -227,17 +237,20 @@ class SessionStore:
         cache_bytes: int = 2 * 2**30,
         gzip_level: int = 1,
         clock: Callable[[], float] = time.time,
+        backend: SessionBackend | None = None,
     ) -> None:
         self.root = root
         self.default_expiry = default_expiry
         self.budget_bytes = budget_bytes
         self.gzip_level = gzip_level
         self.cache = ByteLRU(cache_bytes)
+        self.backend: SessionBackend = backend if backend is not None else DiskSessionBackend(root)
         self._clock = clock
-        self._sessions: dict[str, _Session] = {}
+        self._stats: dict[str, SessionStats] = {}
         self._guard = threading.RLock()
         self.root.mkdir(parents=True, exist_ok=True)
-        self._reload()
+        if not self.backend.shared:  # a shared backend already knows its sessions; folders are swept instead
+            self._reload()
 
     # -- lifecycle ---------------------------------------------------------------------------------------
 
@@ -271,26 +284,23 @@ class SessionStore:
                 meta=_image_meta(volume, source, size, fmt),
                 create_ts=now, last_access_ts=now, expiry=self.effective_expiry(expiry),
             )
-            _write_json_atomically(partial / META_FILE, info.model_dump_json(exclude={"stats"}))
-            evicted = self._insert(session_id, info, partial, size)
+            write_json_atomically(partial / META_FILE, _record(info))
+            evicted = self._insert(info, partial)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
         self._remove_folders(evicted, "evicted (session budget)")
-        session = self._sessions.get(session_id)
-        if session is not None:
-            session.stats.decodes += 1
-            self.cache.put(("volume", session_id), volume)
+        self._count(session_id, lambda stats: setattr(stats, "decodes", stats.decodes + 1))
+        self.cache.put(("volume", session_id), volume)
         log.info("session %s created: %s %s, %.1f MB, expiry %d s", session_id, source, info.meta.shape,
                  size / 2**20, info.expiry)
         return self._with_stats(session_id, info)
 
     def get(self, session_id: str, touch: bool = False) -> SessionInfo:
         with self._guard:
-            session = self._alive(session_id)
+            info = self._alive(session_id)
             if touch:
-                self._touch(session)
-            info = session.info.model_copy()
+                info = self._touch(info)
         return self._with_stats(session_id, info)
 
     def touch(self, session_id: str) -> SessionInfo:
@@ -298,21 +308,29 @@ class SessionStore:
 
     def delete(self, session_id: str) -> SessionInfo:
         with self._guard:
-            session = self._alive(session_id)
-            del self._sessions[session_id]
-        info = self._with_stats(session_id, session.info)
-        self._remove_folders([session], "deleted")
-        return info
+            info = self._alive(session_id)
+            if not self.backend.remove(session_id):  # another replica deleted it meanwhile
+                self._forget(session_id)
+                raise SessionNotFound(f"session {session_id!r} does not exist or has expired", session_id=session_id)
+        result = self._with_stats(session_id, info)
+        self._remove_folders([session_id], "deleted")
+        return result
 
     def sweep(self) -> list[str]:
-        """Remove every expired session (and its files); returns their ids."""
+        """Remove every expired session (and its files); returns their ids.
+
+        With a shared backend, also remove the folders of sessions the backend no longer knows (expired by
+        the Redis TTL, or deleted by a replica that died before removing the files)."""
         now = self._clock()
         with self._guard:
-            expired = [s for s in self._sessions.values() if s.info.expires_at() < now]
-            for session in expired:
-                del self._sessions[session.info.session_id]
+            infos = self._infos()
+            expired = [i.session_id for i in infos if i.expires_at() < now and self.backend.remove(i.session_id)]
+            alive = {i.session_id for i in infos} - set(expired)
         self._remove_folders(expired, "expired")
-        return [s.info.session_id for s in expired]
+        orphans = self._orphan_folders(alive, now) if self.backend.shared else []
+        self._remove_folders(orphans, "removed (expired or deleted through another replica)")
+        self._forget_all_but(alive)
+        return expired + orphans
 
     async def sweep_periodically(self, interval_s: float) -> None:
         """Background task (started by the app's lifespan): sweep every `interval_s` seconds until cancelled."""
@@ -323,14 +341,15 @@ class SessionStore:
             except Exception:  # a failing sweep must not kill the task; it retries next round
                 log.exception("session sweep failed")
 
+    def close(self) -> None:
+        self.backend.close()
+
     @property
     def total_bytes(self) -> int:
-        with self._guard:
-            return sum(s.info.meta.size_bytes for s in self._sessions.values())
+        return sum(i.meta.size_bytes for i in self._infos())
 
     def __len__(self) -> int:
-        with self._guard:
-            return len(self._sessions)
+        return len(self._infos())
 
     # -- cached image access (used by the inference service) ---------------------------------------------
 
@@ -408,69 +427,117 @@ class SessionStore:
             f"files of one series (got {', '.join(sorted({f.value for f in formats}))})"
         )
 
-    def _insert(self, session_id: str, info: SessionInfo, partial: Path, size: int) -> list[_Session]:
-        """Make room (least recently accessed first), then publish the session; returns the evicted ones."""
+    def _infos(self) -> list[SessionInfo]:
+        parsed = (_parse(record) for record in self.backend.records().values())
+        return [info for info in parsed if info is not None]
+
+    def _ttl(self, info: SessionInfo) -> float:
+        return info.expires_at() - self._clock()
+
+    def _insert(self, info: SessionInfo, partial: Path) -> list[str]:
+        """Make room (least recently accessed first), then publish the session; returns the evicted ids."""
+        session_id = info.session_id
         with self._guard:
-            evicted = self._evict_until_fits(size)
-            folder = self.root / session_id
-            os.rename(partial, folder)
-            self._sessions[session_id] = _Session(info=info, folder=folder)
+            evicted = self._evict_until_fits(info.meta.size_bytes)
+            # The record goes first: in a shared workspace a folder without a record is an orphan to sweep.
+            self.backend.add(session_id, _record(info), self._ttl(info))
+            try:
+                os.rename(partial, self.root / session_id)
+            except BaseException:
+                self.backend.remove(session_id)
+                raise
+            self._stats[session_id] = SessionStats()
         return evicted
 
-    def _evict_until_fits(self, extra_bytes: int) -> list[_Session]:
+    def _evict_until_fits(self, extra_bytes: int) -> list[str]:
         """Drop least recently accessed sessions (caller holds the lock) until `extra_bytes` more fit."""
-        evicted: list[_Session] = []
-        used = sum(s.info.meta.size_bytes for s in self._sessions.values())
-        for victim in sorted(self._sessions.values(), key=lambda s: s.info.last_access_ts):
+        infos = self._infos()
+        evicted: list[str] = []
+        used = sum(i.meta.size_bytes for i in infos)
+        for victim in sorted(infos, key=lambda i: i.last_access_ts):
             if used + extra_bytes <= self.budget_bytes:
                 break
-            used -= victim.info.meta.size_bytes
-            del self._sessions[victim.info.session_id]
-            evicted.append(victim)
+            used -= victim.meta.size_bytes
+            if self.backend.remove(victim.session_id):
+                evicted.append(victim.session_id)
         return evicted
 
-    def _alive(self, session_id: str) -> _Session:
-        """The live session (caller holds the lock); expired ones are dropped here already."""
-        session = self._sessions.get(session_id)
-        if session is None:
+    def _alive(self, session_id: str) -> SessionInfo:
+        """The live session's info (caller holds the lock); expired ones are dropped here already."""
+        info = _parse(self.backend.load(session_id))
+        if info is None:
+            self._forget(session_id)  # it may have been deleted through another replica
             raise SessionNotFound(f"session {session_id!r} does not exist or has expired", session_id=session_id)
-        if session.info.expires_at() < self._clock():
-            del self._sessions[session_id]
-            threading.Thread(target=self._remove_folders, args=([session], "expired"), daemon=True).start()
+        if info.expires_at() < self._clock():
+            if self.backend.remove(session_id):
+                threading.Thread(target=self._remove_folders, args=([session_id], "expired"), daemon=True).start()
+            else:
+                self._forget(session_id)
             raise SessionNotFound(f"session {session_id!r} has expired", session_id=session_id)
-        return session
+        return info
 
-    def _touch(self, session: _Session) -> None:
-        session.info.last_access_ts = self._clock()
+    def _touch(self, info: SessionInfo) -> SessionInfo:
+        session_id = info.session_id
+        info = info.model_copy(update={"last_access_ts": self._clock()})
         try:
-            _write_json_atomically(session.folder / META_FILE, session.info.model_dump_json(exclude={"stats"}))
+            alive = self.backend.refresh(session_id, _record(info), self._ttl(info))
         except OSError as exc:  # the in-memory state stays right; only a restart would see an older time
-            log.warning("session %s: could not persist access time: %s", session.info.session_id, exc)
+            log.warning("session %s: could not persist access time: %s", session_id, exc)
+            return info
+        if not alive:
+            self._forget(session_id)
+            raise SessionNotFound(f"session {session_id!r} does not exist or has expired", session_id=session_id)
+        return info
 
     def _image_path(self, session_id: str) -> Path:
         with self._guard:
-            session = self._alive(session_id)
-            return session.folder / session.info.image
+            info = self._alive(session_id)
+            return self.root / session_id / info.image
 
     def _count(self, session_id: str, update: Callable[[SessionStats], None]) -> None:
         with self._guard:
-            session = self._sessions.get(session_id)
-            if session is not None:
-                update(session.stats)
+            stats = self._stats.get(session_id)
+            if stats is not None:
+                update(stats)
 
     def _with_stats(self, session_id: str, info: SessionInfo) -> SessionInfo:
         with self._guard:
-            session = self._sessions.get(session_id)
-            stats = session.stats.model_copy(deep=True) if session is not None else SessionStats()
+            stats = self._stats.setdefault(session_id, SessionStats()).model_copy(deep=True)
         stats.cached_bytes = self.cache.bytes_where(_for_session(session_id))
         return info.model_copy(update={"stats": stats})
 
-    def _remove_folders(self, sessions: Sequence[_Session], why: str) -> None:
-        for session in sessions:
-            session_id = session.info.session_id
-            self.cache.discard(_for_session(session_id))
-            shutil.rmtree(session.folder, ignore_errors=True)
+    def _forget(self, session_id: str) -> None:
+        """Drop this process's cache entries and counters of a session."""
+        self.cache.discard(_for_session(session_id))
+        with self._guard:
+            self._stats.pop(session_id, None)
+
+    def _forget_all_but(self, alive: set[str]) -> None:
+        self.cache.discard(lambda key: isinstance(key, tuple) and len(key) > 1 and key[1] not in alive)
+        with self._guard:
+            for session_id in [s for s in self._stats if s not in alive]:
+                del self._stats[session_id]
+
+    def _remove_folders(self, session_ids: Sequence[str], why: str) -> None:
+        for session_id in session_ids:
+            self._forget(session_id)
+            shutil.rmtree(self.root / session_id, ignore_errors=True)
             log.info("session %s %s", session_id, why)
+
+    def _orphan_folders(self, alive: set[str], now: float) -> list[str]:
+        """Folders (shared workspace) whose session the backend no longer holds; stale `.partial` ones go too."""
+        orphans: list[str] = []
+        for folder in self.root.iterdir():
+            if not folder.is_dir():
+                continue
+            if folder.name.endswith(PARTIAL_SUFFIX):
+                if _age(folder, now) > PARTIAL_GRACE_S:
+                    shutil.rmtree(folder, ignore_errors=True)
+                continue
+            # Re-check: a replica may have created this session after `alive` was listed.
+            if folder.name not in alive and self.backend.load(folder.name) is None:
+                orphans.append(folder.name)
+        return orphans
 
     def _reload(self) -> None:
         """Pick up the sessions a previous run left on disk; drop half-written and expired ones."""
@@ -490,9 +557,18 @@ class SessionStore:
             if info.session_id != folder.name or info.expires_at() < now or not (folder / info.image).is_file():
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
-            self._sessions[info.session_id] = _Session(info=info, folder=folder)
+            self.backend.add(info.session_id, _record(info), self._ttl(info))
+            self._stats[info.session_id] = SessionStats()
         with self._guard:
             over_budget = self._evict_until_fits(0)  # the budget may have been lowered since
         self._remove_folders(over_budget, "evicted (session budget)")
-        if self._sessions:
-            log.info("reloaded %d session(s) from %s", len(self._sessions), self.root)
+        count = len(self.backend.records())
+        if count:
+            log.info("reloaded %d session(s) from %s", count, self.root)
+
+
+def _age(folder: Path, now: float) -> float:
+    try:
+        return now - folder.stat().st_mtime
+    except OSError:
+        return 0.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from aiaa_server.security import parse_hosts
@@ -33,7 +33,16 @@ class Settings(BaseSettings):
     bundled_models: bool = Field(True, description="also serve the demo MMARs shipped in the repository's models/")
     workspace: Path = Field(Path("workspace"), description="folder for uploads, sessions, logs and uploaded models")
     device: Literal["cpu", "cuda"] = Field("cpu", description="device the local engine runs models on")
-    workers: int = Field(1, ge=1, le=64, description="inference worker threads")
+    workers: int = Field(1, ge=1, le=64, description="inference worker threads on the device")
+    max_queue: int = Field(
+        16, ge=0, le=10000, description="inference requests that may wait for a worker; more get 503 + Retry-After"
+    )
+    batch_max_wait: float = Field(
+        10.0, gt=0, description="seconds a queued auto-segmentation may be overtaken by clicks before it goes first"
+    )
+    reserve_interactive: bool = Field(
+        True, description="with --workers >= 2, keep one worker for interactive calls (deepgrow, dextr3d, sessions)"
+    )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per process (0: cores / workers)")
     root_path: str = Field("", description="path prefix when served behind a reverse proxy, e.g. /aiaa")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -47,6 +56,13 @@ class Settings(BaseSettings):
     session_cache_mb: int = Field(
         2048, ge=0, description="memory for decoded/pre-processed session images in MiB (LRU)"
     )
+    session_store: str = Field(
+        "disk",
+        description="where session metadata lives: disk (this process, meta.json files) or redis://HOST:PORT/DB "
+        "(replicas sharing one workspace; rediss:// for TLS)",
+    )
+    ssl_certfile: Path | None = Field(None, description="serve HTTPS with this PEM certificate (chain)")
+    ssl_keyfile: Path | None = Field(None, description="private key (PEM) of --ssl_certfile")
     result_gzip_level: int = Field(1, ge=0, le=9, description="gzip level for .nii.gz/.nrrd results (speed first)")
     admin_token: SecretStr | None = Field(
         None, description="bearer token the /admin endpoints require (prefer the AIAA_ADMIN_TOKEN env var)"
@@ -92,6 +108,22 @@ class Settings(BaseSettings):
     def _check_admin_hosts(cls, value: str) -> str:
         parse_hosts(value)
         return value.strip() or "*"
+
+    @field_validator("session_store")
+    @classmethod
+    def _check_session_store(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() == "disk":
+            return "disk"
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("use disk or a Redis URL: redis://HOST:PORT/DB, rediss://… or unix:///PATH?db=N")
+        return value
+
+    @model_validator(mode="after")
+    def _ssl_files_together(self) -> Settings:
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("--ssl_certfile and --ssl_keyfile go together: give both to serve HTTPS")
+        return self
 
     @field_validator("root_path")
     @classmethod

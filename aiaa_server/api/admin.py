@@ -19,6 +19,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
 from aiaa_server.api.deps import get_services
+from aiaa_server.api.openapi import BINARY, multipart_request
 from aiaa_server.errors import BadRequest, NotImplementedOnServer, PayloadTooLarge
 from aiaa_server.mmar.loader import ModelInfo
 from aiaa_server.mmar.store import check_model_name
@@ -181,22 +182,10 @@ def _name(raw: str) -> str:
     return check_model_name(raw.removesuffix("/"))
 
 
-UPLOAD_DOC = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "config": {"type": "string", "format": "binary", "description": "config_aiaa.json"},
-                        "data": {"type": "string", "format": "binary",
-                                 "description": "models/model.ts (with config), or a .zip/.tar.gz MMAR (alone)"},
-                    },
-                }
-            }
-        }
-    }
-}
+UPLOAD_DOC = multipart_request({
+    "config": {**BINARY, "description": "config_aiaa.json"},
+    "data": {**BINARY, "description": "models/model.ts (with config), or a .zip/.tar.gz MMAR (alone)"},
+})
 
 
 @router.put("/admin/model/{name:path}", response_model=AdminModelResponse, openapi_extra=UPLOAD_DOC,

@@ -7,21 +7,32 @@ text field, a file part, or missing, and some clients send a JSON body instead o
 from __future__ import annotations
 
 import asyncio
+import codecs
 import shutil
 import tempfile
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator
+from typing import BinaryIO
 
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
 from aiaa_server.errors import BadRequest
 from aiaa_server.inference.params import normalise_params, parse_params
 from aiaa_server.inference.service import ImageUpload
 
+try:  # python-multipart >= 0.0.13 names its package python_multipart
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+except ModuleNotFoundError:  # pragma: no cover - older python-multipart
+    from multipart.exceptions import MultipartParseError
+    from multipart.multipart import MultipartParser, parse_options_header
+
 MAX_FORM_FILES = 10000  # a DICOM series arrives as one part per slice
+MAX_FORM_FIELDS = 1000
+MAX_FIELD_BYTES = 16 * 2**20  # text fields (params, polygons) stay in memory
+FLUSH_BYTES = 4 * 2**20  # file data is written in a worker thread in blocks this large
 
 
 @dataclass
@@ -33,14 +44,6 @@ class ParsedBody:
     @property
     def first_file(self) -> ImageUpload | None:
         return self.files[0] if self.files else None
-
-
-def _copy_upload(upload: UploadFile, folder: Path, index: int) -> Path:
-    target = folder / f"part{index:05d}"
-    upload.file.seek(0)
-    with open(target, "wb") as out:
-        shutil.copyfileobj(upload.file, out, length=4 * 2**20)
-    return target
 
 
 @asynccontextmanager
@@ -55,29 +58,27 @@ async def read_body(request: Request, tmp_root: Path) -> AsyncIterator[ParsedBod
 
 
 async def _parse(request: Request, folder: Path) -> ParsedBody:
-    content_type = request.headers.get("content-type", "").lower()
+    content_type = request.headers.get("content-type", "")
+    lowered = content_type.lower()
     body = ParsedBody()
-    if content_type.startswith("multipart/form-data") or content_type.startswith("application/x-www-form-urlencoded"):
+    if lowered.startswith("multipart/form-data"):
+        form = _StreamingForm(folder, content_type)
         try:
-            form = await request.form(max_files=MAX_FORM_FILES, max_fields=1000)
-        except Exception as exc:  # malformed multipart / bad boundary
-            raise BadRequest(f"could not parse the multipart body: {getattr(exc, 'detail', exc)}") from exc
-        raw_params: str | bytes | None = None
-        try:
-            for name, value in form.multi_items():
-                if isinstance(value, UploadFile) and name == "params" and not _looks_like_image(value.filename):
-                    raw_params = await value.read()
-                elif isinstance(value, UploadFile):
-                    path = await asyncio.to_thread(_copy_upload, value, folder, len(body.files))
-                    body.files.append(ImageUpload(path=path, filename=value.filename or name))
-                elif name == "params":
-                    raw_params = value
-                else:
-                    body.fields[name] = value
+            await form.parse(request)
         finally:
-            await form.close()
+            await asyncio.to_thread(form.close)
+        body.files, body.fields = form.files, form.fields
+        body.params = parse_params(form.raw_params)
+    elif lowered.startswith("application/x-www-form-urlencoded"):
+        try:
+            async with request.form(max_files=0, max_fields=MAX_FORM_FIELDS) as urlencoded:
+                fields = {name: value for name, value in urlencoded.multi_items() if isinstance(value, str)}
+        except Exception as exc:
+            raise BadRequest(f"could not parse the form body: {getattr(exc, 'detail', exc)}") from exc
+        raw_params = fields.pop("params", None)
+        body.fields = fields
         body.params = parse_params(raw_params)
-    elif content_type.startswith("application/json"):
+    elif lowered.startswith("application/json"):
         raw = await request.body()
         body.params = parse_params(raw) if raw.strip() else {}
     else:
@@ -89,6 +90,155 @@ async def _parse(request: Request, folder: Path) -> ParsedBody:
             )
     body.params = normalise_params(body.params)
     return body
+
+
+@dataclass
+class _Part:
+    name: str = ""
+    filename: str | None = None
+    disposition: bytes = b""
+    data: bytearray = field(default_factory=bytearray)  # text fields; pending file bytes for file parts
+    path: Path | None = None
+    handle: BinaryIO | None = None
+
+
+class _StreamingForm:
+    """multipart/form-data streamed from `request.stream()` straight into files in `folder` (one write).
+
+    python-multipart's callbacks run synchronously inside `parser.write`; they only collect bytes. Disk
+    writes happen between network chunks, in a worker thread, so the event loop never waits on the disk.
+    """
+
+    def __init__(self, folder: Path, content_type: str) -> None:
+        self.folder = folder
+        _, options = parse_options_header(content_type)
+        boundary = options.get(b"boundary")
+        if not boundary:
+            raise BadRequest("could not parse the multipart body: no boundary in the Content-Type header")
+        self.boundary = boundary
+        self.charset = _charset(options.get(b"charset"))
+        self.files: list[ImageUpload] = []
+        self.fields: dict[str, str] = {}
+        self.raw_params: str | bytes | None = None
+        self._field_count = 0
+        self._part: _Part | None = None
+        self._header_name = b""
+        self._header_value = b""
+        self._pending: list[tuple[_Part, bytearray, bool]] = []  # (part, bytes to write, close after)
+        self._open: list[BinaryIO] = []
+
+    async def parse(self, request: Request) -> None:
+        parser = MultipartParser(self.boundary, {
+            "on_part_begin": self._on_part_begin,
+            "on_part_data": self._on_part_data,
+            "on_part_end": self._on_part_end,
+            "on_header_field": self._on_header_field,
+            "on_header_value": self._on_header_value,
+            "on_header_end": self._on_header_end,
+            "on_headers_finished": self._on_headers_finished,
+        })
+        try:
+            async for chunk in request.stream():
+                parser.write(chunk)
+                if self._pending:
+                    await asyncio.to_thread(self._flush)
+            parser.finalize()
+        except MultipartParseError as exc:
+            raise BadRequest(f"could not parse the multipart body: {exc}") from exc
+        if self._part is not None:
+            raise BadRequest("could not parse the multipart body: it ends inside a part (truncated upload?)")
+
+    def close(self) -> None:
+        for handle in self._open:
+            handle.close()
+        self._open.clear()
+
+    # -- python-multipart callbacks (synchronous, no IO) ----------------------------------------------
+
+    def _on_part_begin(self) -> None:
+        self._part = _Part()
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        assert self._part is not None
+        if self._header_name.lower() == b"content-disposition":
+            self._part.disposition = self._header_value
+        self._header_name = self._header_value = b""
+
+    def _on_headers_finished(self) -> None:
+        part = self._part
+        assert part is not None
+        _, options = parse_options_header(part.disposition)
+        if b"name" not in options:
+            raise BadRequest('could not parse the multipart body: a part has no Content-Disposition "name"')
+        part.name = self._decode(options[b"name"])
+        if b"filename" in options:
+            part.filename = self._decode(options[b"filename"])
+        if part.filename is not None and not (part.name == "params" and not _looks_like_image(part.filename)):
+            if len(self.files) >= MAX_FORM_FILES:
+                raise BadRequest(f"too many files in the multipart body (at most {MAX_FORM_FILES})")
+            part.path = self.folder / f"part{len(self.files):05d}"
+            self.files.append(ImageUpload(path=part.path, filename=part.filename or part.name))
+        else:
+            self._field_count += 1
+            if self._field_count > MAX_FORM_FIELDS:
+                raise BadRequest(f"too many fields in the multipart body (at most {MAX_FORM_FIELDS})")
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        part = self._part
+        assert part is not None
+        part.data += memoryview(data)[start:end]
+        if part.path is None:
+            if len(part.data) > MAX_FIELD_BYTES:
+                raise BadRequest(f"multipart field {part.name!r} is larger than {MAX_FIELD_BYTES // 2**20} MiB")
+        elif len(part.data) >= FLUSH_BYTES:
+            self._pending.append((part, part.data, False))
+            part.data = bytearray()
+
+    def _on_part_end(self) -> None:
+        part = self._part
+        assert part is not None
+        self._part = None
+        if part.path is not None:
+            self._pending.append((part, part.data, True))
+        elif part.name == "params":
+            self.raw_params = bytes(part.data) if part.filename is not None else self._decode(part.data)
+        else:
+            self.fields[part.name] = self._decode(part.data)
+
+    # -- IO (worker thread) -------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        for part, data, last in pending:
+            assert part.path is not None
+            if part.handle is None:
+                part.handle = open(part.path, "wb")  # noqa: SIM115 - stays open across network chunks
+                self._open.append(part.handle)
+            part.handle.write(data)
+            if last:
+                part.handle.close()
+                self._open.remove(part.handle)
+
+    def _decode(self, raw: bytes | bytearray) -> str:
+        try:
+            return raw.decode(self.charset)
+        except (UnicodeDecodeError, LookupError):
+            return raw.decode("latin-1")
+
+
+def _charset(value: bytes | None) -> str:
+    if not value:
+        return "utf-8"
+    try:
+        return codecs.lookup(value.decode("latin-1")).name
+    except LookupError:
+        return "latin-1"
 
 
 def _looks_like_image(filename: str | None) -> bool:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 
 from aiaa_server.api.deps import get_services
 from aiaa_server.api.forms import read_body
+from aiaa_server.api.openapi import PARAMS_AND_IMAGE
 from aiaa_server.api.responses import check_output_mode, inference_response
 from aiaa_server.inference.service import Endpoint, InferenceRequest
 from aiaa_server.services import Services
@@ -15,19 +16,7 @@ from aiaa_server.services import Services
 router = APIRouter(tags=["inference"])
 
 MULTIPART_DOC = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "params": {"type": "string", "description": "JSON object, e.g. {}"},
-                        "datapoint": {"type": "string", "format": "binary", "description": "image (any part name)"},
-                    },
-                }
-            }
-        }
-    },
+    **PARAMS_AND_IMAGE,
     "responses": {"200": {"content": {"multipart/form-data": {}, "application/json": {}}}},
 }
 

@@ -13,6 +13,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from aiaa_server.api.deps import get_services
 from aiaa_server.api.forms import read_body
+from aiaa_server.api.openapi import PARAMS_AND_IMAGE
 from aiaa_server.api.responses import multipart_response
 from aiaa_server.errors import BadRequest, InvalidImage, InvalidParams
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
@@ -32,21 +33,7 @@ from aiaa_server.services import Services
 
 router = APIRouter(tags=["polygons"])
 
-POLYGON_DOC = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "params": {"type": "string", "description": "JSON object"},
-                        "datapoint": {"type": "string", "format": "binary", "description": "image (any part name)"},
-                    },
-                }
-            }
-        }
-    }
-}
+POLYGON_DOC = PARAMS_AND_IMAGE
 
 
 class Mask2PolygonParams(BaseModel):

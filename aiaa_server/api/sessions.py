@@ -9,29 +9,20 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from aiaa_server.api.deps import get_services
 from aiaa_server.api.forms import read_body
+from aiaa_server.api.openapi import BINARY, multipart_request
 from aiaa_server.services import Services
 from aiaa_server.sessions import NotSupported, SessionCreated, SessionInfo
 
 router = APIRouter(tags=["sessions"])
 
-SESSION_UPLOAD_DOC = {
-    "requestBody": {
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {"type": "string", "format": "binary",
-                                  "description": "NIfTI/NRRD volume, or several DICOM files (image0, image1, …), "
-                                                 "or one zip of DICOM files (any part names)"},
-                        "params": {"type": "string", "description": "optional; ignored"},
-                    },
-                }
-            },
-            "application/json": {"schema": {"type": "object", "description": '{"dicom": {...}}: PACS pull (501)'}},
-        }
-    }
-}
+SESSION_UPLOAD_DOC = multipart_request(
+    {
+        "image": {**BINARY, "description": "NIfTI/NRRD volume, or several DICOM files (image0, image1, …), "
+                                           "or one zip of DICOM files (any part names)"},
+        "params": {"type": "string", "description": "optional; ignored"},
+    },
+    **{"application/json": {"schema": {"type": "object", "description": '{"dicom": {...}}: PACS pull (501)'}}},
+)
 
 
 @router.put("/session/", response_model=SessionCreated, openapi_extra=SESSION_UPLOAD_DOC,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from aiaa_server import __version__
 from aiaa_server.api.deps import get_services
@@ -61,13 +61,12 @@ def health() -> dict[str, str]:
 
 
 @router.get("/ready", summary="Readiness: models loaded (and, for Triton models, loaded in Triton)")
-def ready(services: Annotated[Services, Depends(get_services)]) -> dict[str, object]:
+def ready(services: Annotated[Services, Depends(get_services)]) -> JSONResponse:
+    """200 when at least one model can serve, else 503 (so load balancers and k8s route around the pod)."""
     models = {name: _model_readiness(services, name) for name in services.registry.names()}
-    return {
-        "ready": any(status == "ready" for status in models.values()),
-        "models": models,
-        "failed": dict(services.registry.load_errors),
-    }
+    is_ready = any(status == "ready" for status in models.values())
+    body = {"ready": is_ready, "models": models, "failed": dict(services.registry.load_errors)}
+    return JSONResponse(body, status_code=200 if is_ready else 503)
 
 
 def _model_readiness(services: Services, name: str) -> str:

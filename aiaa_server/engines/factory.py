@@ -25,7 +25,7 @@ from aiaa_server.engines.base import Engine
 from aiaa_server.engines.torchscript import TorchScriptPool, resolve_device
 from aiaa_server.engines.triton import TritonClient, TritonEngine, TritonOptions
 from aiaa_server.engines.triton_repository import TritonBackend, remove_model, write_model
-from aiaa_server.errors import InvalidModel
+from aiaa_server.errors import InvalidModel, ModelError, ServiceUnavailable
 from aiaa_server.mmar.config import AIAAConfig
 from aiaa_server.settings import Settings
 
@@ -90,15 +90,17 @@ class EngineFactory:
         with self._lock:
             self._triton_engines[name] = engine
             self._sources[name] = str(model_file.resolve())
-        # Load now when Triton is up; when it is not, the first request or readiness check loads it.
-        status = engine.readiness()
-        if status.startswith("failed"):
+        # Always (re)load: Triton may still hold an older version of this model from before our restart, and
+        # reloads only when the files changed. When Triton is down, the first request or readiness check loads it.
+        try:
+            engine.ensure_loaded()
+        except ServiceUnavailable as exc:
+            log.warning("model %s: %s; it will be loaded into Triton when Triton answers", name, exc.message)
+        except ModelError as exc:
             with self._lock:
                 self._triton_engines.pop(name, None)
                 self._sources.pop(name, None)
-            raise InvalidModel(f"model {name!r}: {status}")
-        if status != "ready":
-            log.warning("model %s: %s; it will be loaded into Triton when Triton answers", name, status)
+            raise InvalidModel(f"model {name!r}: {exc.message}") from exc
         return engine
 
     def _triton_client(self) -> TritonClient:

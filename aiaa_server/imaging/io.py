@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import gzip
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.volumeutils import apply_read_scaling
 
 from aiaa_server.errors import InvalidImage, InvalidParams
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
+
+try:  # python-isal's igzip: 3-4x faster than zlib on CT, ~20x on label masks (bench/gzip_codecs.py)
+    from isal import igzip as _igzip
+except ImportError:  # pragma: no cover - the stdlib is the fallback
+    _igzip = None
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 RESULT_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
@@ -76,11 +83,60 @@ def _read_nifti(path: Path, fmt: ImageFormat) -> Volume:
             return _read_nifti(named, fmt)
         finally:
             named.unlink(missing_ok=True)
+    if fmt is ImageFormat.NIFTI_GZ and _igzip is not None:
+        return _read_nifti_gz(path)
     image = nib.load(str(path))
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InvalidImage("file is not a NIfTI-1/2 image")
     array = np.asanyarray(image.dataobj)  # reads (and decompresses) everything now, so corrupt files fail here
     return Volume(array=array, affine=image.affine.astype(np.float64), format=fmt, header=image.header)
+
+
+def _read_nifti_gz(path: Path) -> Volume:
+    """Decompress with igzip straight into the final array (no intermediate buffer), then apply scaling."""
+    assert _igzip is not None
+    with _igzip.open(path, "rb") as stream:
+        sizeof_hdr = stream.read(4)
+        stream.seek(0)
+        header_class = nib.Nifti2Header if _header_size(sizeof_hdr) == 540 else nib.Nifti1Header
+        header = header_class.from_fileobj(stream)
+        stream.seek(int(header.get_data_offset()))
+        array = np.empty(header.get_data_shape(), dtype=header.get_data_dtype(), order="F")
+        _readinto(stream, array)
+    slope, inter = header.get_slope_inter()
+    if slope is not None and (slope, inter or 0.0) != (1.0, 0.0):
+        array = apply_read_scaling(array, slope, inter)  # exactly what nibabel's dataobj would give
+    return Volume(array=array, affine=header.get_best_affine().astype(np.float64), format=ImageFormat.NIFTI_GZ,
+                  header=header)
+
+
+def _readinto(stream: Any, array: np.ndarray, chunk: int = 16 * 2**20) -> None:
+    # In steps: igzip's readinto of one huge buffer decompresses into a temporary of the same size first.
+    view = memoryview(array.T).cast("B")  # array.T of an F-ordered array is C-contiguous: its raw bytes
+    done = 0
+    while done < len(view):
+        read = stream.readinto(view[done : done + chunk])
+        if not read:
+            raise EOFError(f"the data ends after {done} of {len(view)} bytes (truncated file?)")
+        done += read
+
+
+def _header_size(raw: bytes) -> int:
+    if len(raw) < 4:
+        raise InvalidImage("file is too short to be a NIfTI image")
+    little, big = struct.unpack("<i", raw)[0], struct.unpack(">i", raw)[0]
+    return 540 if 540 in (little, big) else 348
+
+
+def gzip_compress(data: bytes, level: int = 1) -> bytes:
+    """gzip with igzip when installed (levels 1-3 / 4-6 / 7-9 map to its 1 / 2 / 3), else zlib."""
+    if _igzip is None or level <= 0:
+        return gzip.compress(data, compresslevel=level, mtime=0)
+    return _igzip.compress(data, compresslevel=min(3, (level + 2) // 3), mtime=0)
+
+
+def gzip_decompress(data: bytes) -> bytes:
+    return _igzip.decompress(data) if _igzip is not None else gzip.decompress(data)
 
 
 def _read_nrrd(path: Path) -> Volume:
@@ -150,7 +206,7 @@ def encode_volume(
         raw = _nifti_bytes(data, reference)
         if compress is None:
             compress = fmt is ImageFormat.NIFTI_GZ
-        return gzip.compress(raw, compresslevel=gzip_level) if compress else raw
+        return gzip_compress(raw, gzip_level) if compress else raw
     if fmt is ImageFormat.NRRD:
         return _nrrd_bytes(data, reference, gzip_level if compress else None)
     raise InvalidParams(f"cannot write results as {fmt.value}")
@@ -200,14 +256,14 @@ def _nrrd_bytes(data: np.ndarray, reference: Volume, gzip_level: int | None) -> 
     ]
     payload = np.asarray(data, dtype=data.dtype.newbyteorder("<")).tobytes(order="F")
     if gzip_level is not None:
-        payload = gzip.compress(payload, compresslevel=gzip_level)
+        payload = gzip_compress(payload, gzip_level)
     return ("\n".join(lines) + "\n\n").encode("ascii") + payload
 
 
 def decode_result(payload: bytes, fmt: ImageFormat) -> tuple[np.ndarray, np.ndarray]:
     """Decode result bytes (used by tests and the client): returns (array, affine)."""
     if fmt in (ImageFormat.NIFTI, ImageFormat.NIFTI_GZ):
-        raw = gzip.decompress(payload) if payload[:2] == b"\x1f\x8b" else payload
+        raw = gzip_decompress(payload) if payload[:2] == b"\x1f\x8b" else payload
         image = nib.Nifti1Image.from_bytes(raw)
         return np.asanyarray(image.dataobj), image.affine
     if fmt is ImageFormat.NRRD:

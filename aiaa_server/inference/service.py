@@ -3,12 +3,10 @@ encodes the result on the client's grid in the requested format."""
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
 from aiaa_server.inference.interactive import prepare_params
 from aiaa_server.inference.params import ResultOptions
+from aiaa_server.inference.pool import InferencePool, Lane
 from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.config import ModelType
 from aiaa_server.mmar.loader import LoadedModel
@@ -66,17 +65,30 @@ class InferenceResult:
     media_type: str = "application/octet-stream"
 
 
+INTERACTIVE_TYPES = {ModelType.ANNOTATION, ModelType.DEEPGROW}
+
+
+def _lane(request: InferenceRequest, model: LoadedModel) -> Lane:
+    """Clicks (deepgrow, dextr3d, anything on a session) go first; auto-segmentations queue behind them."""
+    interactive = (
+        request.session_id is not None
+        or request.endpoint in (Endpoint.DEEPGROW, Endpoint.DEXTR3D)
+        or model.config.type in INTERACTIVE_TYPES
+    )
+    return Lane.INTERACTIVE if interactive else Lane.BATCH
+
+
 def _safe_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "image"
 
 
 class InferenceService:
     def __init__(
-        self, registry: ModelRegistry, executor: ThreadPoolExecutor, gzip_level: int = 1,
+        self, registry: ModelRegistry, pool: InferencePool, gzip_level: int = 1,
         sessions: SessionStore | None = None,
     ) -> None:
         self.registry = registry
-        self.executor = executor
+        self.pool = pool
         self.gzip_level = gzip_level
         self.sessions = sessions
 
@@ -85,14 +97,15 @@ class InferenceService:
         self._check_endpoint(request.endpoint, model)
         options = ResultOptions.from_params(request.params)
         request.params = prepare_params(model.config, request.params)
-        loop = asyncio.get_running_loop()
+        lane = _lane(request, model)
+        label = request.endpoint.value
         if request.session_id:  # the session image wins over an uploaded file (protocol section 5)
             if self.sessions is None:
                 raise SessionExpired("Session Expired", session_id=request.session_id)
-            return await loop.run_in_executor(self.executor, self._run_session_sync, model, request, options)
+            return await self.pool.run(lane, self._run_session_sync, model, request, options, label=label)
         if request.upload is None:
             raise BadRequest("no image uploaded: send the image as a multipart file part, or use session_id")
-        return await loop.run_in_executor(self.executor, self._run_sync, model, request, options)
+        return await self.pool.run(lane, self._run_sync, model, request, options, label=label)
 
     @staticmethod
     def _check_endpoint(endpoint: Endpoint, model: LoadedModel) -> None:

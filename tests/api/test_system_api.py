@@ -93,3 +93,18 @@ def test_root_path_prefix_behind_a_proxy(tmp_path: Path, test_models_dir: Path) 
         assert "/aiaa/openapi.json" in docs.text
     finally:
         live.stop()
+
+
+def test_ready_is_503_without_models(tmp_path: Path) -> None:
+    empty = tmp_path / "no_models"
+    empty.mkdir()
+    live = start_server(tmp_path / "ws", ["--models", str(empty), "--no-bundled_models"], wait_ready=False)
+    try:
+        with httpx.Client(timeout=30) as client:
+            health = client.get(live.url("/health"))
+            ready = client.get(live.url("/ready"))
+        assert health.status_code == 200
+        assert ready.status_code == 503
+        assert ready.json()["ready"] is False
+    finally:
+        live.stop()

@@ -26,7 +26,7 @@ from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import decode_result
 from aiaa_server.mmar.loader import parse_config
 from aiaa_server.settings import settings_from_cli
-from tests.support.mmars import segmentation_config, write_threshold_mmar
+from tests.support.mmars import ThresholdNet, segmentation_config, write_threshold_mmar
 from tests.support.server import LiveServer, start_server
 from tests.support.triton import TritonInstall, TritonNotInstalled, TritonServer, find_triton, start_triton
 from tests.support.volumes import cube_volume, lps_affine, save_nifti
@@ -248,6 +248,21 @@ def test_grpc_carries_volumes_over_64_mib(stack, models_dir: Path) -> None:
     output = engine(volume)
     assert output.shape == (1, 2, 272, 256, 256)
     torch.testing.assert_close(output[:, 1:], volume - 0.5)
+
+
+def test_recreating_a_model_reloads_changed_files_into_triton(stack, tmp_path: Path) -> None:
+    triton, _ = stack  # e.g. aiaa-server restarted with a retrained model while Triton kept the old one
+    setup = TritonSetup(TritonOptions(triton.grpc_url), triton.repository, "python")
+    mmar = _write(tmp_path / "swap", _native_config())
+    model_file, config = mmar / "models" / "model.ts", parse_config(_native_config())
+    volume = torch.full((1, 1, 8, 8, 8), 0.3)
+    first = EngineFactory(TorchScriptPool(), default_engine="triton", triton=setup).create("swap", model_file, config)
+    assert (first(volume).argmax(1) == 0).all()
+    retrained = tmp_path / "retrained.ts"
+    torch.jit.save(torch.jit.script(ThresholdNet(threshold=0.1)), str(retrained))
+    retrained.replace(model_file)
+    second = EngineFactory(TorchScriptPool(), default_engine="triton", triton=setup).create("swap", model_file, config)
+    assert (second(volume).argmax(1) == 1).all()
 
 
 def test_triton_going_away_gives_503_and_the_models_come_back(stack, cube) -> None:

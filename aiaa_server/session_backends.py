@@ -1,0 +1,175 @@
+"""Where session metadata lives: this process's memory plus `meta.json` files (one server), or Redis (replicas).
+
+A backend stores one JSON record per session id. The session files always live in the workspace
+(`<workspace>/sessions/<id>/`); with Redis that workspace must be shared by every replica (e.g. a ReadWriteMany
+volume), so any replica can serve any call. Records in Redis carry a TTL equal to the time left until the
+session expires and it is renewed on every touch, so Redis itself forgets expired sessions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from aiaa_server.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+META_FILE = "meta.json"
+REDIS_PREFIX = "aiaa:session:"
+REDIS_RETRY_AFTER_S = 5
+_T = TypeVar("_T")
+
+
+class SessionBackend(Protocol):
+    """Session id → JSON record. `shared` is True when other server processes see the same records."""
+
+    shared: bool
+
+    def add(self, session_id: str, record: str, ttl_s: float) -> None: ...
+
+    def load(self, session_id: str) -> str | None: ...
+
+    def refresh(self, session_id: str, record: str, ttl_s: float) -> bool:
+        """Replace an existing record; False when it is gone (never re-creates a deleted session)."""
+        ...
+
+    def remove(self, session_id: str) -> bool:
+        """True when this call removed the record (so the caller owns deleting the files)."""
+        ...
+
+    def records(self) -> dict[str, str]: ...
+
+    def close(self) -> None: ...
+
+
+def write_json_atomically(path: Path, payload: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(payload, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class DiskSessionBackend:
+    """One server process: records in memory, persisted as `<root>/<id>/meta.json` so a restart finds them.
+
+    Expiry is checked by the store (TTLs are ignored here). `add` does not write `meta.json`: the store writes
+    it into the session's folder before publishing the folder."""
+
+    shared = False
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._records: dict[str, str] = {}
+        self._guard = threading.Lock()
+
+    def add(self, session_id: str, record: str, ttl_s: float) -> None:
+        with self._guard:
+            self._records[session_id] = record
+
+    def load(self, session_id: str) -> str | None:
+        with self._guard:
+            return self._records.get(session_id)
+
+    def refresh(self, session_id: str, record: str, ttl_s: float) -> bool:
+        with self._guard:
+            if session_id not in self._records:
+                return False
+            self._records[session_id] = record
+        # In-memory state is already right if this fails; only a restart would see the older record.
+        write_json_atomically(self.root / session_id / META_FILE, record)
+        return True
+
+    def remove(self, session_id: str) -> bool:
+        with self._guard:
+            return self._records.pop(session_id, None) is not None
+
+    def records(self) -> dict[str, str]:
+        with self._guard:
+            return dict(self._records)
+
+    def close(self) -> None:
+        pass
+
+
+class RedisSessionBackend:
+    """Records in Redis under `aiaa:session:<id>` with a TTL; shared by every replica using the same database."""
+
+    shared = True
+
+    def __init__(self, url: str, prefix: str = REDIS_PREFIX) -> None:
+        try:
+            import redis
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise RuntimeError("--session_store redis://… needs the redis package: pip install 'aiaa-server[redis]'") \
+                from exc
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError,)
+        self.url = url
+        self.prefix = prefix
+        self._redis: Any = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
+                                                 socket_connect_timeout=5, health_check_interval=30)
+        self._call(self._redis.ping)  # refuse to start against an unreachable or misconfigured Redis
+
+    def add(self, session_id: str, record: str, ttl_s: float) -> None:
+        self._call(self._redis.set, self._key(session_id), record, px=_ttl_ms(ttl_s), nx=True)
+
+    def load(self, session_id: str) -> str | None:
+        return self._call(self._redis.get, self._key(session_id))
+
+    def refresh(self, session_id: str, record: str, ttl_s: float) -> bool:
+        return bool(self._call(self._redis.set, self._key(session_id), record, px=_ttl_ms(ttl_s), xx=True))
+
+    def remove(self, session_id: str) -> bool:
+        return bool(self._call(self._redis.delete, self._key(session_id)))
+
+    def records(self) -> dict[str, str]:
+        keys: list[str] = self._call(lambda: list(self._redis.scan_iter(match=self.prefix + "*", count=500)))
+        if not keys:
+            return {}
+        values = self._call(self._redis.mget, keys)
+        # A key may expire between SCAN and MGET: its value comes back as None.
+        return {key[len(self.prefix):]: value for key, value in zip(keys, values) if value is not None}
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def _key(self, session_id: str) -> str:
+        return self.prefix + session_id
+
+    def _call(self, method: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        with self._unavailable_on_error():
+            return method(*args, **kwargs)
+
+    @contextmanager
+    def _unavailable_on_error(self) -> Iterator[None]:
+        try:
+            yield
+        except self._errors as exc:
+            raise ServiceUnavailable(f"session store {_redacted(self.url)} is unavailable: {exc}",
+                                     retry_after=REDIS_RETRY_AFTER_S) from exc
+
+
+def _ttl_ms(ttl_s: float) -> int:
+    return max(1, int(ttl_s * 1000))
+
+
+def _redacted(url: str) -> str:
+    """The URL without a password (redis://:secret@host → redis://***@host)."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest:
+        return url
+    return f"{scheme}{sep}***@{rest.rsplit('@', 1)[1]}"
+
+
+def session_backend(store: str, root: Path) -> SessionBackend:
+    """`disk` or a Redis URL (`redis://host:port/db`, `rediss://…` for TLS, `unix:///path?db=0`)."""
+    if store == "disk":
+        return DiskSessionBackend(root)
+    backend = RedisSessionBackend(store)
+    log.info("session metadata in %s (shared by every replica; session files in %s)", _redacted(store), root)
+    return backend

@@ -1,0 +1,118 @@
+"""Segmentation over HTTP (a real server process) vs the same pipeline + model called in-process (the floor).
+
+A 512×512×120 CT-like phantom (.nii.gz, int16) and the bundled demo spleen model. HTTP time is the
+client's wall time for upload → multipart result; the floor is `pipeline.run` on an already-decoded volume
+(pre-transforms, sliding window, post-transforms incl. restoring the input grid). Target ratio ≤ 1.25.
+
+    python bench/segmentation_overhead.py [--shape 512 512 120] [--repeats 3] [--workers 1]
+
+Also imported by the other bench scripts for the phantom and the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx
+import nibabel as nib
+import numpy as np
+import torch
+
+from aiaa_server.engines.torchscript import TorchScriptPool
+from aiaa_server.imaging.formats import ImageFormat
+from aiaa_server.imaging.io import encode_volume, gzip_compress, read_volume
+from aiaa_server.inference.tensors import volume_to_tensor
+from aiaa_server.mmar.registry import ModelRegistry
+from aiaa_server.phantoms import Phantom, make_abdomen_phantom
+from tests.support.server import LiveServer, start_server
+
+SPLEEN = "demo_spleen_ct_segmentation"
+
+
+def make_phantom(shape: tuple[int, int, int], seed: int = 0) -> Phantom:
+    return make_abdomen_phantom(np.random.default_rng(seed), shape=shape, spacing=(0.8, 0.8, 2.5))
+
+
+def write_phantom(path: Path, shape: tuple[int, int, int], seed: int = 0, phantom: Phantom | None = None) -> Path:
+    """A CT-like int16 .nii.gz (spacing 0.8×0.8×2.5 mm)."""
+    phantom = phantom or make_phantom(shape, seed)
+    image = nib.Nifti1Image(np.clip(phantom.image, -1024, 3071).astype(np.int16), phantom.affine)
+    path.write_bytes(gzip_compress(image.to_bytes(), 1))
+    return path
+
+
+def start(workspace: Path, *args: str) -> LiveServer:
+    return start_server(workspace, ["--log_level", "warning", *args], startup_timeout=300)
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def segment_http(client: httpx.Client, path: Path, model: str = SPLEEN) -> float:
+    started = time.perf_counter()
+    with open(path, "rb") as handle:
+        response = client.post("/v1/segmentation", params={"model": model}, data={"params": "{}"},
+                               files={"datapoint": (path.name, handle)})
+    elapsed = time.perf_counter() - started
+    response.raise_for_status()
+    return elapsed
+
+
+def _floor(path: Path, repeats: int, threads: int) -> dict[str, list[float]]:
+    torch.set_num_threads(threads)
+    registry = ModelRegistry(TorchScriptPool())
+    model = registry.load(ROOT / "models" / SPLEEN)
+    assert model is not None
+    times: dict[str, list[float]] = {"decode": [], "pipeline": [], "encode": []}
+    for _ in range(repeats + 1):  # the first run warms up TorchScript
+        started = time.perf_counter()
+        volume = read_volume(path, path.name)
+        decoded = time.perf_counter()
+        output = model.pipeline.run({model.pipeline.input_key: volume_to_tensor(volume)})
+        ran = time.perf_counter()
+        encode_volume(output.image, volume, ImageFormat.NIFTI_GZ, compress=True, gzip_level=1)
+        encoded = time.perf_counter()
+        for key, value in (("decode", decoded - started), ("pipeline", ran - decoded), ("encode", encoded - ran)):
+            times[key].append(value)
+    return {key: values[1:] for key, values in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 120))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="aiaa-bench-") as tmp:
+        path = write_phantom(Path(tmp) / "phantom.nii.gz", tuple(args.shape))
+        print(f"phantom {tuple(args.shape)} int16, {path.stat().st_size / 2**20:.1f} MiB .nii.gz")
+        server = start(Path(tmp) / "workspace", "--workers", str(args.workers))
+        try:
+            with server.client(timeout=600) as client:
+                segment_http(client, path)  # warm-up
+                http = [segment_http(client, path) for _ in range(args.repeats)]
+        finally:
+            server.stop()
+        threads = max(1, len(__import__("os").sched_getaffinity(0)) // args.workers)
+        floor = _floor(path, args.repeats, threads)
+    best_http, best_floor = min(http), min(floor["pipeline"])
+    print(f"in-process floor (pipeline.run, {threads} torch threads): median "
+          f"{statistics.median(floor['pipeline']):.2f} s, best {best_floor:.2f} s")
+    print(f"  (not in the floor) decode {statistics.median(floor['decode']):.2f} s, "
+          f"encode .nii.gz {statistics.median(floor['encode']):.2f} s")
+    print(f"HTTP end to end: median {statistics.median(http):.2f} s, best {best_http:.2f} s  {http}")
+    print(f"ratio HTTP / floor: median {statistics.median(http) / statistics.median(floor['pipeline']):.3f}, "
+          f"best {best_http / best_floor:.3f}  (target <= 1.25)")
+
+
+if __name__ == "__main__":
+    main()
