@@ -159,6 +159,7 @@ def _report(args: argparse.Namespace, idle: Record, single: list[float], single_
           f"({len(load.clicks) / elapsed:.2f}/s); statuses {dict(sorted(load.statuses.items()))}")
     print(f"clicks under load: p50 {load_p50 * ms:.0f} ms, p95 {load_p95 * ms:.0f} ms → p95 / idle p95 "
           f"{load_p95 / idle_p95:.2f}x")
+    print(f"  slowest clicks under load: {', '.join(f'{c * ms:.0f}' for c in sorted(load.clicks)[-5:])} ms")
     print(f"segmentation throughput under load / one client: {seg_rate / single_rate:.2f}x "
           f"(plus {len(load.clicks) / elapsed:.2f} clicks/s served alongside)")
     print(f"/v1/models under load ({len(load.probes)} probes): p50 {percentile(load.probes, 50) * ms:.1f} ms, "

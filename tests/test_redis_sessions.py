@@ -21,8 +21,9 @@ from tests.support.redis import RedisServer, redis_server_binary, start_redis
 from tests.support.server import LiveServer, free_port, start_server
 from tests.test_sessions import upload_of
 
-redis = pytest.importorskip("redis")
-pytestmark = pytest.mark.skipif(redis_server_binary() is None, reason="redis-server not installed (.ci/deploy-deps.sh)")
+import redis  # noqa: E402  (the test extra installs it)
+
+assert redis_server_binary() is not None, "redis-server is not installed: run .ci/deploy-deps.sh"
 
 
 @pytest.fixture(scope="module")

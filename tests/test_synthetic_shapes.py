@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 
 from aiaa_server.synthetic_shapes import (
-    ALL_FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, Clicks, dice, extreme_points, first_click, make_scene,
-    next_click, pick_object,
+    ALL_FAMILIES,
+    HELDOUT_FAMILIES,
+    TRAIN_FAMILIES,
+    Clicks,
+    dice,
+    extreme_points,
+    first_click,
+    make_scene,
+    next_click,
+    pick_object,
 )
 
 

@@ -26,8 +26,9 @@ gives a channel at the range's minimum.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -371,7 +372,7 @@ def paste_to_input(probability: torch.Tensor, geometry: CropGeometry, threshold:
     mask = np.zeros(geometry.input_shape, dtype=np.uint8)
     if np.any(hi <= lo):
         return mask, [[0, 0]] * 3
-    box_shape = tuple(int(h - l) for l, h in zip(lo, hi))
+    box_shape = tuple(int(b - a) for a, b in zip(lo, hi))
     n = len(box_shape)
     to_box = np.eye(n + 1)
     to_box[:n, n] = lo

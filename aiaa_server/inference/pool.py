@@ -8,7 +8,9 @@ Scheduling uses two FIFO lanes:
 With one worker (or ``reserve_interactive=False``) every worker serves both lanes, interactive first: a
 click never waits behind queued segmentations, only (at most) behind the ones already running.
 Anti-starvation aging keeps this fair: once the oldest batch job has waited ``batch_max_wait`` seconds it
-is taken next, even with clicks queued, so a stream of clicks cannot starve segmentations forever.
+is taken next, even with clicks queued, so a stream of clicks cannot starve segmentations forever. After an
+aged job, every click that was waiting for it goes before the next aged job, so a backlog of aged
+segmentations delays a click by about one segmentation, not by all of them.
 
 With ``workers >= 2`` and ``reserve_interactive`` the lanes get their own workers: worker 0 only ever runs
 interactive jobs, so a click never waits for a multi-second segmentation to finish; the other workers run
@@ -102,6 +104,7 @@ class InferencePool:
         self._running: dict[Lane, int] = {lane: 0 for lane in Lane}
         self._cond = threading.Condition()
         self._closed = False
+        self._owed_clicks = 0  # clicks an aged batch job went ahead of: they run before the next aged one
         self._mean_run = {lane: 1.0 for lane in Lane}  # running means, for Retry-After estimates
         self._metrics = _PoolMetrics(registry, self) if registry is not None else None
         self._threads = [
@@ -171,8 +174,11 @@ class InferencePool:
             second = deque()
         elif self.reserved:
             first, second = batch, interactive  # the reserved worker covers clicks: this one is for throughput
+        elif self._owed_clicks and interactive:
+            self._owed_clicks -= 1
         elif batch and time.monotonic() - batch[0].enqueued >= self.batch_max_wait:
             first, second = batch, interactive  # aged: it has waited long enough to go before clicks
+            self._owed_clicks = len(interactive)
         for lane in (first, second):
             if lane:
                 return lane.popleft()

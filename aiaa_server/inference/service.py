@@ -102,8 +102,7 @@ class InferenceService:
         if request.session_id:  # the session image wins over an uploaded file (protocol section 5)
             if self.sessions is None:
                 raise SessionExpired("Session Expired", session_id=request.session_id)
-            return await self.pool.run(lane, self._run_session_sync, model, request, options, label=label)
-        if request.upload is None:
+        elif request.upload is None:
             raise BadRequest("no image uploaded: send the image as a multipart file part, or use session_id")
         return await self.pool.run(lane, self._run_sync, model, request, options, label=label)
 
@@ -118,45 +117,40 @@ class InferenceService:
             )
 
     def _run_sync(self, model: LoadedModel, request: InferenceRequest, options: ResultOptions) -> InferenceResult:
-        assert request.upload is not None
         started = time.perf_counter()
-        volume = read_volume(request.upload.path, request.upload.filename)
-        self._check_dimensions(model, volume)
-        data = {**request.params, model.pipeline.input_key: volume_to_tensor(volume)}
-        output = model.pipeline.run(data)
-        result = self._encode(model, volume, output.image, output.json, options)
-        log.info(
-            "%s %s on %s %s: %.3f s",
-            request.endpoint.value, model.name, volume.name, volume.spatial_shape, time.perf_counter() - started,
-        )
-        return result
-
-    def _run_session_sync(
-        self, model: LoadedModel, request: InferenceRequest, options: ResultOptions
-    ) -> InferenceResult:
-        """Like `_run_sync` on the session's image: decoded once, image-only pre-processing cached per model."""
-        assert self.sessions is not None and request.session_id
-        session_id = request.session_id
-        started = time.perf_counter()
-        try:
-            self.sessions.touch(session_id)
-            volume = self.sessions.volume(session_id)
-        except SessionNotFound as exc:
-            raise SessionExpired("Session Expired", session_id=session_id) from exc
-        self._check_dimensions(model, volume)
+        volume, image_data, source = self._prepared_image(model, request)
         pipeline = model.pipeline
-        cached = self.sessions.preprocessed(
-            session_id, model.name, pipeline,
-            lambda: pipeline.preprocess_image({pipeline.input_key: volume_to_tensor(volume)}),
-        )
-        data = {**request.params, **cached}  # a fresh dict per request: the cached one is never mutated
+        data = {**request.params, **image_data}  # a fresh dict per request: cached image data is never mutated
         output = pipeline.postprocess(pipeline.infer(pipeline.preprocess_request(data)))
         result = self._encode(model, volume, output.image, output.json, options)
         log.info(
-            "%s %s on session %s %s: %.3f s",
-            request.endpoint.value, model.name, session_id, volume.spatial_shape, time.perf_counter() - started,
+            "%s %s on %s %s: %.3f s",
+            request.endpoint.value, model.name, source, volume.spatial_shape, time.perf_counter() - started,
         )
         return result
+
+    def _prepared_image(self, model: LoadedModel, request: InferenceRequest) -> tuple[Volume, dict[str, Any], str]:
+        """The volume and its image-only pre-processing: from the session's cache (decoded and pre-processed
+        once per session and model), else decoded from the upload. Returns (volume, data, source label)."""
+        pipeline = model.pipeline
+        if request.session_id:
+            assert self.sessions is not None
+            session_id = request.session_id
+            try:
+                self.sessions.touch(session_id)
+                volume = self.sessions.volume(session_id)
+            except SessionNotFound as exc:
+                raise SessionExpired("Session Expired", session_id=session_id) from exc
+            self._check_dimensions(model, volume)
+            cached = self.sessions.preprocessed(
+                session_id, model.name, pipeline,
+                lambda: pipeline.preprocess_image({pipeline.input_key: volume_to_tensor(volume)}),
+            )
+            return volume, cached, f"session {session_id}"
+        assert request.upload is not None
+        volume = read_volume(request.upload.path, request.upload.filename)
+        self._check_dimensions(model, volume)
+        return volume, pipeline.preprocess_image({pipeline.input_key: volume_to_tensor(volume)}), volume.name
 
     @staticmethod
     def _check_dimensions(model: LoadedModel, volume: Volume) -> None:
@@ -188,4 +182,4 @@ class InferenceService:
         return InferenceResult(params=json_result, image=payload, filename=filename, media_type=fmt.media_type)
 
 
-__all__ = ["Endpoint", "ImageUpload", "InferenceRequest", "InferenceResult", "InferenceService", "ImageFormat"]
+__all__ = ["Endpoint", "ImageFormat", "ImageUpload", "InferenceRequest", "InferenceResult", "InferenceService"]

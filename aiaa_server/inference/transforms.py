@@ -52,7 +52,12 @@ def restore_to_grid(
     if added_channel:
         array = array[None]
     same_grid = tuple(array.shape[1:]) == target_shape and np.allclose(source_affine, target_affine, atol=1e-6)
-    if not same_grid:
+    fast = None if same_grid or mode != "nearest" else _axis_aligned_nearest(
+        array, np.asarray(source_affine, dtype=np.float64), np.asarray(target_affine, dtype=np.float64), target_shape
+    )
+    if fast is not None:
+        array = fast
+    elif not same_grid:
         original_dtype = array.dtype
         resampler = SpatialResample(mode=mode, padding_mode="zeros", dtype=torch.float32)
         moved = resampler(
@@ -65,6 +70,35 @@ def restore_to_grid(
             array = array.round().to(original_dtype)
     result = array.numpy()
     return result[0] if added_channel else result
+
+
+def _axis_aligned_nearest(array: torch.Tensor, source_affine: np.ndarray, target_affine: np.ndarray,
+                         target_shape: tuple[int, ...]) -> torch.Tensor | None:
+    """Nearest-neighbour resampling by per-axis index lookup when the grids differ only by per-axis scale,
+    offset, flips and axis permutation; None otherwise. Same voxel rule as grid_sample nearest (round half
+    to even, zeros outside), without materialising a sampling grid over the whole target."""
+    spatial = len(target_shape)
+    xform = np.linalg.solve(source_affine, target_affine)  # target voxel -> source voxel
+    linear, offset = xform[:spatial, :spatial], xform[:spatial, spatial]
+    nonzero = np.abs(linear) > 1e-6 * np.abs(linear).max()
+    if not (nonzero.sum(axis=0) == 1).all() or not (nonzero.sum(axis=1) == 1).all():
+        return None
+    source_shape = array.shape[1:]
+    indices, valid = [], np.ones(target_shape, dtype=bool)
+    for src_axis in range(spatial):
+        dst_axis = int(np.flatnonzero(nonzero[src_axis])[0])
+        coords = linear[src_axis, dst_axis] * np.arange(target_shape[dst_axis]) + offset[src_axis]
+        index = np.rint(coords).astype(np.int64)
+        inside = (index >= 0) & (index < source_shape[src_axis])
+        view = [1] * spatial
+        view[dst_axis] = -1
+        indices.append(torch.from_numpy(np.where(inside, index, 0).reshape(view)))
+        valid &= inside.reshape(view)
+    channels = [array[c][tuple(indices)] for c in range(array.shape[0])]
+    out = torch.stack(channels)
+    if not valid.all():
+        out = out * torch.from_numpy(valid).to(out.dtype)
+    return out
 
 
 class Restored(MapTransform):

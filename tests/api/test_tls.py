@@ -19,7 +19,7 @@ from tests.test_sessions import upload_of
 REPO = Path(__file__).resolve().parents[2]
 HEALTHCHECK = REPO / "deploy" / "healthcheck.py"
 
-pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+assert shutil.which("openssl") is not None, "the openssl command is needed: run .ci/deploy-deps.sh"
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:

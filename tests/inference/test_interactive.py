@@ -16,8 +16,17 @@ from aiaa_server.errors import InvalidParams
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume
 from aiaa_server.inference.click_transforms import (
-    GEOMETRY_KEY, GUIDANCE_KEY, AddGuidanceChannelsd, DeepgrowCropd, DeepgrowSliced, ExtremePointsCropd,
-    KeepClickedComponentsd, PasteCropd, gaussian_heatmap, guidance_channel, sample_grid,
+    GEOMETRY_KEY,
+    GUIDANCE_KEY,
+    AddGuidanceChannelsd,
+    DeepgrowCropd,
+    DeepgrowSliced,
+    ExtremePointsCropd,
+    KeepClickedComponentsd,
+    PasteCropd,
+    gaussian_heatmap,
+    guidance_channel,
+    sample_grid,
 )
 from aiaa_server.inference.interactive import prepare_params
 from aiaa_server.inference.tensors import volume_to_tensor

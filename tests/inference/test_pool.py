@@ -171,3 +171,17 @@ def test_with_a_reserved_worker_the_other_runs_segmentations_first() -> None:
     futures[0].result(5)
     assert order[0] == "seg"
     pool.shutdown(wait=True)
+
+
+def test_clicks_waiting_for_an_aged_batch_job_go_before_the_next_one() -> None:
+    pool = InferencePool(workers=1, max_queue=10, batch_max_wait=0.2)
+    gate = _occupy(pool)
+    order: list[str] = []
+    futures = [pool.submit(Lane.BATCH, order.append, f"seg{i}") for i in range(3)]
+    time.sleep(0.3)  # all three segmentations are now aged
+    futures += [pool.submit(Lane.INTERACTIVE, order.append, f"click{i}") for i in range(2)]
+    gate.release.set()
+    for future in futures:
+        future.result(5)
+    assert order == ["seg0", "click0", "click1", "seg1", "seg2"]
+    pool.shutdown(wait=True)

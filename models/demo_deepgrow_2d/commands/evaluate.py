@@ -6,8 +6,8 @@ its largest axial slice are picked and clicked like a user would on that slice: 
 interior pixel, each further click at the most interior pixel of the largest error region of the previous
 result (foreground click in a false negative region, background click in a false positive one).  Every call
 goes through the real transforms (DeepgrowSliced, guidance, PasteCropd …) on the scene's own 3D grid; the
-result must be empty outside the slice, and Dice is measured on the slice after 1, 3 and 5 clicks.  Families: "heldout" = tori only (never seen in training), "train" = the training families on
-fresh scenes.
+result must be empty outside the slice, and Dice is measured on the slice after 1, 3 and 5 clicks.
+Families: "heldout" = tori only (never seen in training), "train" = the training families on fresh scenes.
 
 Example: python commands/evaluate.py --count 20 --seed 0 --families heldout
 """
@@ -26,6 +26,8 @@ REPO_ROOT = MMAR_DIR.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(MMAR_DIR / "commands"))
 
+from train import random_scene  # noqa: E402
+
 from aiaa_server.engines.torchscript import TorchScriptPool  # noqa: E402
 from aiaa_server.imaging.formats import ImageFormat  # noqa: E402
 from aiaa_server.imaging.io import Volume  # noqa: E402
@@ -33,9 +35,15 @@ from aiaa_server.inference.interactive import prepare_params  # noqa: E402
 from aiaa_server.inference.tensors import volume_to_tensor  # noqa: E402
 from aiaa_server.mmar.loader import LoadedModel, load_mmar  # noqa: E402
 from aiaa_server.synthetic_shapes import (  # noqa: E402
-    HELDOUT_FAMILIES, TRAIN_FAMILIES, Clicks, Scene, dice, first_click, next_click, pick_object,
+    HELDOUT_FAMILIES,
+    TRAIN_FAMILIES,
+    Clicks,
+    Scene,
+    dice,
+    first_click,
+    next_click,
+    pick_object,
 )
-from train import random_scene  # noqa: E402
 
 FAMILIES = {"heldout": HELDOUT_FAMILIES, "train": TRAIN_FAMILIES}
 

@@ -14,7 +14,8 @@ sees exactly what serving sees:
    the most interior voxel of the largest error region (fg click in a false negative, bg click in a false
    positive); then a training step (Dice + BCE) with the final clicks.
 
-Each scene yields four samples (random objects and slices); scene ``i`` of step ``s`` uses ``np.random.default_rng((seed, 0, s, i))``; evaluation uses ``(seed, 1, i)``.
+Each scene yields four samples (random objects and slices);
+scene ``i`` of step ``s`` uses ``np.random.default_rng((seed, 0, s, i))``; evaluation uses ``(seed, 1, i)``.
 The network is a 2D MONAI UNet (16-32-64-128, 3 strided levels, 1 residual unit, ~0.2 M parameters), exported
 with torch.jit.trace to models/model.ts (written atomically, also every --export-every seconds).
 
@@ -42,13 +43,22 @@ sys.path.insert(0, str(REPO_ROOT))
 from aiaa_server.imaging.formats import ImageFormat  # noqa: E402
 from aiaa_server.imaging.io import Volume  # noqa: E402
 from aiaa_server.inference.click_transforms import (  # noqa: E402
-    GEOMETRY_KEY, GUIDANCE_KEY, AddGuidanceChannelsd, guidance_channel, sample_grid,
+    GEOMETRY_KEY,
+    GUIDANCE_KEY,
+    AddGuidanceChannelsd,
+    guidance_channel,
+    sample_grid,
 )
 from aiaa_server.inference.tensors import volume_to_tensor  # noqa: E402
 from aiaa_server.mmar.components import build_component  # noqa: E402
 from aiaa_server.mmar.config import ComponentConfig  # noqa: E402
 from aiaa_server.synthetic_shapes import (  # noqa: E402
-    TRAIN_FAMILIES, Scene, first_click, make_scene, next_click, pick_object,
+    TRAIN_FAMILIES,
+    Scene,
+    first_click,
+    make_scene,
+    next_click,
+    pick_object,
 )
 
 CONFIG = MMAR_DIR / "config" / "config_aiaa.json"

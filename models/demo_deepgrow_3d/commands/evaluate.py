@@ -26,6 +26,8 @@ REPO_ROOT = MMAR_DIR.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(MMAR_DIR / "commands"))
 
+from train import random_scene  # noqa: E402
+
 from aiaa_server.engines.torchscript import TorchScriptPool  # noqa: E402
 from aiaa_server.imaging.formats import ImageFormat  # noqa: E402
 from aiaa_server.imaging.io import Volume  # noqa: E402
@@ -33,9 +35,15 @@ from aiaa_server.inference.interactive import prepare_params  # noqa: E402
 from aiaa_server.inference.tensors import volume_to_tensor  # noqa: E402
 from aiaa_server.mmar.loader import LoadedModel, load_mmar  # noqa: E402
 from aiaa_server.synthetic_shapes import (  # noqa: E402
-    HELDOUT_FAMILIES, TRAIN_FAMILIES, Clicks, Scene, dice, first_click, next_click, pick_object,
+    HELDOUT_FAMILIES,
+    TRAIN_FAMILIES,
+    Clicks,
+    Scene,
+    dice,
+    first_click,
+    next_click,
+    pick_object,
 )
-from train import random_scene  # noqa: E402
 
 FAMILIES = {"heldout": HELDOUT_FAMILIES, "train": TRAIN_FAMILIES}
 

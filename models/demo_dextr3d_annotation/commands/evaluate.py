@@ -24,6 +24,8 @@ REPO_ROOT = MMAR_DIR.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(MMAR_DIR / "commands"))
 
+from train import client_crop, scene_with_object  # noqa: E402
+
 from aiaa_server.engines.torchscript import TorchScriptPool  # noqa: E402
 from aiaa_server.imaging.formats import ImageFormat  # noqa: E402
 from aiaa_server.imaging.io import Volume  # noqa: E402
@@ -31,7 +33,6 @@ from aiaa_server.inference.interactive import prepare_params  # noqa: E402
 from aiaa_server.inference.tensors import volume_to_tensor  # noqa: E402
 from aiaa_server.mmar.loader import LoadedModel, load_mmar  # noqa: E402
 from aiaa_server.synthetic_shapes import HELDOUT_FAMILIES, TRAIN_FAMILIES, Scene, dice, extreme_points  # noqa: E402
-from train import client_crop, scene_with_object  # noqa: E402
 
 FAMILIES = {"heldout": HELDOUT_FAMILIES, "train": TRAIN_FAMILIES}
 

@@ -14,7 +14,8 @@ the server's component loader, so training sees exactly what serving sees:
    σ 1.5 voxels of the 64³ grid = 3 voxels of a 128³ roi, rescaled to [-1, 1]); the label is sampled on the
    same grid; Dice + BCE loss.
 
-Each scene yields two samples (two objects); scene ``i`` of step ``s`` uses ``np.random.default_rng((seed, 0, s, i))``; evaluation uses ``(seed, 1, i)``.
+Each scene yields two samples (two objects);
+scene ``i`` of step ``s`` uses ``np.random.default_rng((seed, 0, s, i))``; evaluation uses ``(seed, 1, i)``.
 The network is a MONAI UNet (16-32-64-128, 3 strided levels, 1 residual unit, ~0.6 M parameters), exported
 with torch.jit.trace to models/model.ts (written atomically, also every --export-every seconds).
 
@@ -42,7 +43,11 @@ sys.path.insert(0, str(REPO_ROOT))
 from aiaa_server.imaging.formats import ImageFormat  # noqa: E402
 from aiaa_server.imaging.io import Volume  # noqa: E402
 from aiaa_server.inference.click_transforms import (  # noqa: E402
-    GEOMETRY_KEY, box_matrix, dextr_box, sample_grid, spacing_of,
+    GEOMETRY_KEY,
+    box_matrix,
+    dextr_box,
+    sample_grid,
+    spacing_of,
 )
 from aiaa_server.inference.tensors import volume_to_tensor  # noqa: E402
 from aiaa_server.mmar.components import build_component  # noqa: E402
@@ -100,7 +105,8 @@ def scene_with_object(rng: np.random.Generator, families: tuple[str, ...] = TRAI
             return scene, label
 
 
-def make_samples(rng: np.random.Generator, transforms: list[Any], count: int = 2) -> list[tuple[torch.Tensor, np.ndarray]]:
+def make_samples(rng: np.random.Generator, transforms: list[Any], count: int = 2
+                 ) -> list[tuple[torch.Tensor, np.ndarray]]:
     """`count` samples (random objects) from one random scene."""
     scene, label = scene_with_object(rng)
     labels = [label] + [pick_object(rng, scene, min_voxels=int(1500 / np.prod(scene.spacing))) or label
