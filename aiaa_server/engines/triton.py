@@ -179,6 +179,14 @@ class TritonEngine:
         return torch.cat([torch.from_numpy(self._infer(chunk)) for chunk in chunks])
 
     def _infer(self, array: np.ndarray) -> np.ndarray:
+        try:
+            return self._infer_once(array)
+        except ServiceUnavailable:
+            # The failed call dropped its connection; a channel made while Triton was down may still have been
+            # backing off, so one immediate retry on a fresh connection tells "down" from "stale channel".
+            return self._infer_once(array)
+
+    def _infer_once(self, array: np.ndarray) -> np.ndarray:
         self.ensure_loaded()
         try:
             try:

@@ -75,8 +75,9 @@ def restore_to_grid(
 def _axis_aligned_nearest(array: torch.Tensor, source_affine: np.ndarray, target_affine: np.ndarray,
                          target_shape: tuple[int, ...]) -> torch.Tensor | None:
     """Nearest-neighbour resampling by per-axis index lookup when the grids differ only by per-axis scale,
-    offset, flips and axis permutation; None otherwise. Same voxel rule as grid_sample nearest (round half
-    to even, zeros outside), without materialising a sampling grid over the whole target."""
+    offset, flips and axis permutation; None otherwise. Same voxels as grid_sample nearest (zeros outside)
+    except at exact half-voxel ties, which round up here (round-half-even would shrink a box at both ends),
+    without materialising a sampling grid over the whole target."""
     spatial = len(target_shape)
     xform = np.linalg.solve(source_affine, target_affine)  # target voxel -> source voxel
     linear, offset = xform[:spatial, :spatial], xform[:spatial, spatial]
@@ -88,7 +89,7 @@ def _axis_aligned_nearest(array: torch.Tensor, source_affine: np.ndarray, target
     for src_axis in range(spatial):
         dst_axis = int(np.flatnonzero(nonzero[src_axis])[0])
         coords = linear[src_axis, dst_axis] * np.arange(target_shape[dst_axis]) + offset[src_axis]
-        index = np.rint(coords).astype(np.int64)
+        index = np.floor(coords + 0.5).astype(np.int64)  # ties round up: a box keeps its size
         inside = (index >= 0) & (index < source_shape[src_axis])
         view = [1] * spatial
         view[dst_axis] = -1

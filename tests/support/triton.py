@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -160,7 +161,8 @@ class TritonServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"tritonserver exited with {self.process.returncode}:\n{self.output()[-4000:]}")
             try:
-                if httpx.get(f"http://{self.http_url}/v2/health/ready", timeout=2.0).status_code == 200:
+                ready = httpx.get(f"http://{self.http_url}/v2/health/ready", timeout=2.0).status_code == 200
+                if ready and _accepts_connections(self.grpc_port):  # the gRPC endpoint can come up later
                     return self
             except httpx.HTTPError:
                 pass
@@ -181,6 +183,14 @@ class TritonServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def _accepts_connections(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def start_triton(install: TritonInstall, repository: Path, workdir: Path) -> TritonServer:
