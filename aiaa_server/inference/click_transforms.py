@@ -221,19 +221,29 @@ def _cropped_image(values: torch.Tensor, image: Any, affine: np.ndarray | None) 
 # --------------------------------------------------------------------------------------------------- #
 
 
-class DeepgrowCropd(MapTransform):
-    """DeepGrow 3D: sample a fixed-size RAS grid at `pixdim` mm around the clicks; map the clicks into it."""
+class _ClickCropd(MapTransform):
+    """Common arguments of the click-centred crops: output size, grid spacing, and the data keys used."""
 
-    def __init__(self, keys: Any = "image", spatial_size: Sequence[int] = (96, 96, 96),
-                 pixdim: Sequence[float] = (2.0, 2.0, 2.0), foreground: str = "foreground",
+    default_size: tuple[int, ...] = ()
+    default_pixdim: tuple[float, ...] = ()
+
+    def __init__(self, keys: Any = "image", spatial_size: Sequence[int] | None = None,
+                 pixdim: Sequence[float] | None = None, foreground: str = "foreground",
                  background: str = "background", current_point: str = "current_point",
                  guidance: str = GUIDANCE_KEY, geometry: str = GEOMETRY_KEY, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.spatial_size = tuple(int(s) for s in spatial_size)
-        self.pixdim = np.asarray(pixdim, dtype=np.float64)
+        self.spatial_size = tuple(int(s) for s in (spatial_size or self.default_size))
+        self.pixdim = np.asarray(pixdim or self.default_pixdim, dtype=np.float64)
         self.keys_clicks = (foreground, background, current_point)
         self.guidance = guidance
         self.geometry = geometry
+
+
+class DeepgrowCropd(_ClickCropd):
+    """DeepGrow 3D: sample a fixed-size RAS grid at `pixdim` mm around the clicks; map the clicks into it."""
+
+    default_size = (96, 96, 96)
+    default_pixdim = (2.0, 2.0, 2.0)
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         d = dict(data)
@@ -255,21 +265,13 @@ class DeepgrowCropd(MapTransform):
         return d
 
 
-class DeepgrowSliced(MapTransform):
+class DeepgrowSliced(_ClickCropd):
     """DeepGrow 2D: the slice z of the clicks, resampled in-plane to `pixdim` mm, `spatial_size` around them.
 
     Must run on the image as loaded (before any resampling): the slice is an input-grid slice."""
 
-    def __init__(self, keys: Any = "image", spatial_size: Sequence[int] = (128, 128),
-                 pixdim: Sequence[float] = (1.5, 1.5), foreground: str = "foreground",
-                 background: str = "background", current_point: str = "current_point",
-                 guidance: str = GUIDANCE_KEY, geometry: str = GEOMETRY_KEY, allow_missing_keys: bool = False) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.spatial_size = tuple(int(s) for s in spatial_size)
-        self.pixdim = np.asarray(pixdim, dtype=np.float64)
-        self.keys_clicks = (foreground, background, current_point)
-        self.guidance = guidance
-        self.geometry = geometry
+    default_size = (128, 128)
+    default_pixdim = (1.5, 1.5)
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         d = dict(data)

@@ -24,12 +24,7 @@ Example: commands/train.sh --minutes 15 --seed 0
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -37,33 +32,25 @@ import numpy as np
 import torch
 
 MMAR_DIR = Path(__file__).resolve().parents[1]
-REPO_ROOT = MMAR_DIR.parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(MMAR_DIR.parents[1]))
 
+from aiaa_server.demo_training import (  # noqa: E402
+    config_pre_transforms,
+    deepgrow_batch,
+    scene_objects,
+    split_guidance,
+    train_for,
+    training_arguments,
+)
 from aiaa_server.imaging.formats import ImageFormat  # noqa: E402
 from aiaa_server.imaging.io import Volume  # noqa: E402
-from aiaa_server.inference.click_transforms import (  # noqa: E402
-    GEOMETRY_KEY,
-    GUIDANCE_KEY,
-    AddGuidanceChannelsd,
-    guidance_channel,
-    sample_grid,
-)
+from aiaa_server.inference.click_transforms import GEOMETRY_KEY, GUIDANCE_KEY, sample_grid  # noqa: E402
 from aiaa_server.inference.tensors import volume_to_tensor  # noqa: E402
-from aiaa_server.mmar.components import build_component  # noqa: E402
-from aiaa_server.mmar.config import ComponentConfig  # noqa: E402
-from aiaa_server.synthetic_shapes import (  # noqa: E402
-    TRAIN_FAMILIES,
-    Scene,
-    first_click,
-    make_scene,
-    next_click,
-    pick_object,
-)
+from aiaa_server.synthetic_shapes import Scene, first_click  # noqa: E402
 
 CONFIG = MMAR_DIR / "config" / "config_aiaa.json"
-CROP = "DeepgrowSliced"
-Sample = tuple[torch.Tensor, np.ndarray, list[np.ndarray], list[np.ndarray]]
+MIN_OBJECT_MM3 = 2000.0
+Sample = list[Any]  # [image slice crop (1, S, S), truth crop, fg clicks, bg clicks] in crop pixel coordinates
 
 
 def build_network() -> torch.nn.Module:
@@ -73,52 +60,13 @@ def build_network() -> torch.nn.Module:
                 num_res_units=1)
 
 
-def crop_transforms(train_size: int) -> tuple[list[Any], AddGuidanceChannelsd]:
-    """The config's pre-transforms up to the guidance step (crop size overridden), and the guidance step."""
-    config = json.loads(CONFIG.read_text())
-    built: list[Any] = []
-    guidance: AddGuidanceChannelsd | None = None
-    for entry in config["pre_transforms"]:
-        args = dict(entry.get("args", {}))
-        if entry["name"].endswith(CROP) and train_size:
-            args["spatial_size"] = [train_size] * 2
-        component = build_component(ComponentConfig(name=entry["name"], args=args))
-        if isinstance(component, AddGuidanceChannelsd):
-            guidance = component
-        else:
-            built.append(component)
-    assert guidance is not None, "config has no AddGuidanceChannelsd"
-    return built, guidance
-
-
-def random_scene(rng: np.random.Generator, families: tuple[str, ...] = TRAIN_FAMILIES):
-    if rng.random() < 0.6:
-        spacing = np.full(3, rng.uniform(1.8, 2.5))
-    else:
-        spacing = np.array([rng.uniform(1.1, 1.8)] * 2 + [rng.uniform(1.5, 3.0)])
-    fov = np.array([rng.uniform(130, 170)] * 2 + [rng.uniform(100, 140)])
-    shape = tuple(int(math.ceil(f / s)) for f, s in zip(fov, spacing))
-    return make_scene(rng, shape=shape, spacing=spacing, families=families, size_mm=(9.0, 38.0))
-
-
-def scene_with_object(rng: np.random.Generator, families: tuple[str, ...] = TRAIN_FAMILIES) -> tuple[Scene, int]:
-    while True:
-        scene = random_scene(rng, families)
-        label = pick_object(rng, scene, min_voxels=int(2000 / np.prod(scene.spacing)))
-        if label is not None:
-            return scene, label
-
-
-def make_samples(rng: np.random.Generator, transforms: list[Any], count: int = 2) -> list[Sample]:
-    """`count` samples (random objects) from one random scene."""
-    scene, label = scene_with_object(rng)
-    labels = [label] + [pick_object(rng, scene, min_voxels=int(2000 / np.prod(scene.spacing))) or label
-                        for _ in range(count - 1)]
-    return [make_sample(rng, transforms, scene, scene.mask(lab)) for lab in labels]
+def make_samples(rng: np.random.Generator, transforms: list[Any], count: int = 4) -> list[Sample]:
+    """`count` samples (random objects and slices) from one random scene."""
+    scene, labels = scene_objects(rng, count, MIN_OBJECT_MM3)
+    return [make_sample(rng, transforms, scene, scene.mask(label)) for label in labels]
 
 
 def make_sample(rng: np.random.Generator, transforms: list[Any], scene: Scene, mask: np.ndarray) -> Sample:
-    """(normalised image slice crop (1, S, S), truth crop, fg clicks, bg clicks) in crop pixel coordinates."""
     areas = mask.sum(axis=(0, 1))
     slices = np.nonzero(areas >= max(8, 0.2 * areas.max()))[0]
     z = int(rng.choice(slices))
@@ -134,97 +82,23 @@ def make_sample(rng: np.random.Generator, transforms: list[Any], scene: Scene, m
     source = torch.from_numpy(mask[..., z].astype(np.float32))[None]
     truth = sample_grid(source, geometry.matrix, geometry.grid_shape)[0]
     image = torch.as_tensor(data["image"]).float().as_subclass(torch.Tensor)
-    return image, (truth >= 0.5).numpy(), list(data[GUIDANCE_KEY]["foreground"]), []
-
-
-def network_input(image: torch.Tensor, fg: list[np.ndarray], bg: list[np.ndarray], sigma: float) -> torch.Tensor:
-    shape = tuple(image.shape[1:])
-    maps = [guidance_channel(np.asarray(c).reshape(-1, len(shape)), shape, sigma) for c in (fg, bg)]
-    return torch.cat([image, torch.from_numpy(np.stack(maps))], dim=0)
-
-
-def add_corrections(net: torch.nn.Module, samples: list[list[Any]], rounds: int, sigma: float) -> None:
-    """DeepGrow-style simulated interaction: `rounds` corrective clicks from the current network."""
-    for _ in range(rounds):
-        batch = torch.stack([network_input(s[0], s[2], s[3], sigma) for s in samples])
-        with torch.no_grad():
-            predictions = (net(batch)[:, 0] > 0).numpy()
-        for sample, prediction in zip(samples, predictions):
-            click = next_click(sample[1], prediction)
-            if click is not None:
-                (sample[2] if click[0] else sample[3]).append(np.asarray(click[1], dtype=np.float64))
-
-
-def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    probs = torch.sigmoid(logits)
-    dims = tuple(range(1, logits.ndim))
-    dice = 1 - (2 * (probs * target).sum(dims) + 1) / (probs.sum(dims) + target.sum(dims) + 1)
-    return dice.mean() + torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
-
-
-def export(net: torch.nn.Module, path: Path, size: int = 128) -> None:
-    net.eval()
-    with torch.no_grad():
-        traced = torch.jit.trace(net, torch.zeros(1, 3, size, size))
-    tmp = path.with_suffix(".tmp")
-    traced.save(str(tmp))
-    os.replace(tmp, path)
-    net.train()
+    return [image, (truth >= 0.5).numpy(), list(data[GUIDANCE_KEY]["foreground"]), []]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=35.0, help="wall-clock training budget")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch", type=int, default=16)
+    parser = training_arguments(__doc__.split("\n")[0], MMAR_DIR, batch=16)
     parser.add_argument("--size", type=int, default=0, help="training crop size (pixels per side; 0: the config's)")
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--export-every", type=float, default=300.0, help="seconds between model.ts exports")
-    parser.add_argument("--ckpt", type=Path, default=None, help="state_dict to resume from / save to")
-    parser.add_argument("--out", type=Path, default=MMAR_DIR / "models" / "model.ts")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    transforms, guidance = crop_transforms(args.size)
-    net = build_network()
-    if args.ckpt is not None and args.ckpt.exists():
-        net.load_state_dict(torch.load(args.ckpt))
-        print(f"resumed from {args.ckpt}", flush=True)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    budget = args.minutes * 60.0
-    started = last_export = time.monotonic()
-    step, running = 0, None
-    while (elapsed := time.monotonic() - started) < budget:
-        for group in optimizer.param_groups:  # cosine decay over the time budget
-            group["lr"] = 5e-5 + (args.lr - 5e-5) * 0.5 * (1 + math.cos(math.pi * elapsed / budget))
+    crop = {"DeepgrowSliced": {"spatial_size": [args.size] * 2}} if args.size else None
+    transforms, guidance = split_guidance(config_pre_transforms(CONFIG, crop))
+
+    def step_batch(step: int, net: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, str]:
         rngs = [np.random.default_rng((args.seed, 0, step, i)) for i in range(args.batch // 4)]
-        samples = [list(sample) for rng in rngs for sample in make_samples(rng, transforms, count=4)]
-        rounds = 0 if rngs[0].random() < 0.3 else int(rngs[0].integers(1, 5))
-        net.eval()
-        add_corrections(net, samples, rounds, guidance.sigma)
-        net.train()
-        batch = torch.stack([network_input(s[0], s[2], s[3], guidance.sigma) for s in samples])
-        target = torch.stack([torch.from_numpy(s[1].astype(np.float32))[None] for s in samples])
-        loss = loss_fn(net(batch), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        value = loss.item()
-        running = value if running is None else 0.95 * running + 0.05 * value
-        step += 1
-        if step % 20 == 0:
-            print(f"step {step} t={elapsed / 60:.1f}min loss={running:.4f} rounds={rounds}", flush=True)
-        if time.monotonic() - last_export > args.export_every:
-            export(net, args.out, args.size or 128)
-            if args.ckpt is not None:
-                torch.save(net.state_dict(), args.ckpt)
-            last_export = time.monotonic()
-    export(net, args.out, args.size or 128)
-    if args.ckpt is not None:
-        torch.save(net.state_dict(), args.ckpt)
-    print(f"done: {step} steps, {(time.monotonic() - started) / 60:.1f} min, model {args.out} "
-          f"({args.out.stat().st_size / 1e6:.1f} MB)", flush=True)
+        samples = [sample for rng in rngs for sample in make_samples(rng, transforms)]
+        return deepgrow_batch(net, samples, rngs[0], guidance.sigma)
+
+    size = args.size or 128
+    train_for(build_network(), args, step_batch, (1, 3, size, size))
 
 
 if __name__ == "__main__":

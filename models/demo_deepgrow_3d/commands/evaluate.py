@@ -26,8 +26,7 @@ REPO_ROOT = MMAR_DIR.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(MMAR_DIR / "commands"))
 
-from train import random_scene  # noqa: E402
-
+from aiaa_server.demo_training import random_scene  # noqa: E402
 from aiaa_server.engines.torchscript import TorchScriptPool  # noqa: E402
 from aiaa_server.imaging.formats import ImageFormat  # noqa: E402
 from aiaa_server.imaging.io import Volume  # noqa: E402

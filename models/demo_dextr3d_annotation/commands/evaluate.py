@@ -24,8 +24,9 @@ REPO_ROOT = MMAR_DIR.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(MMAR_DIR / "commands"))
 
-from train import client_crop, scene_with_object  # noqa: E402
+from train import MIN_OBJECT_MM3, client_crop  # noqa: E402
 
+from aiaa_server.demo_training import scene_objects  # noqa: E402
 from aiaa_server.engines.torchscript import TorchScriptPool  # noqa: E402
 from aiaa_server.imaging.formats import ImageFormat  # noqa: E402
 from aiaa_server.imaging.io import Volume  # noqa: E402
@@ -55,7 +56,7 @@ def main() -> None:
     started = time.monotonic()
     for i in range(args.count):
         rng = np.random.default_rng((args.seed, 1, i))
-        scene, label = scene_with_object(rng, FAMILIES[args.families])
+        scene, (label,) = scene_objects(rng, 1, MIN_OBJECT_MM3, FAMILIES[args.families])
         mask = scene.mask(label)
         points = extreme_points(mask)
         full.append(dice(annotate(model, scene, points), mask))
