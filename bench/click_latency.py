@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -148,6 +149,8 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
+        server_times = [float(t) for t in re.findall(r"deepgrow \S+ on session \S+ \(.*?\): ([0-9.]+) s",
+                                                      (Path(tmp) / "server.log").read_text())]
     forward, size = bare_forward_seconds()
     ordered = sorted(latencies)
     median = statistics.median(ordered)
@@ -156,6 +159,9 @@ def main() -> None:
           f"torch threads {threads}")
     print(f"click latency: median {median * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, "
           f"min {ordered[0] * 1000:.0f} ms, max {ordered[-1] * 1000:.0f} ms")
+    if server_times:
+        print(f"server-side (session image → encoded result) median {statistics.median(server_times) * 1000:.0f} ms; "
+              "the rest is HTTP, queueing and the response transfer")
     print(f"bare model forward on 1x3x{'x'.join(map(str, size))}: median {forward * 1000:.0f} ms")
     print(f"ratio click median / bare forward: {median / forward:.2f}x")
 

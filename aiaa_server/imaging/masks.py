@@ -5,14 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 
-def _extent(mask: np.ndarray, axis: int) -> tuple[int, int] | None:
-    others = tuple(a for a in range(mask.ndim) if a != axis)
-    present = np.flatnonzero(mask.any(axis=others))
-    if present.size == 0:
-        return None
-    return int(present[0]), int(present[-1])
-
-
 def _point_on_face(mask: np.ndarray, axis: int, index: int) -> list[int]:
     """The foreground voxel of the slice `index` along `axis` closest to that slice's foreground centroid."""
     face = np.take(mask, index, axis=axis)
@@ -27,24 +19,35 @@ def _point_on_face(mask: np.ndarray, axis: int, index: int) -> list[int]:
 def extreme_points(mask: np.ndarray) -> list[list[int]]:
     """The 6 extreme points of the foreground: min and max along each axis, as [x, y, z] voxel indices."""
     foreground = np.asarray(mask) > 0
+    box = foreground_box(foreground)
+    if box is None:
+        return []
     points: list[list[int]] = []
-    for axis in range(foreground.ndim):
-        extent = _extent(foreground, axis)
-        if extent is None:
-            return []
-        points.append(_point_on_face(foreground, axis, extent[0]))
-        points.append(_point_on_face(foreground, axis, extent[1]))
+    for axis, extent in enumerate(box):
+        points.append(_point_on_face(foreground, axis, extent.start))
+        points.append(_point_on_face(foreground, axis, extent.stop - 1))
     return points
+
+
+def foreground_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest index box holding every non-zero voxel (None when there is none).
+
+    Axes are narrowed one after the other, last axis first (contiguous in a Fortran-ordered NIfTI mask), so
+    a small object in a large volume costs about one pass over the volume."""
+    array = np.asarray(mask)
+    box = [slice(0, n) for n in array.shape]
+    for axis in reversed(range(array.ndim)):
+        others = tuple(a for a in range(array.ndim) if a != axis)
+        present = np.flatnonzero(array[tuple(box)].max(axis=others)) if array.size else np.zeros(0)
+        if present.size == 0:
+            return None
+        box[axis] = slice(int(present[0]), int(present[-1]) + 1)
+    return tuple(box)
 
 
 def bounding_box(mask: np.ndarray) -> list[list[int]]:
     """`[[min x, y, z], [max x, y, z]]` (inclusive) of the foreground, `[]` when empty."""
-    foreground = np.asarray(mask) > 0
-    lows, highs = [], []
-    for axis in range(foreground.ndim):
-        extent = _extent(foreground, axis)
-        if extent is None:
-            return []
-        lows.append(extent[0])
-        highs.append(extent[1])
-    return [lows, highs]
+    box = foreground_box(np.asarray(mask) > 0)
+    if box is None:
+        return []
+    return [[b.start for b in box], [b.stop - 1 for b in box]]

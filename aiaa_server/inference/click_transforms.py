@@ -32,12 +32,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from scipy import ndimage
 
 from aiaa_server.errors import InvalidParams, ModelError
+from aiaa_server.imaging.masks import foreground_box
+from aiaa_server.imaging.sampling import sample_grid
 from aiaa_server.inference.tensors import ORIGINAL_AFFINE, ORIGINAL_SHAPE
 
 GEOMETRY_KEY = "aiaa_crop_geometry"
@@ -79,25 +80,6 @@ class CropGeometry:
 def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     points = np.asarray(points, dtype=np.float64).reshape(-1, matrix.shape[0] - 1)
     return points @ matrix[:-1, :-1].T + matrix[:-1, -1]
-
-
-def sample_grid(source: torch.Tensor, matrix: np.ndarray, grid_shape: Sequence[int], mode: str = "bilinear",
-                padding_mode: str = "border") -> torch.Tensor:
-    """Sample `source` (C, *S) at grid voxels: value at grid index g = source at index `matrix @ g`.
-    Returns (C, *grid_shape) float32."""
-    ndim = len(grid_shape)
-    m = np.asarray(matrix, dtype=np.float64)
-    sizes = [max(int(s) - 1, 1) for s in source.shape[1:]]
-    axes = [torch.arange(n, dtype=torch.float32) for n in grid_shape]
-    views = [axis.reshape([-1 if i == b else 1 for i in range(ndim)]) for b, axis in enumerate(axes)]
-    normalised = []
-    for a in reversed(range(ndim)):  # grid_sample wants the coordinates in (W, H, D) order
-        coord = sum(float(m[a, b]) * views[b] for b in range(ndim)) + float(m[a, ndim])
-        normalised.append((coord * (2.0 / sizes[a]) - 1.0).expand(*grid_shape))
-    grid = torch.stack(normalised, dim=-1)
-    sampled = F.grid_sample(source[None].float(), grid[None], mode=mode, padding_mode=padding_mode,
-                            align_corners=True)
-    return sampled[0]
 
 
 def gaussian_heatmap(points: np.ndarray, shape: Sequence[int], sigma: float) -> np.ndarray:
@@ -368,27 +350,55 @@ class AddGuidanceChannelsd(MapTransform):
 
 def paste_to_input(probability: torch.Tensor, geometry: CropGeometry, threshold: float = 0.5
                    ) -> tuple[np.ndarray, list[list[int]]]:
-    """Put a (1, *grid) probability map back on the input grid: uint8 mask of the input shape, and the
-    covered input box `[[x0, x1], [y0, y1], [z0, z1]]` (end-exclusive)."""
+    """Put a (1, *grid) probability map back on the input grid: uint8 mask of the input shape (Fortran
+    order, as NIfTI stores it, so encoding it is a plain copy), and the covered input box
+    `[[x0, x1], [y0, y1], [z0, z1]]` (end-exclusive)."""
     lo, hi = geometry.footprint()
-    mask = np.zeros(geometry.input_shape, dtype=np.uint8)
+    mask = np.zeros(geometry.input_shape, dtype=np.uint8, order="F")
     if np.any(hi <= lo):
         return mask, [[0, 0]] * 3
-    box_shape = tuple(int(b - a) for a, b in zip(lo, hi))
-    n = len(box_shape)
-    to_box = np.eye(n + 1)
-    to_box[:n, n] = lo
-    values = sample_grid(probability.float(), np.linalg.inv(geometry.matrix) @ to_box, box_shape,
-                         padding_mode="zeros")[0]
-    inside = (values >= threshold).numpy().astype(np.uint8)
     if geometry.slice_index is None:
-        mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = inside
         crop = [[int(a), int(b)] for a, b in zip(lo, hi)]
     else:
         z = geometry.slice_index
-        mask[lo[0]:hi[0], lo[1]:hi[1], z] = inside
         crop = [[int(lo[0]), int(hi[0])], [int(lo[1]), int(hi[1])], [z, z + 1]]
+    box = _positive_box(probability[0], geometry, threshold, lo, hi)
+    if box is None:
+        return mask, crop
+    box_lo, box_hi = box
+    box_shape = tuple(int(b - a) for a, b in zip(box_lo, box_hi))
+    n = len(box_shape)
+    to_box = np.eye(n + 1)
+    to_box[:n, n] = box_lo
+    values = sample_grid(probability.float(), np.linalg.inv(geometry.matrix) @ to_box, box_shape,
+                         padding_mode="zeros")[0]
+    inside = (values >= threshold).numpy()
+    region = tuple(slice(int(a), int(b)) for a, b in zip(box_lo, box_hi))
+    if geometry.slice_index is not None:
+        region = (*region, geometry.slice_index)
+    mask[region] = inside
     return mask, crop
+
+
+def _positive_box(probability: torch.Tensor, geometry: CropGeometry, threshold: float, lo: np.ndarray,
+                  hi: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The input box [lo, hi) outside which the interpolated probability is below `threshold`, or None when
+    it is below everywhere.  Linear interpolation is a weighted mean of the neighbouring grid voxels, so an
+    input voxel can only reach the threshold within one grid voxel of a grid voxel that does."""
+    if threshold <= 0:
+        return lo, hi
+    above = np.argwhere((probability >= threshold).numpy())
+    if not len(above):
+        return None
+    grid_lo = above.min(axis=0) - 1.0
+    grid_hi = above.max(axis=0) + 1.0
+    corners = np.array(np.meshgrid(*zip(grid_lo, grid_hi), indexing="ij")).reshape(len(grid_lo), -1).T
+    reached = apply_matrix(geometry.matrix, corners)
+    box_lo = np.maximum(np.floor(reached.min(axis=0)).astype(int), lo)
+    box_hi = np.minimum(np.ceil(reached.max(axis=0)).astype(int) + 1, hi)
+    if np.any(box_hi <= box_lo):
+        return None
+    return box_lo, box_hi
 
 
 class PasteCropd(MapTransform):
@@ -419,30 +429,66 @@ class PasteCropd(MapTransform):
 
 
 class KeepClickedComponentsd(MapTransform):
-    """Keep only the connected components of a binary mask that contain a foreground click (if any click
-    lands inside the mask); removes disconnected false positives far from what the user clicked."""
+    """Keep only the connected components that contain a foreground click (when any click lands in one);
+    removes disconnected false positives away from what the user clicked.
 
-    def __init__(self, keys: Any = "pred", foreground: str = "foreground", allow_missing_keys: bool = False) -> None:
+    Placed before `PasteCropd` it works on the network grid (much smaller than the input, so it is the
+    cheap place on the click path): components of `pred >= threshold`, clicks from the crop's guidance, and
+    the probabilities of dropped components are zeroed.  Placed after it, it works on the uint8 mask on the
+    input grid with the input-space `foreground` clicks."""
+
+    def __init__(self, keys: Any = "pred", foreground: str = "foreground", threshold: float = 0.5,
+                 guidance: str = GUIDANCE_KEY, geometry: str = GEOMETRY_KEY, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.foreground = foreground
+        self.threshold = float(threshold)
+        self.guidance = guidance
+        self.geometry = geometry
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
         d = dict(data)
-        clicks = np.asarray(d.get(self.foreground) or [], dtype=int).reshape(-1, 3)
+        geometry: CropGeometry | None = d.get(self.geometry)
         for key in self.key_iterator(d):
-            mask = np.asarray(d[key])
-            if mask.ndim != 3 or not len(clicks) or not mask.any():
-                continue
-            box = tuple(slice(int(np.nonzero(np.any(mask, axis=other))[0][0]),
-                              int(np.nonzero(np.any(mask, axis=other))[0][-1]) + 1)
-                        for other in ((1, 2), (0, 2), (0, 1)))
-            components, _ = ndimage.label(mask[box] > 0)
-            offset = np.array([b.start for b in box])
-            local = clicks - offset
-            inside = np.all((local >= 0) & (local < np.array(components.shape)), axis=1)
-            hit = {int(components[tuple(c)]) for c in local[inside]} - {0}
-            if hit:
-                kept = np.zeros_like(mask)
-                kept[box] = np.isin(components, sorted(hit)) * mask[box]
-                d[key] = kept
+            value = d[key]
+            on_grid = geometry is not None and tuple(value.shape[-len(geometry.grid_shape):]) == geometry.grid_shape \
+                and value.ndim == len(geometry.grid_shape) + 1
+            if on_grid:
+                clicks = np.rint(np.asarray(d[self.guidance].get("foreground", []))).astype(int)
+                probability = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
+                dropped = _unclicked_components(probability[0].numpy() >= self.threshold, clicks)
+                if dropped is not None:
+                    box, where = dropped
+                    kept = probability.clone()
+                    kept[0][box][torch.from_numpy(where)] = 0.0
+                    d[key] = MetaTensor(kept, meta=dict(value.meta)) if isinstance(value, MetaTensor) else kept
+            else:
+                clicks = np.asarray(d.get(self.foreground) or [], dtype=int).reshape(-1, 3)
+                mask = np.asarray(value)
+                if mask.ndim != 3:
+                    continue
+                dropped = _unclicked_components(mask > 0, clicks)
+                if dropped is not None:
+                    box, where = dropped
+                    kept = mask.copy(order="K")
+                    kept[box][where] = 0
+                    d[key] = kept
         return d
+
+
+def _unclicked_components(foreground: np.ndarray, clicks: np.ndarray
+                          ) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """(box, boolean map within the box) of the foreground components no click lands in; None when there is
+    nothing to drop (no foreground, no click inside it, or every component clicked)."""
+    clicks = clicks.reshape(-1, foreground.ndim)
+    if not len(clicks):
+        return None
+    box = foreground_box(foreground)
+    if box is None:
+        return None
+    components, count = ndimage.label(foreground[box])
+    local = clicks - np.array([b.start for b in box])
+    inside = np.all((local >= 0) & (local < np.array(components.shape)), axis=1)
+    hit = {int(components[tuple(c)]) for c in local[inside]} - {0}
+    if not hit or len(hit) == count:
+        return None
+    return box, (components > 0) & ~np.isin(components, sorted(hit))

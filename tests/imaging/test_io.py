@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
 import nibabel as nib
@@ -84,3 +85,35 @@ def test_encode_refuses_a_result_off_the_input_grid(oblique_nifti) -> None:
     volume = read_volume(path, "oblique.nii.gz")
     with pytest.raises(ValueError, match="not the input grid"):
         encode_volume(np.zeros((2, 2, 2), np.uint8), volume, ImageFormat.NIFTI_GZ)
+
+
+@pytest.mark.parametrize("kind", ["nifti1-big-endian-with-extension", "nifti2"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_results_stream_the_voxels_in_the_headers_layout(tmp_path: Path, kind: str, order: str) -> None:
+    """Results are written as header + voxel view (no nibabel copy): any header byte order, NIfTI-1 with
+    extensions or NIfTI-2, any array order and result dtype must decode to the same voxels and geometry."""
+    affine = lps_affine((0.9, 0.9, 2.5))
+    source = np.arange(6 * 7 * 4, dtype=np.int16).reshape(6, 7, 4)
+    if kind == "nifti2":
+        image: nib.Nifti1Image = nib.Nifti2Image(source, affine)
+    else:
+        header = nib.Nifti1Header(endianness=">")
+        header.extensions.append(nib.nifti1.Nifti1Extension(6, b"acquisition notes"))
+        image = nib.Nifti1Image(source.astype(">i2"), affine, header=header)
+    path = tmp_path / "ref.nii"
+    nib.save(image, str(path))
+    volume = read_volume(path, path.name)
+    result = np.asarray(source % 3, order=order)
+    for dtype, fmt in ((np.dtype(np.uint8), ImageFormat.NIFTI), (np.dtype(np.int16), ImageFormat.NIFTI_GZ)):
+        payload = encode_volume(result, volume, fmt, dtype=dtype)
+        if fmt is ImageFormat.NIFTI_GZ:
+            payload = gzip.decompress(payload)
+        decoded = type(image).from_bytes(payload)
+        np.testing.assert_array_equal(np.asanyarray(decoded.dataobj), result)
+        assert decoded.get_data_dtype().newbyteorder("=") == dtype.newbyteorder("=")
+        np.testing.assert_allclose(decoded.affine, affine, atol=1e-5)
+        assert decoded.header.endianness == image.header.endianness
+        assert len(payload) == len(decoded.to_bytes())  # the layout nibabel itself writes, nothing trailing
+    if kind != "nifti2":
+        assert [e.get_content() for e in nib.Nifti1Image.from_bytes(
+            encode_volume(result, volume, ImageFormat.NIFTI)).header.extensions] == [b"acquisition notes"]

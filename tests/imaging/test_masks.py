@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from aiaa_server.imaging.masks import bounding_box, extreme_points
+import pytest
+
+from aiaa_server.imaging.masks import bounding_box, extreme_points, foreground_box
 
 
 def test_extreme_points_of_a_blob() -> None:
@@ -25,3 +27,13 @@ def test_empty_mask_has_no_points() -> None:
     empty = np.zeros((5, 5, 5))
     assert extreme_points(empty) == []
     assert bounding_box(empty) == []
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_foreground_box_is_the_tightest_box(order: str) -> None:
+    mask = np.zeros((30, 40, 20), np.uint8, order=order)
+    mask[3, 10:12, 7] = 1
+    mask[20, 35, 15] = 2
+    assert foreground_box(mask) == (slice(3, 21), slice(10, 36), slice(7, 16))
+    assert foreground_box(np.zeros((4, 4), bool)) is None
+    assert bounding_box(mask) == [[3, 10, 7], [20, 35, 15]]

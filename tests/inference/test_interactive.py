@@ -19,6 +19,7 @@ from aiaa_server.inference.click_transforms import (
     GEOMETRY_KEY,
     GUIDANCE_KEY,
     AddGuidanceChannelsd,
+    CropGeometry,
     DeepgrowCropd,
     DeepgrowSliced,
     ExtremePointsCropd,
@@ -26,6 +27,7 @@ from aiaa_server.inference.click_transforms import (
     PasteCropd,
     gaussian_heatmap,
     guidance_channel,
+    paste_to_input,
     sample_grid,
 )
 from aiaa_server.inference.interactive import prepare_params
@@ -180,6 +182,46 @@ def test_keep_clicked_components_drops_unclicked_islands() -> None:
     assert out[14, 14, 14] == 1 and out[3, 3, 3] == 0
     untouched = KeepClickedComponentsd("pred")({"pred": mask, "foreground": [[9, 9, 9]]})["pred"]
     assert untouched.sum() == mask.sum()
+
+
+def test_keep_clicked_components_on_the_network_grid_zeroes_unclicked_probabilities() -> None:
+    probability = torch.zeros((1, 16, 16, 16))
+    probability[0, 1:5, 1:5, 1:5] = 0.9
+    probability[0, 9:14, 9:14, 9:14] = 0.8
+    probability[0, 7, 7, 7] = 0.3  # below the threshold: not a component, left alone
+    geometry = CropGeometry(np.eye(4), (16, 16, 16), (40, 40, 40))
+    data = {"pred": probability, GEOMETRY_KEY: geometry, GUIDANCE_KEY: {"foreground": np.array([[10.2, 11.0, 9.6]])}}
+    out = KeepClickedComponentsd("pred")(data)["pred"]
+    assert float(out[0, 10, 11, 10]) == pytest.approx(0.8) and float(out[0, 2, 2, 2]) == 0.0
+    assert float(out[0, 7, 7, 7]) == pytest.approx(0.3)
+    assert float(probability[0, 2, 2, 2]) == pytest.approx(0.9)  # the input is not modified
+    data[GUIDANCE_KEY] = {"foreground": np.zeros((0, 3))}
+    assert KeepClickedComponentsd("pred")(data)["pred"] is probability
+
+
+@pytest.mark.parametrize("matrix", [
+    np.array([[2.5, 0, 0, 3.0], [0, -2.5, 0, 70.0], [0, 0, 0.8, 1.5], [0, 0, 0, 1]]),
+    np.array([[1.6, 0.4, 0, 4.0], [-0.4, 1.6, 0, 30.0], [0, 0, 1.1, 2.0], [0, 0, 0, 1]]),  # oblique
+], ids=["axis-aligned", "oblique"])
+def test_paste_samples_only_where_the_threshold_can_be_reached(matrix: np.ndarray) -> None:
+    """The paste skips the voxels no probability ≥ threshold can reach: same mask as sampling the whole box."""
+    rng = np.random.default_rng(3)
+    probability = torch.zeros((1, 24, 24, 24))
+    probability[0, 6:15, 8:13, 5:20] = torch.from_numpy(rng.uniform(0.2, 1.0, (9, 5, 15)).astype(np.float32))
+    geometry = CropGeometry(matrix, (24, 24, 24), (80, 75, 40))
+    mask, crop = paste_to_input(probability, geometry)
+    assert mask.flags.f_contiguous and mask.dtype == np.uint8
+    lo, hi = geometry.footprint()
+    to_box = np.eye(4)
+    to_box[:3, 3] = lo
+    whole = sample_grid(probability, np.linalg.inv(matrix) @ to_box, tuple(hi - lo), padding_mode="zeros")[0]
+    expected = np.zeros(geometry.input_shape, np.uint8)
+    expected[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = (whole >= 0.5).numpy()
+    assert expected.sum() > 100
+    np.testing.assert_array_equal(mask, expected)
+    assert crop == [[int(a), int(b)] for a, b in zip(lo, hi)]
+    empty, crop_of_empty = paste_to_input(torch.full((1, 24, 24, 24), 0.1), geometry)
+    assert not empty.any() and crop_of_empty == crop
 
 
 # ------------------------------------------------------------------ bundled MMARs
