@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 import pytest
 
 from aiaa_server.imaging.masks import bounding_box, extreme_points, foreground_box
