@@ -226,15 +226,15 @@ def three_click_scores(server: LiveServer, path: Path, scene: Scene) -> list[flo
 
 
 def test_deepgrow_3d_three_clicks_on_a_fresh_scene_via_a_session(server, train_family_scene) -> None:
-    """A scene never used in training (training shape families)."""
+    """A scene never used in training (training shape families): the project target, Dice ≥ 0.85 after 3 clicks."""
     path, scene = train_family_scene
     scores = three_click_scores(server, path, scene)
-    assert scores[-1] >= 0.8, scores
+    assert scores[-1] >= 0.85, scores
 
 
 def test_deepgrow_3d_finds_a_heldout_shape_via_a_session(server, heldout_scene) -> None:
-    """Tori were never trained on. The demo model is below the 0.85 target there (mean 0.60 after 3 clicks,
+    """Tori were never trained on. The demo model is below the 0.85 target there (mean 0.70-0.73 after 3 clicks,
     models/demo_deepgrow_3d/docs/Readme.md), but three clicks must still find most of the clicked structure."""
     path, scene = heldout_scene
     scores = three_click_scores(server, path, scene)
-    assert scores[-1] >= 0.6, scores
+    assert scores[-1] >= 0.7, scores
