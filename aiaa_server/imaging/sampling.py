@@ -34,6 +34,15 @@ def sample_grid(source: torch.Tensor, matrix: np.ndarray, grid_shape: Sequence[i
     return _sample_general(source, m, shape, padding_mode)
 
 
+def reached_range(matrix: np.ndarray, lo: Sequence[float], hi: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer index range [first, last] (inclusive, unclipped) that the grid box [lo, hi] (grid coordinates)
+    reaches through `matrix`: floor of the smallest and ceil of the largest mapped corner per axis."""
+    m = np.asarray(matrix, dtype=np.float64)
+    corners = np.array(np.meshgrid(*zip(lo, hi), indexing="ij")).reshape(len(lo), -1).T
+    reached = corners @ m[:-1, :-1].T + m[:-1, -1]
+    return np.floor(reached.min(axis=0)).astype(int), np.ceil(reached.max(axis=0)).astype(int)
+
+
 def _axis_permutation(linear: np.ndarray) -> list[int] | None:
     """For a scaled permutation matrix: the grid axis feeding each source axis; else None (oblique)."""
     nonzero = np.abs(linear) > 1e-9 * max(float(np.abs(linear).max()), 1e-30)
@@ -86,13 +95,12 @@ def _sample_general(source: torch.Tensor, m: np.ndarray, shape: tuple[int, ...],
                     ) -> torch.Tensor:
     """Oblique grids: `grid_sample` on the source box the grid touches (never the whole volume as float)."""
     ndim = len(shape)
-    corners = np.array(np.meshgrid(*[[0.0, s - 1.0] for s in shape], indexing="ij")).reshape(ndim, -1).T
-    reached = corners @ m[:-1, :-1].T + m[:-1, -1]
+    first, last = reached_range(m, [0.0] * ndim, [s - 1.0 for s in shape])
     sizes = np.asarray(source.shape[1:])
     # at least 2 voxels per axis where the source has them: grid_sample maps every point of a 1-voxel axis
     # onto that voxel, which would turn "zeros" padding into edge copying
-    lo = np.clip(np.floor(reached.min(axis=0)).astype(int), 0, np.maximum(sizes - 2, 0))
-    hi = np.clip(np.ceil(reached.max(axis=0)).astype(int) + 1, np.minimum(lo + 2, sizes), sizes)
+    lo = np.clip(first, 0, np.maximum(sizes - 2, 0))
+    hi = np.clip(last + 1, np.minimum(lo + 2, sizes), sizes)
     box = source[(slice(None), *[slice(int(a), int(b)) for a, b in zip(lo, hi)])]
     shifted = m.copy()
     shifted[:-1, -1] -= lo

@@ -38,8 +38,8 @@ from scipy import ndimage
 
 from aiaa_server.errors import InvalidParams, ModelError
 from aiaa_server.imaging.masks import foreground_box
-from aiaa_server.imaging.sampling import sample_grid
-from aiaa_server.inference.tensors import ORIGINAL_AFFINE, ORIGINAL_SHAPE
+from aiaa_server.imaging.sampling import reached_range, sample_grid
+from aiaa_server.inference.tensors import ORIGINAL_AFFINE, ORIGINAL_SHAPE, plain_tensor
 
 GEOMETRY_KEY = "aiaa_crop_geometry"
 GUIDANCE_KEY = "aiaa_guidance"
@@ -65,11 +65,8 @@ class CropGeometry:
 
     def footprint(self) -> tuple[np.ndarray, np.ndarray]:
         """The input index box [lo, hi) covered by the grid, clipped to the input."""
-        corners = np.array(np.meshgrid(*[[0.0, s - 1.0] for s in self.grid_shape], indexing="ij"))
-        corners = apply_matrix(self.matrix, corners.reshape(len(self.grid_shape), -1).T)
-        lo = np.maximum(np.floor(corners.min(axis=0)).astype(int), 0)
-        hi = np.minimum(np.ceil(corners.max(axis=0)).astype(int) + 1, np.asarray(self.plane_shape))
-        return lo, hi
+        first, last = reached_range(self.matrix, [0.0] * len(self.grid_shape), [s - 1.0 for s in self.grid_shape])
+        return np.maximum(first, 0), np.minimum(last + 1, np.asarray(self.plane_shape))
 
 
 # --------------------------------------------------------------------------------------------------- #
@@ -185,7 +182,7 @@ def _points(data: dict[str, Any], key: str, shape: Sequence[int]) -> np.ndarray:
 
 
 def _source(image: Any) -> torch.Tensor:
-    tensor = image.as_tensor() if isinstance(image, MetaTensor) else torch.as_tensor(image)
+    tensor = plain_tensor(image)
     return tensor if tensor.ndim == 4 else tensor[None]
 
 
@@ -387,15 +384,12 @@ def _positive_box(probability: torch.Tensor, geometry: CropGeometry, threshold: 
     input voxel can only reach the threshold within one grid voxel of a grid voxel that does."""
     if threshold <= 0:
         return lo, hi
-    above = np.argwhere((probability >= threshold).numpy())
-    if not len(above):
+    above = foreground_box((probability >= threshold).numpy())
+    if above is None:
         return None
-    grid_lo = above.min(axis=0) - 1.0
-    grid_hi = above.max(axis=0) + 1.0
-    corners = np.array(np.meshgrid(*zip(grid_lo, grid_hi), indexing="ij")).reshape(len(grid_lo), -1).T
-    reached = apply_matrix(geometry.matrix, corners)
-    box_lo = np.maximum(np.floor(reached.min(axis=0)).astype(int), lo)
-    box_hi = np.minimum(np.ceil(reached.max(axis=0)).astype(int) + 1, hi)
+    first, last = reached_range(geometry.matrix, [b.start - 1.0 for b in above], [b.stop for b in above])
+    box_lo = np.maximum(first, lo)
+    box_hi = np.minimum(last + 1, hi)
     if np.any(box_hi <= box_lo):
         return None
     return box_lo, box_hi
@@ -418,7 +412,7 @@ class PasteCropd(MapTransform):
         geometry: CropGeometry = d[self.geometry]
         for key in self.key_iterator(d):
             value = d[key]
-            tensor = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(np.asarray(value))
+            tensor = plain_tensor(value)
             if tensor.ndim == len(geometry.grid_shape):
                 tensor = tensor[None]
             mask, crop = paste_to_input(tensor[:1], geometry, self.threshold)
@@ -450,11 +444,11 @@ class KeepClickedComponentsd(MapTransform):
         geometry: CropGeometry | None = d.get(self.geometry)
         for key in self.key_iterator(d):
             value = d[key]
-            on_grid = geometry is not None and tuple(value.shape[-len(geometry.grid_shape):]) == geometry.grid_shape \
-                and value.ndim == len(geometry.grid_shape) + 1
+            on_grid = geometry is not None and (value.ndim, *value.shape[1:]) == (
+                len(geometry.grid_shape) + 1, *geometry.grid_shape)  # (1, *grid): before PasteCropd
             if on_grid:
                 clicks = np.rint(np.asarray(d[self.guidance].get("foreground", []))).astype(int)
-                probability = value.as_tensor() if isinstance(value, MetaTensor) else torch.as_tensor(value)
+                probability = plain_tensor(value)
                 dropped = _unclicked_components(probability[0].numpy() >= self.threshold, clicks)
                 if dropped is not None:
                     box, where = dropped
