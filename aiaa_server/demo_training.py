@@ -1,8 +1,9 @@
-"""Shared pieces of the bundled demo models' training scripts (models/*/commands/train.py).
+"""Shared pieces of the bundled demo models' training and evaluation scripts (models/*/commands/).
 
-Each script builds its samples through its MMAR's own pre-transforms (so training sees what serving sees)
-and hands one function per step to `train_for`, which owns the time-budgeted loop: cosine learning rate
-over the budget, periodic atomic TorchScript export, checkpoint/resume.
+Each training script builds its samples through its MMAR's own pre-transforms (so training sees what serving
+sees) and hands one function per step to `train_for`, which owns the time-budgeted loop: cosine learning rate
+over the budget, periodic atomic TorchScript export, checkpoint/resume.  Each evaluation script hands a
+function scoring one case to `evaluate_cases`, which owns the held-out scenes, the loop and the summary.
 """
 
 from __future__ import annotations
@@ -19,12 +20,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from aiaa_server.engines.torchscript import TorchScriptPool
+from aiaa_server.imaging.formats import ImageFormat
+from aiaa_server.imaging.io import Volume
 from aiaa_server.inference.click_transforms import AddGuidanceChannelsd, guidance_channel
+from aiaa_server.inference.interactive import prepare_params
+from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.components import build_component
 from aiaa_server.mmar.config import ComponentConfig
-from aiaa_server.synthetic_shapes import TRAIN_FAMILIES, Scene, make_scene, next_click, pick_object
+from aiaa_server.mmar.loader import LoadedModel, load_mmar
+from aiaa_server.synthetic_shapes import (
+    HELDOUT_FAMILIES,
+    TRAIN_FAMILIES,
+    Scene,
+    make_scene,
+    next_click,
+    pick_object,
+)
 
 StepBatch = Callable[[int, torch.nn.Module], tuple[torch.Tensor, torch.Tensor, str]]
+ScoreCase = Callable[[LoadedModel, Scene, np.ndarray], dict[str, float]]
+EVALUATION_FAMILIES = {"heldout": HELDOUT_FAMILIES, "train": TRAIN_FAMILIES}
 
 
 def training_arguments(description: str, mmar_dir: Path, batch: int) -> argparse.ArgumentParser:
@@ -174,3 +190,39 @@ def _save(net: torch.nn.Module, args: argparse.Namespace, example_shape: tuple[i
     export_traced(net, args.out, example_shape)
     if args.ckpt is not None:
         torch.save(net.state_dict(), args.ckpt)
+
+
+# --------------------------------------------------------------------------------------------------- #
+# evaluation
+# --------------------------------------------------------------------------------------------------- #
+
+
+def run_model(model: LoadedModel, scene: Scene, params: dict[str, Any]) -> np.ndarray:
+    """The model's mask for `scene` with request `params`, through the server's own pipeline."""
+    volume = Volume(scene.image, scene.affine, ImageFormat.NIFTI_GZ)
+    output = model.pipeline.run({**prepare_params(model.config, params), "image": volume_to_tensor(volume)})
+    return np.asarray(output.image) > 0
+
+
+def evaluate_cases(description: str, mmar_dir: Path, score_case: ScoreCase, min_mm3: float = 2000.0) -> None:
+    """CLI (`--count --seed --families`): score `count` held-out scenes (``default_rng((seed, 1, i))``, never
+    used in training; one object each) with `score_case`; print each case and the mean (median) per score."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--families", choices=sorted(EVALUATION_FAMILIES), default="heldout")
+    args = parser.parse_args()
+    model = load_mmar(mmar_dir, TorchScriptPool())
+    rows: list[dict[str, float]] = []
+    started = time.monotonic()
+    for i in range(args.count):
+        rng = np.random.default_rng((args.seed, 1, i))
+        scene, (label,) = scene_objects(rng, 1, min_mm3, EVALUATION_FAMILIES[args.families])
+        rows.append(score_case(model, scene, scene.mask(label)))
+        scores = " ".join(f"{name}={value:.3f}" for name, value in rows[-1].items())
+        print(f"case {i}: {scene.families[label - 1]} spacing={np.round(scene.spacing, 2).tolist()} {scores}",
+              flush=True)
+    summary = ", ".join(f"{name} {np.mean([r[name] for r in rows]):.3f} (median {np.median([r[name] for r in rows]):.3f})"
+                        for name in rows[0])
+    print(f"{args.families} families, {args.count} cases, seed {args.seed}, {time.monotonic() - started:.0f} s: "
+          f"mean Dice {summary}")
