@@ -71,6 +71,23 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(2048, ge=1, description="largest model upload (PUT /admin/model) in MiB")
     max_archive_mb: int = Field(8192, ge=1, description="largest total uncompressed size of an uploaded MMAR archive")
     max_archive_files: int = Field(10000, ge=1, description="most entries in an uploaded MMAR archive")
+    max_image_voxels: int = Field(
+        1024 * 1024 * 2000, ge=1, description="most voxels in one uploaded image (default fits 1024x1024x2000)"
+    )
+    max_image_mb: int = Field(8192, ge=1, description="most MiB one decoded image (or its decompressed data) may take")
+    max_png_pixels: int = Field(2**26, ge=1, description="most pixels (width x height) of an uploaded PNG")
+    max_request_mb: int = Field(
+        4096, ge=1, description="largest annotation request body (images, sessions, polygons) in MiB"
+    )
+    max_clicks: int = Field(10000, ge=1, description="most points (clicks, extreme points) in one request")
+    body_timeout: float = Field(
+        60.0, gt=0, description="seconds a request body may stall (no bytes arriving) before the request is dropped"
+    )
+    forwarded_allow_ips: str | None = Field(
+        None,
+        description="trusted reverse proxies (comma list of IPs/CIDRs) whose X-Forwarded-For/-Proto are believed; "
+        "unset: the socket peer is the client",
+    )
     allow_uploaded_code: bool = Field(
         False, description="let uploaded MMARs run Python: custom/ code and non-MONAI component names"
     )
