@@ -18,7 +18,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_NAMES = {"localhost": ("127.0.0.0/8", "::1/128")}
 
 
-def parse_hosts(spec: str) -> list[Network] | None:
+def parse_hosts(spec: str, option: str = "admin_hosts") -> list[Network] | None:
     """`*` (anyone) → None; else a comma list of IPs, CIDRs or `localhost`. Raises ValueError on junk."""
     items = [item.strip() for item in spec.split(",") if item.strip()]
     if not items or "*" in items:
@@ -29,7 +29,7 @@ def parse_hosts(spec: str) -> list[Network] | None:
             try:
                 networks.append(ipaddress.ip_network(cidr, strict=False))
             except ValueError as exc:
-                raise ValueError(f"admin_hosts: {item!r} is not an IP address or CIDR network") from exc
+                raise ValueError(f"{option}: {item!r} is not an IP address or CIDR network") from exc
     return networks
 
 

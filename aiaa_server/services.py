@@ -15,6 +15,7 @@ from aiaa_server.inference.service import InferenceService
 from aiaa_server.logs import LogTail
 from aiaa_server.metrics import HttpMetrics, MetricsRegistry
 from aiaa_server.mmar.registry import ModelRegistry
+from aiaa_server.mmar.sandbox import SandboxLimits
 from aiaa_server.mmar.store import ArchiveLimits, ModelAdmin, ModelStore
 from aiaa_server.security import AdminPolicy
 from aiaa_server.session_backends import session_backend
@@ -50,6 +51,9 @@ class Services:
             fallback_dirs=[d for d in settings.model_dirs if d != settings.workspace_models_dir],
             allow_code=settings.allow_uploaded_code,
             default_device=settings.device,
+            sandbox=SandboxLimits(memory_bytes=settings.validation_memory_mb * 2**20,
+                                  cpu_seconds=int(settings.validation_timeout),
+                                  wall_seconds=settings.validation_timeout),
         )
 
     @classmethod
@@ -80,7 +84,9 @@ class Services:
                    http_metrics=HttpMetrics(metrics), log_tail=log_tail, sessions=sessions)
 
     def load_models(self) -> None:
-        self.registry.scan(self.settings.model_dirs)
+        settings = self.settings
+        uploads = () if settings.allow_uploaded_code else (settings.workspace_models_dir,)
+        self.registry.scan(settings.model_dirs, untrusted=uploads)
         log.info("serving %d model(s): %s", len(self.registry), ", ".join(self.registry.names()) or "none")
 
     def close(self) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import secrets
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,7 +26,26 @@ log = logging.getLogger(__name__)
 META_FILE = "meta.json"
 REDIS_PREFIX = "aiaa:session:"
 REDIS_RETRY_AFTER_S = 5
+# Session ids are bearer secrets (whoever knows one reads and deletes the session): 128 random bits, and hex
+# so they are safe as folder names and easy to mask in logs.
+SESSION_ID_BYTES = 16
+SESSION_ID_TEXT = rf"[0-9a-f]{{{2 * SESSION_ID_BYTES}}}"
+_SESSION_ID = re.compile(SESSION_ID_TEXT)
 _T = TypeVar("_T")
+
+
+def new_session_id() -> str:
+    return secrets.token_hex(SESSION_ID_BYTES)
+
+
+def is_session_id(value: str) -> bool:
+    """True for ids this server hands out; anything else (`..`, paths, old uuid1 ids) is never looked up."""
+    return _SESSION_ID.fullmatch(value) is not None
+
+
+def short_id(session_id: str) -> str:
+    """What logs show of a session id: enough to follow one session, too little to use it."""
+    return session_id[:8] + "…"
 
 
 class SessionBackend(Protocol):

@@ -15,7 +15,6 @@ import os
 import shutil
 import threading
 import time
-import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
@@ -31,7 +30,15 @@ from aiaa_server.errors import AIAAError, InvalidImage, InvalidParams, NotFound,
 from aiaa_server.imaging.dicom import read_dicom_series
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
-from aiaa_server.session_backends import META_FILE, DiskSessionBackend, SessionBackend, write_json_atomically
+from aiaa_server.session_backends import (
+    META_FILE,
+    DiskSessionBackend,
+    SessionBackend,
+    is_session_id,
+    new_session_id,
+    short_id,
+    write_json_atomically,
+)
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +274,7 @@ class SessionStore:
         if not uploads:
             raise InvalidImage("no image uploaded: send the volume (or the DICOM files) as multipart file parts")
         save_fmt = self._save_format(save_as)
-        session_id = str(uuid.uuid1())
+        session_id = new_session_id()
         partial = self.root / f"{session_id}{PARTIAL_SUFFIX}"
         partial.mkdir(parents=True)
         try:
@@ -292,7 +299,7 @@ class SessionStore:
         self._remove_folders(evicted, "evicted (session budget)")
         self._count(session_id, lambda stats: setattr(stats, "decodes", stats.decodes + 1))
         self.cache.put(("volume", session_id), volume)
-        log.info("session %s created: %s %s, %.1f MB, expiry %d s", session_id, source, info.meta.shape,
+        log.info("session %s created: %s %s, %.1f MB, expiry %d s", short_id(session_id), source, info.meta.shape,
                  size / 2**20, info.expiry)
         return self._with_stats(session_id, info)
 
@@ -359,7 +366,7 @@ class SessionStore:
             path = self._image_path(session_id)
             volume = read_volume(path, path.name)
             self._count(session_id, lambda stats: setattr(stats, "decodes", stats.decodes + 1))
-            log.info("session %s: decoded %s %s", session_id, path.name, volume.spatial_shape)
+            log.info("session %s: decoded %s %s", short_id(session_id), path.name, volume.spatial_shape)
             return volume
 
         value, _ = self.cache.get_or_compute(("volume", session_id), decode)
@@ -464,6 +471,8 @@ class SessionStore:
 
     def _alive(self, session_id: str) -> SessionInfo:
         """The live session's info (caller holds the lock); expired ones are dropped here already."""
+        if not is_session_id(session_id):  # never let a client-chosen string reach a backend key or a path
+            raise SessionNotFound(f"session {session_id!r} does not exist", session_id=session_id)
         info = _parse(self.backend.load(session_id))
         if info is None:
             self._forget(session_id)  # it may have been deleted through another replica
@@ -482,7 +491,7 @@ class SessionStore:
         try:
             alive = self.backend.refresh(session_id, _record(info), self._ttl(info))
         except OSError as exc:  # the in-memory state stays right; only a restart would see an older time
-            log.warning("session %s: could not persist access time: %s", session_id, exc)
+            log.warning("session %s: could not persist access time: %s", short_id(session_id), exc)
             return info
         if not alive:
             self._forget(session_id)
@@ -522,7 +531,7 @@ class SessionStore:
         for session_id in session_ids:
             self._forget(session_id)
             shutil.rmtree(self.root / session_id, ignore_errors=True)
-            log.info("session %s %s", session_id, why)
+            log.info("session %s %s", short_id(session_id), why)
 
     def _orphan_folders(self, alive: set[str], now: float) -> list[str]:
         """Folders (shared workspace) whose session the backend no longer holds; stale `.partial` ones go too."""
@@ -551,10 +560,11 @@ class SessionStore:
             try:
                 info = SessionInfo.model_validate_json((folder / META_FILE).read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
-                log.warning("dropping unreadable session folder %s: %s", folder.name, exc)
+                log.warning("dropping unreadable session folder %s: %s", short_id(folder.name), exc)
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
-            if info.session_id != folder.name or info.expires_at() < now or not (folder / info.image).is_file():
+            if (info.session_id != folder.name or not is_session_id(folder.name) or info.expires_at() < now
+                    or not (folder / info.image).is_file()):
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
             self.backend.add(info.session_id, _record(info), self._ttl(info))

@@ -5,6 +5,7 @@ It is created once (by the CLI or by whoever embeds the app) and passed down; no
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -14,6 +15,7 @@ from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 from aiaa_server.security import parse_hosts
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+CORS_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+", re.IGNORECASE)
 
 
 class Settings(BaseSettings):
@@ -47,7 +49,11 @@ class Settings(BaseSettings):
     root_path: str = Field("", description="path prefix when served behind a reverse proxy, e.g. /aiaa")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_lines: int = Field(10000, ge=100, description="log lines kept in memory for GET /logs")
-    cors_origins: list[str] = Field(default_factory=lambda: ["*"], description="allowed CORS origins")
+    cors_origins: list[str] = Field(
+        ["*"],
+        description="browser origins allowed to call the API: * lets any page read and POST (no credentials); "
+        "listed origins (scheme://host[:port]) may also PUT/DELETE sessions; /admin and /logs never answer CORS",
+    )
     session_expiry: int = Field(3600, ge=1, description="default and maximum session expiry in seconds")
     session_budget_mb: int = Field(
         10240, ge=1, description="disk budget for stored sessions in MiB (least recently used evicted first)"
@@ -71,6 +77,10 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(2048, ge=1, description="largest model upload (PUT /admin/model) in MiB")
     max_archive_mb: int = Field(8192, ge=1, description="largest total uncompressed size of an uploaded MMAR archive")
     max_archive_files: int = Field(10000, ge=1, description="most entries in an uploaded MMAR archive")
+    validation_memory_mb: int = Field(
+        8192, ge=1024, description="memory limit (address space) of the process that validates a model upload"
+    )
+    validation_timeout: float = Field(600.0, gt=0, description="seconds the validation of a model upload may take")
     max_image_voxels: int = Field(
         1024 * 1024 * 2000, ge=1, description="most voxels in one uploaded image (default fits 1024x1024x2000)"
     )
@@ -85,8 +95,12 @@ class Settings(BaseSettings):
     )
     forwarded_allow_ips: str | None = Field(
         None,
-        description="trusted reverse proxies (comma list of IPs/CIDRs) whose X-Forwarded-For/-Proto are believed; "
-        "unset: the socket peer is the client",
+        description="trusted reverse proxies (comma list of IPs/CIDRs, or *) whose X-Forwarded-For/-Proto are "
+        "believed; unset: the socket peer is the client",
+    )
+    shutdown_timeout: float = Field(
+        15.0, gt=0, le=3600,
+        description="seconds running requests get to finish after SIGTERM/SIGINT before the process exits anyway",
     )
     allow_uploaded_code: bool = Field(
         False, description="let uploaded MMARs run Python: custom/ code and non-MONAI component names"
@@ -125,6 +139,23 @@ class Settings(BaseSettings):
     def _check_admin_hosts(cls, value: str) -> str:
         parse_hosts(value)
         return value.strip() or "*"
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, value: list[str]) -> list[str]:
+        origins = [origin.strip().rstrip("/") for origin in value if origin.strip()]
+        for origin in origins:
+            if origin != "*" and not CORS_ORIGIN.fullmatch(origin):
+                raise ValueError(f"cors_origins: {origin!r} is not * or an origin like https://viewer.example:8443")
+        return origins
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_forwarded_allow_ips(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        networks = parse_hosts(value, "forwarded_allow_ips")
+        return "*" if networks is None else ",".join(str(network) for network in networks)
 
     @field_validator("session_store")
     @classmethod

@@ -2,11 +2,17 @@
 
 The defaults fit the largest volumes annotators send (1024 × 1024 × 2000 voxels); the server builds one
 `DecodeLimits` from its settings (`--max_image_voxels`, `--max_image_mb`, ...) and hands it down.
+`check_shape` and `check_png_pixels` are the one place the size limits are compared, so every format
+refuses an oversized image with the same message naming the option that raises the limit.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from aiaa_server.errors import InvalidImage, PayloadTooLarge
 
 DEFAULT_MAX_VOXELS = 1024 * 1024 * 2000
 
@@ -30,4 +36,67 @@ class DecodeLimits:
     dicom_timeout_s: float = 300.0
 
 
-__all__ = ["DEFAULT_MAX_VOXELS", "DecodeLimits"]
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.6g} MiB"
+
+
+def check_shape(shape: Sequence[int], itemsize: int, limits: DecodeLimits = DEFAULT_LIMITS,
+                what: str = "image") -> int:
+    """Refuse an image from its declared shape, before anything is allocated or decompressed for it.
+
+    Args:
+        shape: the declared size of every dimension, in any axis order (e.g. NIfTI [i, j, k], PNG [row, column]).
+        itemsize: bytes one voxel of the decoded array takes (e.g. 2 for int16, 8 once scaled to float64).
+        limits: the bounds to apply.
+        what: how the message names the image (e.g. "NRRD image", "DICOM series").
+
+    Returns:
+        The byte size of the decoded array (voxels × itemsize).
+
+    Raises:
+        InvalidImage: fewer than 2 dimensions, or a dimension below 1 (no voxels).
+        PayloadTooLarge: more voxels than `limits.max_voxels` (`--max_image_voxels`) or more bytes than
+            `limits.max_bytes` (`--max_image_mb`).
+    """
+    dims = [int(size) for size in shape]  # Python ints: a hostile header's product must not overflow
+    if len(dims) < 2:
+        raise InvalidImage(f"{what} has shape {dims}: images need at least 2 dimensions", shape=dims)
+    if min(dims) < 1:
+        raise InvalidImage(f"{what} has shape {dims}: every dimension needs at least one voxel", shape=dims)
+    voxels = math.prod(dims)
+    if voxels > limits.max_voxels:
+        raise PayloadTooLarge(
+            f"{what} has shape {dims} = {voxels} voxels, over the limit of {limits.max_voxels} voxels "
+            "(the server option --max_image_voxels raises it)", limit="max_image_voxels", shape=dims)
+    nbytes = voxels * int(itemsize)
+    if nbytes > limits.max_bytes:
+        raise PayloadTooLarge(
+            f"{what} of shape {dims} needs {_mib(nbytes)} decoded, over the limit of {_mib(limits.max_bytes)} "
+            "(the server option --max_image_mb raises it)", limit="max_image_mb", shape=dims)
+    return nbytes
+
+
+def check_png_pixels(rows: int, columns: int, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
+    """Refuse a PNG whose header declares more than `limits.max_png_pixels` (`--max_png_pixels`) pixels.
+
+    Args:
+        rows: the image height from the PNG header.
+        columns: the image width from the PNG header.
+        limits: the bounds to apply.
+
+    Raises:
+        InvalidImage: a zero width or height.
+        PayloadTooLarge: width × height over the limit.
+    """
+    if rows < 1 or columns < 1:
+        raise InvalidImage(f"PNG declares {columns} x {rows} pixels: both must be at least 1")
+    if rows * columns > limits.max_png_pixels:
+        raise PayloadTooLarge(
+            f"PNG declares {columns} x {rows} = {rows * columns} pixels, over the limit of {limits.max_png_pixels} "
+            "(the server option --max_png_pixels raises it)", limit="max_png_pixels", shape=[rows, columns])
+
+
+__all__ = ["DEFAULT_LIMITS", "DEFAULT_MAX_VOXELS", "DecodeLimits", "check_png_pixels", "check_shape"]

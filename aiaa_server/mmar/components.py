@@ -168,12 +168,18 @@ def _lookup(name: str, short: str, custom: CustomCode | None) -> Any | None:
     return found
 
 
-def resolve_component(name: str, args: dict[str, Any], custom: CustomCode | None = None) -> tuple[Any, dict[str, Any]]:
-    """Find the class a config names and the arguments to build it with (after compat translation)."""
+def translate_legacy(name: str, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(name, args) with Clara-era names translated to their current equivalents; others unchanged."""
     short = name.rsplit(".", 1)[-1]
     if ("." not in name or name.startswith(("monai.", "aiaa."))) and short in COMPAT_TRANSLATIONS:
-        name, args = COMPAT_TRANSLATIONS[short](args)
-        short = name
+        return COMPAT_TRANSLATIONS[short](args)
+    return name, args
+
+
+def resolve_component(name: str, args: dict[str, Any], custom: CustomCode | None = None) -> tuple[Any, dict[str, Any]]:
+    """Find the class a config names and the arguments to build it with (after compat translation)."""
+    name, args = translate_legacy(name, args)
+    short = name.rsplit(".", 1)[-1]
     found = _lookup(name, short, custom)
     if found is None:
         raise InvalidModel(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DEVICE_PATTERN = r"^(cpu|cuda|cuda:[0-9]{1,2}|mps)$"
+MAX_ROI_SIZE = 1024
 
 
 class ModelType(str, enum.Enum):
@@ -17,7 +20,7 @@ class ModelType(str, enum.Enum):
     PIPELINE = "pipeline"
 
     @classmethod
-    def _missing_(cls, value: object) -> "ModelType | None":
+    def _missing_(cls, value: object) -> ModelType | None:
         if isinstance(value, str):
             lowered = value.strip().lower()
             for member in cls:
@@ -72,15 +75,15 @@ class InferenceArgs(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     scanning_window: bool = False
-    roi: list[int] | None = None
+    roi: list[Annotated[int, Field(ge=1, le=MAX_ROI_SIZE)]] | None = Field(None, max_length=3)
     overlap: float = Field(0.25, ge=0.0, lt=1.0)
-    sw_batch_size: int = Field(1, ge=1)
+    sw_batch_size: int = Field(1, ge=1, le=64)
     mode: str = "constant"
-    device: str | None = None
-    sw_device: str | None = None
+    device: str | None = Field(None, pattern=DEVICE_PATTERN)
+    sw_device: str | None = Field(None, pattern=DEVICE_PATTERN)
 
     @model_validator(mode="after")
-    def _roi_when_scanning(self) -> "InferenceArgs":
+    def _roi_when_scanning(self) -> InferenceArgs:
         if self.scanning_window and not self.roi:
             raise ValueError("scanning_window needs a roi, e.g. [160, 160, 160]")
         return self
@@ -96,7 +99,7 @@ class InferenceConfig(BaseModel):
     TRITON: BackendConfig | None = None
 
     @model_validator(mode="after")
-    def _check_args(self) -> "InferenceConfig":
+    def _check_args(self) -> InferenceConfig:
         self.args  # noqa: B018 - validates the AIAA args at load time, not at the first request
         return self
 

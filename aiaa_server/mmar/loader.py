@@ -17,6 +17,7 @@ from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.transforms import Writer
 from aiaa_server.mmar.components import CustomCode, build_component
 from aiaa_server.mmar.config import AIAAConfig, ModelType
+from aiaa_server.mmar.safety import check_untrusted_mmar
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def is_mmar(folder: Path) -> bool:
 def read_config(path: Path) -> AIAAConfig:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # 5000-digit ints, deep nesting
         raise InvalidModel(f"cannot read {path.name}: {exc}") from exc
     return parse_config(raw)
 
@@ -107,10 +108,13 @@ def load_mmar(
     engines: EngineFactory | TorchScriptPool,
     default_device: str = "cpu",
     name: str | None = None,
+    trusted: bool = True,
 ) -> LoadedModel:
     """Build a model from an MMAR folder; raises InvalidModel naming what is wrong.
 
     `engines` picks the model's engine (local or Triton); a bare TorchScriptPool runs it locally.
+    `trusted=False` (uploaded models without --allow_uploaded_code) checks the config against the upload
+    allow-list (`mmar.safety`) before any component is imported or built.
     """
     if isinstance(engines, TorchScriptPool):
         engines = EngineFactory(engines, default_device)
@@ -118,6 +122,8 @@ def load_mmar(
     if not is_mmar(folder):
         raise InvalidModel(f"{folder.name}: no {CONFIG_PATH.as_posix()} found")
     config = read_config(folder / CONFIG_PATH)
+    if not trusted:
+        check_untrusted_mmar(folder, config)
     custom = CustomCode(folder)
     pre = [build_component(c, custom) for c in config.pre_transforms]
     post = [build_component(c, custom) for c in config.post_transforms]

@@ -21,20 +21,22 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self.load_errors: dict[str, str] = {}
 
-    def scan(self, folders: list[Path]) -> None:
-        """Load every MMAR found directly under each folder; later folders win on name clashes."""
+    def scan(self, folders: list[Path], untrusted: tuple[Path, ...] = ()) -> None:
+        """Load every MMAR found directly under each folder; later folders win on name clashes.
+
+        Models in the `untrusted` folders (uploads) are held to the upload allow-list at every load."""
         for folder in folders:
             if not folder.is_dir():
                 log.warning("model folder %s does not exist; skipped", folder)
                 continue
             for candidate in sorted(p for p in folder.iterdir() if p.is_dir()):
                 if is_mmar(candidate):
-                    self.load(candidate)
+                    self.load(candidate, trusted=folder not in untrusted)
 
-    def load(self, folder: Path, name: str | None = None) -> LoadedModel | None:
+    def load(self, folder: Path, name: str | None = None, trusted: bool = True) -> LoadedModel | None:
         model_name = name or folder.name
         try:
-            model = load_mmar(folder, self.pool, self.default_device, name=model_name)
+            model = load_mmar(folder, self.pool, self.default_device, name=model_name, trusted=trusted)
         except AIAAError as exc:
             self.load_errors[model_name] = exc.message
             log.error("model %s not loaded: %s", model_name, exc.message)

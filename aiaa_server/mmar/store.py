@@ -11,7 +11,6 @@ such a folder back if the crash happened before the new one arrived, and deletes
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -42,7 +41,6 @@ from aiaa_server.errors import (
     InvalidModelName,
     NotFound,
 )
-from aiaa_server.mmar.components import resolve_component
 from aiaa_server.mmar.config import AIAAConfig, ModelType
 from aiaa_server.mmar.loader import (
     CONFIG_PATH,
@@ -54,6 +52,8 @@ from aiaa_server.mmar.loader import (
     parse_config,
 )
 from aiaa_server.mmar.registry import ModelRegistry
+from aiaa_server.mmar.safety import check_untrusted_mmar
+from aiaa_server.mmar.sandbox import SandboxLimits, validate_isolated
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,6 @@ ARCHIVE_JUNK = {"__MACOSX", ".DS_Store"}
 MAX_CONFIG_BYTES = 16 * 2**20
 MAX_DRY_RUN_VOXELS = 256**3
 COPY_CHUNK = 2**20
-# Where uploaded configs may take component classes from, unless --allow_uploaded_code.
-SAFE_COMPONENT_PREFIXES = ("aiaa.", "monai.transforms.", "monai.apps.deepgrow.transforms.")
-SAFE_COMPONENT_MODULES = ("monai.", "aiaa_server.")
 
 
 def check_model_name(name: str) -> str:
@@ -312,7 +309,7 @@ def read_uploaded_config(path: Path) -> dict[str, Any]:
         raise InvalidModel(f"config_aiaa.json is larger than {MAX_CONFIG_BYTES // 2**20} MiB")
     try:
         raw = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # 5000-digit ints, deep nesting
         raise InvalidModel(f"config is not valid JSON: {exc}") from exc
     parse_config(raw)
     return raw
@@ -356,25 +353,6 @@ def _check_network_file(path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- validation
-
-
-def check_uploaded_code(mmar: Path, config: AIAAConfig) -> None:
-    """Refuse anything that would run uploaded Python: custom/ code, or components outside MONAI/aiaa."""
-    custom = mmar / "custom"
-    if custom.is_dir() and any(p.is_file() for p in custom.rglob("*")):
-        raise InvalidModel("the MMAR has a custom/ folder (Python code); uploads may not run code unless the "
-                           "server runs with --allow_uploaded_code")
-    components = [*config.pre_transforms, *config.post_transforms, *([config.writer] if config.writer else [])]
-    for component in components:
-        name = component.name
-        allowed = "." not in name or name.startswith(SAFE_COMPONENT_PREFIXES)
-        found: Any = resolve_component(name, dict(component.args))[0] if allowed else None
-        if not allowed or not inspect.isclass(found) or not found.__module__.startswith(SAFE_COMPONENT_MODULES):
-            raise InvalidModel(
-                f"component {name!r} is not allowed in an uploaded model: only MONAI transforms and aiaa.* "
-                "components (start the server with --allow_uploaded_code to allow other code)",
-                component=name,
-            )
 
 
 def _dims_known(dims: list[int]) -> bool:
@@ -437,11 +415,12 @@ def validate_mmar(mmar: Path, name: str, allow_code: bool, default_device: str) 
         raise InvalidModel(f"no {CONFIG_PATH.as_posix()} in the upload")
     config = parse_config(read_uploaded_config(mmar / CONFIG_PATH))
     if not allow_code:
-        check_uploaded_code(mmar, config)
+        check_untrusted_mmar(mmar, config)
     if config.type not in NETWORKLESS_TYPES and find_model_file(mmar) is None:
         raise InvalidModel(f"a {config.type.value} model needs its TorchScript network: send `data` "
                            "(models/model.ts)")
-    model = load_mmar(mmar, TorchScriptPool(), default_device, name=name)  # private pool: nothing is shared yet
+    # A private pool: nothing is shared yet.
+    model = load_mmar(mmar, TorchScriptPool(), default_device, name=name, trusted=allow_code)
     dry_run(model)
     return model
 
@@ -574,26 +553,35 @@ class ModelAdmin:
         fallback_dirs: list[Path],
         allow_code: bool = False,
         default_device: str = "cpu",
+        sandbox: SandboxLimits | None = SandboxLimits(),
     ) -> None:
+        """`sandbox`: limits of the child process that validates uploads (None: validate in this process)."""
         self.store = store
         self.registry = registry
         self.fallback_dirs = fallback_dirs
         self.allow_code = allow_code
         self.default_device = default_device
+        self.sandbox = sandbox
         self._commit = threading.Lock()
 
     def install(self, name: str, staging: Path, config_part: Path | None, data_part: Path | None) -> InstallResult:
         """Validate the uploaded parts and make them the served `name` (blocking: call from a thread)."""
         check_model_name(name)
         mmar = assemble_mmar(staging, config_part, data_part, self.store.limits)
-        validate_mmar(mmar, name, self.allow_code, self.default_device)
+        if self.sandbox is not None:
+            verdict = validate_isolated(mmar, name, self.allow_code, self.default_device, self.sandbox)
+            log.info("model %s validated in a sandbox (network namespace: %s)", name,
+                     "yes" if verdict.get("network_namespace") else "no; audit hook only")
+        else:
+            validate_mmar(mmar, name, self.allow_code, self.default_device)
         with self._commit:
             replaced = self.registry.find(name) is not None
             aside = self.store.swap_in(name, mmar)
             target = self.store.path(name)
             self._evict(target)
             try:
-                model = load_mmar(target, self.registry.pool, self.default_device, name=name)
+                model = load_mmar(target, self.registry.pool, self.default_device, name=name,
+                                  trusted=self.allow_code)
             except AIAAError:
                 self.store.roll_back(name, aside)
                 raise
