@@ -79,7 +79,7 @@ def setup_logging(level: str, log_file: Path, capacity: int) -> LogTail:
             handler.close()
     tail = LogTail(capacity)
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=20 * 2**20, backupCount=3)
+    file_handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=20 * 2**20, backupCount=3, encoding="utf-8")
     file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
     console = logging.StreamHandler()
     console.setFormatter(logging.Formatter(LOG_FORMAT))

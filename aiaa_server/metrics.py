@@ -189,8 +189,19 @@ class MetricsRegistry:
         return "\n".join(lines) + "\n"
 
 
+# Any token is a valid HTTP method: unknown ones share one label, so clients cannot grow the series count.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+OTHER_METHOD = "other"
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else OTHER_METHOD
+
+
 class HttpMetrics:
-    """Per-route request counts by status and latency histograms, fed by the ASGI middleware in app.py."""
+    """Per-route request counts by status and latency histograms, fed by the ASGI middleware in app.py.
+
+    `path` must be a route template (never the raw request path) and is bounded by the caller."""
 
     def __init__(self, registry: MetricsRegistry) -> None:
         self.requests = registry.counter(
@@ -203,5 +214,6 @@ class HttpMetrics:
         )
 
     def record(self, method: str, path: str, status: int, seconds: float) -> None:
+        method = method_label(method)
         self.requests.inc(method=method, path=path, status=str(status))
         self.latency.observe(seconds, method=method, path=path)

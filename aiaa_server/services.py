@@ -79,7 +79,8 @@ class Services:
             gzip_level=settings.result_gzip_level,
             backend=session_backend(settings.session_store, settings.sessions_dir),
         )
-        inference = InferenceService(registry, pool, gzip_level=settings.result_gzip_level, sessions=sessions)
+        inference = InferenceService(registry, pool, gzip_level=settings.result_gzip_level, sessions=sessions,
+                                     max_clicks=settings.max_clicks)
         return cls(settings=settings, registry=registry, inference=inference, pool=pool, metrics=metrics,
                    http_metrics=HttpMetrics(metrics), log_tail=log_tail, sessions=sessions)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 import threading
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 
 from aiaa_server.errors import InvalidImage, PayloadTooLarge
+from aiaa_server.session_backends import META_FILE
 from aiaa_server.sessions import ByteLRU, SessionNotFound, SessionStore
 from tests.support.volumes import cube_volume, lps_affine, save_nifti
 
@@ -212,3 +216,56 @@ def test_reload_enforces_a_lowered_budget(tmp_path: Path, clock: Clock) -> None:
     with pytest.raises(SessionNotFound):
         again.get(old.session_id)
     assert not (again.root / old.session_id).exists()
+
+
+# ------------------------------------------------------------------------------------ ids (security)
+
+
+def test_session_ids_are_long_random_hex(store: SessionStore, tmp_path: Path) -> None:
+    ids = {store.create([upload_of(tmp_path)]).session_id for _ in range(3)}
+    assert len(ids) == 3
+    assert all(re.fullmatch(r"[0-9a-f]{32}", session_id) for session_id in ids)
+    assert len({session_id[:8] for session_id in ids}) == 3  # no shared time/MAC prefix as with uuid1
+
+
+@pytest.mark.parametrize("bad_id", ["..", "../victim", "", "x" * 32, "A" * 32, str(uuid.uuid1()), "0" * 31,
+                                    "0" * 32 + "/..", "0" * 32 + "\n"])
+def test_malformed_ids_are_never_looked_up(store: SessionStore, tmp_path: Path, bad_id: str) -> None:
+    real = store.create([upload_of(tmp_path)])
+    victim = store.root.parent / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("not a session")
+    # Even a record stored under such a key (a shared Redis anyone could write) must not lead to a path.
+    record = (store.root / real.session_id / META_FILE).read_text()
+    store.backend.add(bad_id, record.replace(real.session_id, bad_id), 100)
+    for call in (store.get, store.touch, store.delete, store.volume):
+        with pytest.raises(SessionNotFound):
+            call(bad_id)
+    assert (victim / "keep.txt").is_file()
+    assert store.get(real.session_id).session_id == real.session_id
+
+
+def test_reload_drops_folders_with_old_style_ids(tmp_path: Path, clock: Clock) -> None:
+    store = SessionStore(tmp_path / "sessions", default_expiry=100, clock=clock)
+    kept = store.create([upload_of(tmp_path)])
+    legacy_id = str(uuid.uuid1())  # what earlier versions handed out: guessable, never served again
+    legacy = store.create([upload_of(tmp_path)])
+    meta = json.loads((store.root / legacy.session_id / META_FILE).read_text())
+    (store.root / legacy.session_id).rename(store.root / legacy_id)
+    (store.root / legacy_id / META_FILE).write_text(json.dumps({**meta, "session_id": legacy_id}))
+    again = SessionStore(tmp_path / "sessions", default_expiry=100, clock=clock)
+    assert [p.name for p in again.root.iterdir()] == [kept.session_id]
+    assert len(again) == 1
+
+
+def test_session_log_lines_carry_a_short_prefix_only(
+    store: SessionStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="aiaa_server.sessions"):
+        info = store.create([upload_of(tmp_path)])
+        store.cache.discard(lambda key: True)
+        store.volume(info.session_id)
+        store.delete(info.session_id)
+    assert f"session {info.session_id[:8]}… created" in caplog.text
+    assert f"session {info.session_id[:8]}… deleted" in caplog.text
+    assert info.session_id not in caplog.text

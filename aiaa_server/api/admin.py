@@ -18,7 +18,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from aiaa_server.api.deps import get_services
+from aiaa_server.api.deps import get_services, require_admin
 from aiaa_server.api.openapi import BINARY, multipart_request
 from aiaa_server.errors import BadRequest, NotImplementedOnServer, PayloadTooLarge
 from aiaa_server.mmar.loader import ModelInfo
@@ -29,11 +29,6 @@ UPLOAD_PARTS = ("config", "data")
 MAX_JSON_BODY = 2**20
 WRITE_BATCH = 2**20  # body bytes handed to the parser thread at once
 NGC_REFUSAL = "NGC download not supported: this server never downloads; upload the MMAR"
-
-
-def require_admin(request: Request, services: Annotated[Services, Depends(get_services)]) -> None:
-    host = request.client.host if request.client is not None else None
-    services.admin_policy.authorize(host, request.headers.get("authorization"))
 
 
 router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])

@@ -4,8 +4,10 @@ image (`output=image`), or JSON (`output=json` and image-less results). Never ch
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import Response
 from fastapi.responses import JSONResponse
@@ -14,6 +16,25 @@ from aiaa_server.errors import InvalidParams
 from aiaa_server.inference.service import InferenceResult
 
 OUTPUT_MODES = ("all", "image", "json")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def content_disposition(kind: str, filename: str, name: str | None = None) -> str:
+    """A Content-Disposition value safe for any file name (RFC 6266 / 5987): control characters (CR, LF) are
+    dropped, quotes and backslashes escaped, and a non-ASCII name is also sent as `filename*=UTF-8''…`."""
+    clean = _CONTROL_CHARS.sub("", filename)
+    ascii_name = "".join(c if c.isascii() else "_" for c in clean)
+    params = [kind]
+    if name is not None:
+        params.append(f'name="{_quoted(name)}"')
+    params.append(f'filename="{_quoted(ascii_name)}"')
+    if ascii_name != clean:
+        params.append("filename*=UTF-8''" + quote(clean, safe=""))
+    return "; ".join(params)
+
+
+def _quoted(value: str) -> str:
+    return _CONTROL_CHARS.sub("", value).replace("\\", "\\\\").replace('"', '\\"')
 
 
 def multipart_body(params: dict[str, Any], image: bytes, filename: str, boundary: str) -> bytes:
@@ -25,7 +46,7 @@ def multipart_body(params: dict[str, Any], image: bytes, filename: str, boundary
             b"Content-Type: application/json\r\n\r\n",
             params_json,
             f"\r\n--{boundary}\r\n".encode(),
-            f'Content-Disposition: form-data; name="image"; filename="{filename}"\r\n'.encode(),
+            f"Content-Disposition: {content_disposition('form-data', filename, name='image')}\r\n".encode(),
             b"Content-Type: application/octet-stream\r\n\r\n",
             image,
             f"\r\n--{boundary}--\r\n".encode(),
@@ -55,6 +76,6 @@ def inference_response(result: InferenceResult, output: str) -> Response:
         return Response(
             content=result.image,
             media_type=result.media_type,
-            headers={"Content-Disposition": f'attachment; filename="{result.filename}"'},
+            headers={"Content-Disposition": content_disposition("attachment", result.filename or "result.nii.gz")},
         )
     return multipart_response(result.params, result.image, result.filename or "result.nii.gz")

@@ -1,4 +1,4 @@
-"""Landing page, Swagger UI on `/docs` and `/docs/` (200, no redirect), `/logs`, and health checks."""
+"""Landing page, Swagger UI on `/docs` and `/docs/` (200, no redirect), `/logs` (admin only), health checks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from aiaa_server import __version__
-from aiaa_server.api.deps import get_services
+from aiaa_server.api.deps import AdminAccess, get_services
 from aiaa_server.engines.factory import engine_readiness
 from aiaa_server.services import Services
 
@@ -46,9 +46,11 @@ def docs(request: Request) -> HTMLResponse:
     return get_swagger_ui_html(openapi_url=f"{_prefix(request)}/openapi.json", title="aiaa-server API")
 
 
-@router.get("/logs", response_class=PlainTextResponse, summary="Last lines of the server log")
+@router.get("/logs", response_class=PlainTextResponse,
+            summary="Last lines of the server log (admin access: --admin_token, --admin_hosts)")
 @router.get("/logs/", response_class=PlainTextResponse, include_in_schema=False)
 def logs(
+    _admin: AdminAccess,
     services: Annotated[Services, Depends(get_services)],
     lines: Annotated[int, Query(ge=0, le=100000, description="how many lines")] = 100,
 ) -> PlainTextResponse:

@@ -2,11 +2,19 @@
 
 Slices are sorted by their position along the slice normal (ImageOrientationPatient row × column), not by
 file order or InstanceNumber; voxel values get RescaleSlope/Intercept applied (CT → HU).
+
+Every bound is checked before the work it guards: zips are expanded counting the bytes actually written
+(in all, per member, and against the archive's size), a file must start like DICOM before pydicom parses
+it, headers are read first (pixel data left on disk) so that Columns × Rows × slices is checked before any
+pixel is decoded, and the whole series shares one deadline (`DecodeLimits.dicom_timeout_s`), checked
+between files and on every read pydicom makes.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import time
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,21 +24,84 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from aiaa_server.errors import InvalidImage
-from aiaa_server.imaging.formats import ZIP_MAGIC, ImageFormat
-from aiaa_server.imaging.io import LPS_TO_RAS, Volume
+from aiaa_server.errors import AIAAError, InvalidImage, PayloadTooLarge
+from aiaa_server.imaging.formats import ZIP_MAGIC, ImageFormat, looks_like_dicom
+from aiaa_server.imaging.io import LPS_TO_RAS, Volume, check_affine
+from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits, check_shape
 
 log = logging.getLogger(__name__)
 
-MAX_ZIP_MEMBERS = 20000
-MAX_UNZIPPED_BYTES = 8 * 2**30
+MAX_MEMBER_BYTES = 2**30  # one extracted file: a single-frame slice is far smaller
+MAX_ZIP_RATIO = 200  # extracted bytes per byte of zip archive, checked once past RATIO_FLOOR_BYTES
+RATIO_FLOOR_BYTES = 16 * 2**20  # small series of blank slices may compress better than any real one
+MAX_HEADER_READS = 100_000  # reads pydicom makes for one file (about 2 per element; a slice needs ~100)
 POSITION_TOLERANCE_MM = 1e-3
+_DEFER_BYTES = 4096  # values longer than this (the pixel data) stay on disk until they are used
+
+
+class _Deadline:
+    """The one time bound of a series decode (`limits.dicom_timeout_s`)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def check(self) -> None:
+        if time.monotonic() >= self.end:
+            raise PayloadTooLarge(
+                f"decoding the DICOM series took longer than {self.seconds:g} s (the limit dicom_timeout_s); "
+                "send fewer or smaller files", limit="dicom_timeout_s")
+
+
+class _GuardedFile(io.BufferedReader):
+    """A file as pydicom reads it: every read checks the deadline and counts toward MAX_HEADER_READS (zeros
+    parse as millions of empty elements). A BufferedReader, so pydicom reopens it by name for deferred values."""
+
+    def __init__(self, path: Path, deadline: _Deadline) -> None:
+        super().__init__(io.FileIO(str(path), "rb"))
+        self._deadline = deadline
+        self._reads = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        self._reads += 1
+        if self._reads > MAX_HEADER_READS:
+            raise InvalidImage(f"a file of the series has a header of more than {MAX_HEADER_READS // 2} elements: "
+                               "not a DICOM image slice")
+        self._deadline.check()
+        return super().read(size)
 
 
 @dataclass
 class _Slice:
-    dataset: Dataset
+    dataset: Dataset  # header; the pixel data is read from the file when decoded
     position: np.ndarray  # ImagePositionPatient (LPS, mm)
+
+
+@dataclass
+class _Budget:
+    """What the files of one series have used so far, against `limits`."""
+
+    limits: DecodeLimits
+    files: int = 0
+    zipped: int = 0  # bytes of the zip archives opened
+    extracted: int = 0  # bytes written out of them
+
+    def count(self, files: int) -> None:
+        self.files += files
+        if self.files > self.limits.max_dicom_files:
+            raise PayloadTooLarge(f"the DICOM upload holds more than {self.limits.max_dicom_files} files "
+                                  "(the limit max_dicom_files)", limit="max_dicom_files")
+
+    def grow(self, chunk: int, member_total: int) -> None:
+        self.extracted += chunk
+        if member_total > MAX_MEMBER_BYTES:
+            raise PayloadTooLarge(f"a file in the zip archive expands past {MAX_MEMBER_BYTES // 2**20} MiB")
+        if self.extracted > self.limits.max_bytes:
+            raise PayloadTooLarge(f"the zip archives expand past {self.limits.max_bytes / 2**20:.6g} MiB "
+                                  "(the server option --max_image_mb raises it)", limit="max_image_mb")
+        if self.extracted > RATIO_FLOOR_BYTES and self.extracted > MAX_ZIP_RATIO * self.zipped:
+            raise PayloadTooLarge(f"the zip archive expands more than {MAX_ZIP_RATIO} times its size: "
+                                  "refused as a zip bomb")
 
 
 def _is_zip(path: Path) -> bool:
@@ -38,44 +109,86 @@ def _is_zip(path: Path) -> bool:
         return handle.read(4) == ZIP_MAGIC
 
 
-def expand_zips(paths: Sequence[Path], work_dir: Path) -> list[Path]:
-    """Replace each zip by the files it holds (safely: no paths outside `work_dir`, bounded size)."""
+def _extract(path: Path, target: Path, budget: _Budget, deadline: _Deadline) -> list[Path]:
+    files = []
+    target.mkdir(parents=True, exist_ok=True)
+    budget.zipped += path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        members = [m for m in archive.infolist() if not m.is_dir()]
+        budget.count(len(members) - 1)  # the archive itself was counted as one file
+        for number, member in enumerate(members):
+            deadline.check()
+            out = target / f"m{number:06d}"  # never trust member names for paths (zip slip)
+            written = 0
+            with archive.open(member) as source, open(out, "wb") as sink:
+                while chunk := source.read(2**20):  # sizes from the bytes read: declared sizes can lie
+                    written += len(chunk)
+                    budget.grow(len(chunk), written)
+                    sink.write(chunk)
+            files.append(out)
+    return files
+
+
+def _expand(paths: Sequence[Path], work_dir: Path, limits: DecodeLimits, deadline: _Deadline) -> list[Path]:
+    budget = _Budget(limits)
+    budget.count(len(paths))
     files: list[Path] = []
     for index, path in enumerate(paths):
         if not _is_zip(path):
             files.append(path)
             continue
-        target = work_dir / f"zip{index}"
-        target.mkdir(parents=True, exist_ok=True)
         try:
-            with zipfile.ZipFile(path) as archive:
-                members = [m for m in archive.infolist() if not m.is_dir()]
-                if len(members) > MAX_ZIP_MEMBERS or sum(m.file_size for m in members) > MAX_UNZIPPED_BYTES:
-                    raise InvalidImage("zip archive is too large to be one DICOM series")
-                for number, member in enumerate(members):
-                    # Never trust member names for paths (zip slip): number the extracted files.
-                    out = target / f"m{number:06d}"
-                    with archive.open(member) as source, open(out, "wb") as sink:
-                        while chunk := source.read(2**20):
-                            sink.write(chunk)
-                    files.append(out)
-        except zipfile.BadZipFile as exc:
+            files.extend(_extract(path, work_dir / f"zip{index}", budget, deadline))
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
             raise InvalidImage(f"could not read the zip archive: {exc}") from exc
     return files
 
 
-def _read_slices(paths: Sequence[Path]) -> list[_Slice]:
+def expand_zips(paths: Sequence[Path], work_dir: Path, limits: DecodeLimits = DEFAULT_LIMITS) -> list[Path]:
+    """Replace each zip by the files it holds, extracted under `work_dir` with numbered names.
+
+    Args:
+        paths: uploaded files; those starting with the zip signature are expanded.
+        work_dir: where the members are written (member names are never used as paths).
+        limits: `max_dicom_files` bounds the files in all; `max_bytes` the bytes extracted in all;
+            `dicom_timeout_s` the time taken.
+
+    Returns:
+        The non-zip paths and the extracted files, in upload order.
+
+    Raises:
+        InvalidImage: a corrupt archive.
+        PayloadTooLarge: too many files, too many bytes, a member over MAX_MEMBER_BYTES, or an archive
+            expanding more than MAX_ZIP_RATIO times its size.
+    """
+    return _expand(paths, work_dir, limits, _Deadline(limits.dicom_timeout_s))
+
+
+def _read_header(path: Path, deadline: _Deadline) -> Dataset:
+    with open(path, "rb") as handle:
+        if not looks_like_dicom(handle.read(132)):  # before pydicom: force=True parses anything, slowly
+            raise InvalidImage("a file of the series is not DICOM (no DICM marker, no DICOM element at its start)")
+    try:
+        with _GuardedFile(path, deadline) as handle:
+            return pydicom.dcmread(handle, force=True, defer_size=_DEFER_BYTES)
+    except AIAAError:
+        raise
+    except Exception as exc:
+        raise InvalidImage(f"a file of the series is not DICOM: {exc}") from exc
+
+
+def _read_slices(paths: Sequence[Path], deadline: _Deadline) -> list[_Slice]:
     slices: list[_Slice] = []
     for path in paths:
-        try:
-            dataset = pydicom.dcmread(str(path), force=True)
-        except Exception as exc:
-            raise InvalidImage(f"a file of the series is not DICOM: {exc}") from exc
+        deadline.check()
+        dataset = _read_header(path, deadline)
         if "PixelData" not in dataset:
             continue  # DICOMDIR, structured reports, presentation states…
         if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1:
             raise InvalidImage("multi-frame (enhanced) DICOM objects are not supported; send one file per slice")
-        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        if int(getattr(dataset, "SamplesPerPixel", 1) or 1) != 1:
+            raise InvalidImage("only single-channel (grayscale) DICOM images are supported")
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
             if keyword not in dataset:
                 raise InvalidImage(f"DICOM slice without {keyword}: cannot place it in a 3D volume")
         slices.append(_Slice(dataset, np.asarray([float(v) for v in dataset.ImagePositionPatient])))
@@ -111,13 +224,17 @@ def _check_consistent(slices: list[_Slice], row: np.ndarray, col: np.ndarray) ->
             raise InvalidImage("DICOM slices with different orientations cannot form one volume")
 
 
-def _rescaled_pixels(ds: Dataset) -> np.ndarray:
+def _pixels(ds: Dataset) -> np.ndarray:
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # compressed transfer syntax without a decoder, truncated data…
         raise InvalidImage(f"cannot decode DICOM pixel data: {exc}") from exc
-    if pixels.ndim != 2:
+    if pixels.shape != (int(ds.Rows), int(ds.Columns)):
         raise InvalidImage("only single-channel (grayscale) DICOM images are supported")
+    return pixels
+
+
+def _rescaled(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
     intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
     if slope == 1.0 and intercept == 0.0:
@@ -125,16 +242,37 @@ def _rescaled_pixels(ds: Dataset) -> np.ndarray:
     return pixels.astype(np.float64) * slope + intercept
 
 
-def _volume_dtype(values: np.ndarray) -> np.dtype:
+def _volume_dtype(integral: bool, low: float, high: float) -> np.dtype:
     """Integral values keep an integer type (int16 for CT HU), anything else becomes float32."""
-    if values.size and not np.all(np.equal(np.mod(values, 1), 0)):
+    if not integral:
         return np.dtype(np.float32)
-    low, high = (values.min(), values.max()) if values.size else (0, 0)
     for candidate in (np.int16, np.int32):
         info = np.iinfo(candidate)
         if info.min <= low and high <= info.max:
             return np.dtype(candidate)
     return np.dtype(np.float32)
+
+
+def _voxels(slices: list[_Slice], limits: DecodeLimits, deadline: _Deadline) -> np.ndarray:
+    """The rescaled voxels [i(column), j(row), k(slice)], in the smallest type that holds them exactly: the
+    stored pixels are decoded slice by slice, then copied once into the final array (no float64 volume)."""
+    first = slices[0].dataset
+    shape = (int(first.Columns), int(first.Rows), len(slices))
+    check_shape(shape, max(1, int(getattr(first, "BitsAllocated", 16) or 16) // 8), limits, what="DICOM series")
+    decoded, integral, low, high = [], True, np.inf, -np.inf
+    for item in slices:
+        deadline.check()
+        pixels = _pixels(item.dataset)
+        values = _rescaled(pixels, item.dataset)
+        integral = integral and (values.dtype.kind in "iub" or bool(np.all(np.mod(values, 1) == 0)))
+        low, high = min(low, float(values.min())), max(high, float(values.max()))
+        decoded.append(pixels)
+    dtype = _volume_dtype(integral, low, high)
+    check_shape(shape, dtype.itemsize, limits, what="DICOM series")
+    array = np.empty(shape, dtype=dtype)
+    for k, (item, pixels) in enumerate(zip(slices, decoded)):
+        array[:, :, k] = _rescaled(pixels, item.dataset).T
+    return array
 
 
 def _slice_step(positions: np.ndarray, normal: np.ndarray, first: Dataset) -> np.ndarray:
@@ -153,28 +291,48 @@ def _slice_step(positions: np.ndarray, normal: np.ndarray, first: Dataset) -> np
     return (positions[-1] - positions[0]) / (len(positions) - 1)
 
 
-def read_dicom_series(paths: Sequence[Path], work_dir: Path) -> Volume:
-    """Decode the DICOM files (or zips of them) of one series into a RAS `Volume` indexed [i, j, k]."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    slices = _single_series(_read_slices(expand_zips(paths, work_dir)))
-    row, col, normal = _orientation(slices[0].dataset)
-    _check_consistent(slices, row, col)
-    slices.sort(key=lambda s: float(s.position @ normal))
-    positions = np.stack([s.position for s in slices])
+def _affine(slices: list[_Slice], row: np.ndarray, col: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """Voxel → RAS of slices sorted along `normal`."""
     first = slices[0].dataset
+    positions = np.stack([s.position for s in slices])
     row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)  # between rows, between columns
-
-    stacked = np.stack([_rescaled_pixels(s.dataset) for s in slices])  # [k, j(row), i(column)]
-    array = np.ascontiguousarray(stacked.transpose(2, 1, 0).astype(_volume_dtype(stacked), copy=False))
-
     lps = np.eye(4)
     lps[:3, 0] = row * col_spacing  # i runs along a row, i.e. across columns
     lps[:3, 1] = col * row_spacing
     lps[:3, 2] = _slice_step(positions, normal, first)
     lps[:3, 3] = positions[0]
+    return LPS_TO_RAS @ lps
+
+
+def read_dicom_series(paths: Sequence[Path], work_dir: Path, limits: DecodeLimits = DEFAULT_LIMITS) -> Volume:
+    """Decode the DICOM files (or zips of them) of one series into a RAS `Volume`.
+
+    Args:
+        paths: the uploaded files: one per slice, zips of them, or both (non-image objects are skipped).
+        work_dir: where zips are expanded.
+        limits: `max_dicom_files`, `max_bytes` (zip expansion and decoded voxels), `max_voxels` and
+            `dicom_timeout_s` (the whole decode, checked between files and on every read).
+
+    Returns:
+        A `Volume` with array [i(column), j(row), k(slice)] sorted along the slice normal, int16/int32 when
+        the rescaled values are integral (else float32), and its voxel → RAS affine.
+
+    Raises:
+        InvalidImage: (400) a file that is not DICOM, several series, inconsistent or unplaceable slices.
+        PayloadTooLarge: (413) over a limit, the limit named; raised before the pixels are decoded.
+    """
+    deadline = _Deadline(limits.dicom_timeout_s)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    slices = _single_series(_read_slices(_expand(paths, work_dir, limits, deadline), deadline))
+    row, col, normal = _orientation(slices[0].dataset)
+    _check_consistent(slices, row, col)
+    slices.sort(key=lambda s: float(s.position @ normal))
+    affine = _affine(slices, row, col, normal)
+    check_affine(affine)
+    first = slices[0].dataset
     return Volume(
-        array=array,
-        affine=LPS_TO_RAS @ lps,
+        array=_voxels(slices, limits, deadline),
+        affine=affine,
         format=ImageFormat.DICOM,
         name="series",
         extra={"slices": len(slices), "modality": str(getattr(first, "Modality", ""))},

@@ -87,6 +87,30 @@ def _is_nifti_header(head: bytes) -> bool:
     return False
 
 
+_DICOM_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US UT UV".split()
+)
+_DICOM_FIRST_GROUPS = (0x0002, 0x0008)  # file meta, or identification for files without the meta group
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """Whether a file's first bytes can start DICOM: the `DICM` marker after the 128-byte preamble, or (files
+    without a preamble) a first element of group 0002/0008 with a valid explicit VR or a small implicit length.
+
+    Args:
+        head: the file's first bytes (at least 132 for a file with a preamble).
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    for endian in ("<", ">"):
+        group, _, length = struct.unpack(endian + "HHI", head[:8])
+        if group in _DICOM_FIRST_GROUPS and (head[4:6] in _DICOM_VRS or length < 2**16):
+            return True
+    return False
+
+
 def sniff_format(head: bytes) -> ImageFormat | None:
     """Guess the format from the first bytes of a file."""
     if head.startswith(GZIP_MAGIC):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -20,8 +20,10 @@ import nibabel as nib
 import numpy as np
 from nibabel.volumeutils import apply_read_scaling
 
-from aiaa_server.errors import InvalidImage, InvalidParams
+from aiaa_server.errors import AIAAError, InvalidImage, InvalidParams
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
+from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits, check_shape, read_exactly
+from aiaa_server.imaging.nrrd_reader import LPS_TO_RAS, nrrd_affine, read_nrrd_data, read_nrrd_header
 
 try:  # python-isal's igzip: 3-4x faster than zlib on CT, ~20x on label masks (bench/gzip_codecs.py)
     from isal import igzip as _igzip
@@ -29,8 +31,10 @@ try:  # python-isal's igzip: 3-4x faster than zlib on CT, ~20x on label masks (b
 except ImportError:  # pragma: no cover - the stdlib is the fallback
     _igzip = None
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+UINT8 = np.dtype(np.uint8)
 RESULT_DTYPES = ("uint8", "int8", "uint16", "int16", "uint32", "int32", "float32", "float64")
+
+MAX_NIFTI_HEADER_BYTES = 64 * 2**20  # header + extensions, read into memory before the data
 
 _NRRD_TYPES = {
     "uint8": "uint8", "int8": "int8", "uint16": "uint16", "int16": "int16",
@@ -58,18 +62,33 @@ class Volume:
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
 
-def read_volume(path: Path, filename: str | None = None) -> Volume:
-    """Decode an uploaded NIfTI or NRRD file; every failure becomes a 400 naming the problem."""
+def read_volume(path: Path, filename: str | None = None, limits: DecodeLimits = DEFAULT_LIMITS) -> Volume:
+    """Decode an uploaded NIfTI or NRRD file, checking every size in its header before reading the data.
+
+    Args:
+        path: the uploaded file.
+        filename: the name the client gave it (its suffix decides the format, confirmed by the bytes).
+        limits: bounds on voxels and decoded bytes (`--max_image_voxels`, `--max_image_mb`).
+
+    Returns:
+        A `Volume`: array [i, j, k] (2D or 3D; trailing singleton dimensions dropped), voxel → RAS affine.
+
+    Raises:
+        InvalidImage: (400) an undecodable, truncated or detached file, fewer than 2 dimensions, a
+            dimension of 0, RGB or complex voxels, more than 3 dimensions, or a NaN / infinite / singular
+            affine.
+        PayloadTooLarge: (413) a declared shape over `limits`; raised before any data is decompressed.
+    """
     fmt = detect_format(path, filename)
     shown = client_basename(filename) or path.name
     try:
         if fmt in (ImageFormat.NIFTI, ImageFormat.NIFTI_GZ):
-            volume = _read_nifti(path, fmt)
+            volume = _read_nifti(path, fmt, limits)
         elif fmt is ImageFormat.NRRD:
-            volume = _read_nrrd(path)
+            volume = _read_nrrd(path, limits)
         else:
             raise InvalidImage(f"{fmt.value} files are not accepted here; send a NIfTI (.nii/.nii.gz) or NRRD volume")
-    except InvalidImage:
+    except AIAAError:
         raise
     except Exception as exc:  # nibabel/pynrrd/zlib raise many types for corrupt or truncated files
         raise InvalidImage(f"could not decode {shown!r} as {fmt.value}: {exc}", format=fmt.value) from exc
@@ -77,51 +96,80 @@ def read_volume(path: Path, filename: str | None = None) -> Volume:
     return _squeeze_trailing_singletons(volume)
 
 
-def _read_nifti(path: Path, fmt: ImageFormat) -> Volume:
-    # nibabel picks (de)compression from the suffix; uploads are named by us, so give it the right one.
-    if not path.name.lower().endswith(fmt.value):
-        named = path.with_name(path.name + fmt.value)
-        os.link(path, named)
-        try:
-            return _read_nifti(named, fmt)
-        finally:
-            named.unlink(missing_ok=True)
-    if fmt is ImageFormat.NIFTI_GZ and _igzip is not None:
-        return _read_nifti_gz(path)
-    image = nib.load(str(path))
-    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
-        raise InvalidImage("file is not a NIfTI-1/2 image")
-    array = np.asanyarray(image.dataobj)  # reads (and decompresses) everything now, so corrupt files fail here
-    return Volume(array=array, affine=image.affine.astype(np.float64), format=fmt, header=image.header)
+def check_affine(affine: np.ndarray, axes: int = 3) -> None:
+    """Refuse geometry that no client can place: NaN / infinite values, or voxel axes that are zero or collinear.
+
+    Args:
+        affine: the 4 × 4 voxel → RAS affine.
+        axes: how many of its first columns are voxel axes of the image (2 for a 2D NRRD).
+
+    Raises:
+        InvalidImage: a non-finite value, or a singular (rank-deficient) matrix of voxel axes.
+    """
+    if not np.all(np.isfinite(affine)):
+        raise InvalidImage("image geometry has NaN or infinite values (voxel spacing, directions or origin)")
+    singular = np.linalg.svd(affine[:3, :axes], compute_uv=False)
+    if singular[0] == 0 or singular[-1] <= 1e-9 * singular[0]:
+        raise InvalidImage("image geometry is singular: a voxel spacing is zero or two voxel axes are parallel")
 
 
-def _read_nifti_gz(path: Path) -> Volume:
-    """Decompress with igzip straight into the final array (no intermediate buffer), then apply scaling."""
-    assert _igzip is not None
-    with _igzip.open(path, "rb") as stream:
-        sizeof_hdr = stream.read(4)
-        stream.seek(0)
-        header_class = nib.Nifti2Header if _header_size(sizeof_hdr) == 540 else nib.Nifti1Header
-        header = header_class.from_fileobj(stream)
-        stream.seek(int(header.get_data_offset()))
-        array = np.empty(header.get_data_shape(), dtype=header.get_data_dtype(), order="F")
-        _readinto(stream, array)
-    slope, inter = header.get_slope_inter()
-    if slope is not None and (slope, inter or 0.0) != (1.0, 0.0):
+def _read_nifti(path: Path, fmt: ImageFormat, limits: DecodeLimits) -> Volume:
+    compressed = fmt is ImageFormat.NIFTI_GZ
+    with _open_nifti(path, compressed) as stream:
+        header = _nifti_header(stream)
+        shape, dtype, slope, inter = _check_nifti(header, limits)
+        offset = int(header.get_data_offset())
+        if compressed:
+            array = np.empty(shape, dtype=dtype, order="F")
+            read_exactly(stream, array)  # straight into the final array: no intermediate buffer
+    if not compressed:
+        if path.stat().st_size < offset + math.prod(shape) * dtype.itemsize:
+            raise InvalidImage("NIfTI file is shorter than the data its header declares (truncated file?)")
+        array = np.memmap(path, dtype=dtype, mode="c", offset=offset, shape=shape, order="F")  # as nibabel maps it
+    if slope is not None:
         array = apply_read_scaling(array, slope, inter)  # exactly what nibabel's dataobj would give
-    return Volume(array=array, affine=header.get_best_affine().astype(np.float64), format=ImageFormat.NIFTI_GZ,
-                  header=header)
+    return Volume(array=array, affine=header.get_best_affine().astype(np.float64), format=fmt, header=header)
 
 
-def _readinto(stream: Any, array: np.ndarray, chunk: int = 16 * 2**20) -> None:
-    # In steps: igzip's readinto of one huge buffer decompresses into a temporary of the same size first.
-    view = memoryview(array.T).cast("B")  # array.T of an F-ordered array is C-contiguous: its raw bytes
-    done = 0
-    while done < len(view):
-        read = stream.readinto(view[done : done + chunk])
-        if not read:
-            raise EOFError(f"the data ends after {done} of {len(view)} bytes (truncated file?)")
-        done += read
+def _open_nifti(path: Path, compressed: bool) -> Any:
+    if not compressed:
+        return open(path, "rb")
+    return _igzip.open(path, "rb") if _igzip is not None else gzip.open(path, "rb")
+
+
+def _nifti_header(stream: Any) -> nib.Nifti1Header:
+    """Header and extensions, reading exactly up to the data: nibabel alone reads extensions of any
+    declared size, to the end of the stream when vox_offset is small."""
+    fixed = stream.read(4)
+    size = _header_size(fixed)
+    fixed += stream.read(size - 4)
+    header_class = nib.Nifti2Header if size == 540 else nib.Nifti1Header
+    offset = float(header_class(fixed, check=False)["vox_offset"])
+    if not size <= offset <= MAX_NIFTI_HEADER_BYTES:
+        raise InvalidImage(f"NIfTI vox_offset {offset:g} is outside {size}..{MAX_NIFTI_HEADER_BYTES} bytes")
+    rest = stream.read(int(offset) - size)
+    return header_class.from_fileobj(io.BytesIO(fixed + rest))
+
+
+def _check_nifti(header: nib.Nifti1Header, limits: DecodeLimits) -> tuple[tuple[int, ...], np.dtype, Any, Any]:
+    """Shape, stored dtype and scaling (None when identity) of a header, refused if the image is not one we
+    can place or decode within `limits`."""
+    if np.asarray(header["magic"]).item() not in (b"n+1", b"n+2"):
+        raise InvalidImage("file is not a single-file NIfTI-1/2 image (a .hdr/.img pair is not accepted)")
+    dtype = header.get_data_dtype()
+    if dtype.fields is not None:
+        raise InvalidImage(f"RGB images are not supported (NIfTI voxel type {header.get_value_label('datatype')});"
+                           " send a scalar volume")
+    if dtype.kind not in "iuf":
+        raise InvalidImage(f"NIfTI voxel type {header.get_value_label('datatype')} is not supported")
+    shape = tuple(int(s) for s in header.get_data_shape())
+    slope, inter = header.get_slope_inter()
+    scaled = slope is not None and (slope, inter or 0.0) != (1.0, 0.0)
+    check_shape(shape, 8 if scaled else dtype.itemsize, limits, what="NIfTI image")  # scaling gives float64
+    if not np.all(np.isfinite(header["pixdim"][1 : len(shape) + 1])):
+        raise InvalidImage("NIfTI pixdim (voxel spacing) has NaN or infinite values")
+    check_affine(header.get_best_affine())
+    return shape, dtype, (slope if scaled else None), inter
 
 
 def _header_size(raw: bytes) -> int:
@@ -146,27 +194,14 @@ def gzip_decompress(data: bytes) -> bytes:
     return _igzip.decompress(data) if _igzip is not None else gzip.decompress(data)
 
 
-def _read_nrrd(path: Path) -> Volume:
-    import nrrd
-
-    array, header = nrrd.read(str(path), index_order="F")
-    dim = array.ndim
-    affine = np.eye(4)
-    directions = header.get("space directions")
-    if directions is not None:
-        rows = [np.asarray(d, dtype=np.float64) for d in directions if d is not None and not np.any(np.isnan(d))]
-        if len(rows) != dim:
-            raise InvalidImage("multi-component NRRD images are not supported; send a scalar volume")
-        affine[: len(rows[0]), :dim] = np.stack(rows, axis=1)
-    elif "spacings" in header:
-        affine[:dim, :dim] = np.diag(np.asarray(header["spacings"], dtype=np.float64))
-    origin = header.get("space origin")
-    if origin is not None:
-        affine[: len(origin), 3] = np.asarray(origin, dtype=np.float64)
-    space = str(header.get("space", "")).lower()
-    if space in ("left-posterior-superior", "lps"):
-        affine = LPS_TO_RAS @ affine
-    return Volume(array=array, affine=affine, format=ImageFormat.NRRD, header=header)
+def _read_nrrd(path: Path, limits: DecodeLimits = DEFAULT_LIMITS) -> Volume:
+    with open(path, "rb") as handle:
+        header = read_nrrd_header(handle)
+        check_shape(header.shape, header.dtype.itemsize, limits, what="NRRD image")
+        affine = nrrd_affine(header.fields, len(header.shape))
+        check_affine(affine, min(len(header.shape), 3))
+        array = read_nrrd_data(handle, header)
+    return Volume(array=array, affine=affine, format=ImageFormat.NRRD, header=header.fields)
 
 
 def _squeeze_trailing_singletons(volume: Volume) -> Volume:
@@ -201,7 +236,7 @@ def encode_volume(
     array: np.ndarray,
     reference: Volume,
     fmt: ImageFormat,
-    dtype: np.dtype = np.dtype(np.uint8),
+    dtype: np.dtype = UINT8,
     compress: bool | None = None,
     gzip_level: int = 1,
 ) -> bytes:
@@ -295,4 +330,4 @@ def decode_result(payload: bytes, fmt: ImageFormat) -> tuple[np.ndarray, np.ndar
     raise ValueError(f"cannot decode {fmt.value}")
 
 
-__all__ = ["Volume", "read_volume", "encode_volume", "decode_result", "check_result_dtype", "RESULT_DTYPES"]
+__all__ = ["RESULT_DTYPES", "Volume", "check_affine", "check_result_dtype", "decode_result", "encode_volume", "read_volume"]

@@ -1,4 +1,5 @@
-"""Limits every decoder checks before it allocates: a pure value object, passed in by the caller.
+"""Limits every decoder checks before it allocates (a pure value object, passed in by the caller), and the
+bounded read that fills the array a decoder allocated.
 
 The defaults fit the largest volumes annotators send (1024 × 1024 × 2000 voxels); the server builds one
 `DecodeLimits` from its settings (`--max_image_voxels`, `--max_image_mb`, ...) and hands it down.
@@ -11,6 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from aiaa_server.errors import InvalidImage, PayloadTooLarge
 
@@ -99,4 +103,28 @@ def check_png_pixels(rows: int, columns: int, limits: DecodeLimits = DEFAULT_LIM
             "(the server option --max_png_pixels raises it)", limit="max_png_pixels", shape=[rows, columns])
 
 
-__all__ = ["DEFAULT_LIMITS", "DEFAULT_MAX_VOXELS", "DecodeLimits", "check_png_pixels", "check_shape"]
+def read_exactly(stream: Any, array: np.ndarray, chunk: int = 16 * 2**20) -> None:
+    """Fill `array` with its raw bytes from `stream` (a file or a decompressing reader), reading no further.
+
+    Args:
+        stream: anything with `readinto`; a gzip/bzip2 reader then decompresses at most `array.nbytes`
+            (plus its internal buffer) whatever the compressed data would expand to.
+        array: a C- or Fortran-contiguous array; its bytes are filled in memory order.
+        chunk: bytes per `readinto` call (igzip decompresses one huge call into a temporary of its size).
+
+    Raises:
+        InvalidImage: the stream ends before the array is full (truncated file or lying header).
+    """
+    if not (array.flags.c_contiguous or array.flags.f_contiguous):
+        raise ValueError("read_exactly fills contiguous arrays only")
+    view = memoryview((array if array.flags.c_contiguous else array.T).reshape(-1).view(np.uint8))
+    done = 0
+    while done < len(view):
+        read = stream.readinto(view[done : done + chunk])
+        if not read:
+            raise InvalidImage(f"the image data ends after {done} of the {len(view)} bytes its header declares "
+                               "(truncated file?)")
+        done += read
+
+
+__all__ = ["DEFAULT_LIMITS", "DEFAULT_MAX_VOXELS", "DecodeLimits", "check_png_pixels", "check_shape", "read_exactly"]

@@ -7,12 +7,14 @@ mask's boundary (foreground pixels next to background).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
 from skimage.draw import line as draw_line
-from skimage.draw import polygon as fill_polygon
 from skimage.measure import approximate_polygon, find_contours
 
 Vertex = list[int]
@@ -21,6 +23,16 @@ SlicePolygons = list[Polygon]
 
 DEFAULT_MORE_POINTS = 10
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+# Bounds on what one request may ask for: every cost below is linear in these, never in a coordinate's value.
+MAX_POLYGON_POINTS = 100_000  # vertices in one `poly`, all polygons and slices together
+MAX_POLYGONS = 100_000  # polygons (and 3D slices) in one `poly`; objects traced in one mask2polygon mask
+MAX_COORDINATE = 2**31  # |vertex coordinate| accepted at all, before the image size is known
+MAX_RASTER_PIXELS = 2**24  # edge pixels plus fill crossings one rasterisation may cost
+
+
+class PolygonError(ValueError):
+    """Polygons a client sent that cannot be used: malformed, too many, or too far outside the image."""
 
 
 def tolerance_for(more_points: float) -> float:
@@ -67,12 +79,17 @@ def _component_polygon(component: np.ndarray, tolerance: float) -> Polygon:
     return [[int(x), int(y)] for x, y in points]
 
 
-def slice_to_polygons(mask: np.ndarray, more_points: float = DEFAULT_MORE_POINTS) -> SlicePolygons:
-    """Outer boundary polygons of each 8-connected foreground component of a 2D [x, y] mask."""
+def slice_to_polygons(
+    mask: np.ndarray, more_points: float = DEFAULT_MORE_POINTS, max_polygons: int = MAX_POLYGONS
+) -> SlicePolygons:
+    """Outer boundary polygons of each 8-connected foreground component of a 2D [x, y] mask (at most
+    `max_polygons` components: more raise PolygonError before any is traced)."""
     foreground = np.asarray(mask) > 0
     if not foreground.any():
         return []
-    labels, _ = ndimage.label(foreground, structure=EIGHT_CONNECTED)
+    labels, count = ndimage.label(foreground, structure=EIGHT_CONNECTED)
+    if count > max_polygons:
+        raise PolygonError(f"the mask has more than {max_polygons} separate objects")
     tolerance = tolerance_for(more_points)
     polygons: SlicePolygons = []
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -85,37 +102,237 @@ def slice_to_polygons(mask: np.ndarray, more_points: float = DEFAULT_MORE_POINTS
 
 
 def mask_to_polygons(mask: np.ndarray, more_points: float = DEFAULT_MORE_POINTS) -> list[SlicePolygons]:
-    """Per z slice of a 3D [x, y, z] mask, its polygons (`[]` for empty slices)."""
+    """Per z slice of a 3D [x, y, z] mask (or a 2D [x, y] one), its polygons (`[]` for empty slices)."""
     volume = np.asarray(mask)
+    if volume.ndim not in (2, 3):
+        raise PolygonError(f"a mask must be 2D or 3D, got shape {list(volume.shape)}")
     if volume.ndim == 2:
         volume = volume[..., None]
-    return [slice_to_polygons(volume[:, :, z], more_points) for z in range(volume.shape[2])]
+    slices: list[SlicePolygons] = []
+    budget = MAX_POLYGONS
+    for z in range(volume.shape[2]):
+        slices.append(slice_to_polygons(volume[:, :, z], more_points, max_polygons=budget))
+        budget -= len(slices[-1])
+    return slices
+
+
+# -- parsing what clients send ---------------------------------------------------------------------------
+
+
+class _Budget:
+    """Counts vertices and polygons while `poly` is parsed; refuses before converting past a limit."""
+
+    def __init__(self, max_points: int, max_polygons: int) -> None:
+        self.points = max_points
+        self.polygons = max_polygons
+
+    def take(self, polygons: int = 0, points: int = 0) -> None:
+        self.polygons -= polygons
+        self.points -= points
+        if self.polygons < 0:
+            raise PolygonError(f"poly has more than {MAX_POLYGONS} polygons and slices")
+        if self.points < 0:
+            raise PolygonError(f"poly has more than {MAX_POLYGON_POINTS} vertices")
+
+
+def _parse_vertex(value: Any) -> Vertex:
+    if not isinstance(value, list) or len(value) != 2:
+        raise PolygonError(f"poly: a vertex must be [x, y], got {str(value)[:40]}")
+    vertex: Vertex = []
+    for coordinate in value:
+        if isinstance(coordinate, bool) or not isinstance(coordinate, (int, float)):
+            raise PolygonError(f"poly: vertex coordinates must be numbers, got {str(value)[:40]}")
+        if not math.isfinite(coordinate) or abs(coordinate) > MAX_COORDINATE:
+            raise PolygonError(f"poly: vertex coordinates must be finite and at most {MAX_COORDINATE}, got {value}")
+        vertex.append(int(coordinate))
+    return vertex
+
+
+def _parse_slice(value: Any, budget: _Budget) -> SlicePolygons:
+    if not isinstance(value, list):
+        raise PolygonError(f"poly: expected a list of polygons, got {type(value).__name__}")
+    budget.take(polygons=len(value))
+    polygons: SlicePolygons = []
+    for polygon in value:
+        if not isinstance(polygon, list):
+            raise PolygonError(f"poly: a polygon must be a list of [x, y] vertices, got {type(polygon).__name__}")
+        budget.take(points=len(polygon))
+        polygons.append([_parse_vertex(vertex) for vertex in polygon])
+    return polygons
+
+
+def parse_polygons(value: Any) -> SlicePolygons:
+    """2D `poly` as clients send it: polygons of [x, y] vertices (numbers, truncated to int pixels). Counts
+    are checked before anything is converted; PolygonError names the problem."""
+    return _parse_slice(value, _Budget(MAX_POLYGON_POINTS, MAX_POLYGONS))
+
+
+def parse_polygon_slices(value: Any) -> list[SlicePolygons]:
+    """3D `poly`: one list of polygons per z slice, with the bounds of `parse_polygons` over all slices."""
+    if not isinstance(value, list):
+        raise PolygonError(f"poly: expected a list of slices, got {type(value).__name__}")
+    budget = _Budget(MAX_POLYGON_POINTS, MAX_POLYGONS)
+    budget.take(polygons=len(value))
+    return [_parse_slice(polygons, budget) for polygons in value]
 
 
 def polygons_to_slice(polygons: Sequence[Sequence[Sequence[int]]], shape: tuple[int, int]) -> np.ndarray:
-    """Rasterise polygons onto an [x, y] grid: interior plus the edges themselves (vertices are mask pixels)."""
-    mask = np.zeros(shape, dtype=np.uint8)
-    for polygon in polygons:
-        points = np.asarray(polygon, dtype=float).reshape(-1, 2)
-        if len(points) == 0:
-            continue
-        xs, ys = points[:, 0], points[:, 1]
-        if len(points) >= 3:
-            rr, cc = fill_polygon(xs, ys, shape=shape)
-            mask[rr, cc] = 1
-        vertices = np.round(points).astype(int)
-        for (x0, y0), (x1, y1) in zip(vertices, np.roll(vertices, -1, axis=0)):
-            rr, cc = draw_line(x0, y0, x1, y1)
-            inside = (rr >= 0) & (cc >= 0) & (rr < shape[0]) & (cc < shape[1])
-            mask[rr[inside], cc[inside]] = 1
-    return mask
+    """Rasterise polygons onto an [x, y] grid: interior plus the edges themselves (vertices are mask pixels).
+    Vertices may lie at most one image size outside the grid and the edges may not be longer than
+    MAX_RASTER_PIXELS in all (PolygonError otherwise)."""
+    outlines = _Outlines.of(polygons)
+    _check_raster([outlines], shape)
+    return outlines.rasterise(shape)
 
 
 def polygons_to_mask(slices: Sequence[Sequence[Sequence[Sequence[int]]]], shape: tuple[int, int, int]) -> np.ndarray:
+    per_slice = [_Outlines.of(polygons) for polygons in slices[: shape[2]]]
+    _check_raster(per_slice, shape[:2])
     mask = np.zeros(shape, dtype=np.uint8)
-    for z, polygons in enumerate(slices[: shape[2]]):
-        mask[:, :, z] = polygons_to_slice(polygons, shape[:2])
+    for z, outlines in enumerate(per_slice):
+        mask[:, :, z] = outlines.rasterise(shape[:2])
     return mask
+
+
+_BATCH = 2**20  # pixels / fill crossings rasterised at once: bounds the temporary arrays
+
+
+@dataclass(frozen=True)
+class _Outlines:
+    """The polygons of one slice as closed edges: edge k runs from start[k] to end[k] of polygon[k]."""
+
+    start: np.ndarray  # (E, 2) float vertices
+    end: np.ndarray
+    polygon: np.ndarray  # (E,) polygon number; a polygon's edges are consecutive
+
+    @classmethod
+    def of(cls, polygons: Sequence[Sequence[Sequence[float]]]) -> _Outlines:
+        counts = np.array([len(p) for p in polygons], dtype=np.int64)
+        points = np.asarray([v for p in polygons for v in p], dtype=np.float64).reshape(-1, 2)
+        first = np.repeat(np.cumsum(counts) - counts, counts)
+        following = np.arange(len(points)) + 1
+        closing = following == first + np.repeat(counts, counts)
+        following[closing] = first[closing]
+        return cls(points, points[following], np.repeat(np.arange(len(counts)), counts))
+
+    def edge_pixels(self) -> np.ndarray:
+        return np.abs(np.round(self.end) - np.round(self.start)).max(axis=1).astype(np.int64) + 1
+
+    def rasterise(self, shape: tuple[int, int]) -> np.ndarray:
+        mask = np.zeros(shape, dtype=np.uint8)
+        if len(self.start):
+            _fill_polygons(mask, self)
+            _draw_edges(mask, np.round(self.start).astype(np.int64), np.round(self.end).astype(np.int64))
+        return mask
+
+
+def _check_raster(slices: list[_Outlines], shape: Sequence[int]) -> None:
+    """Refuse vertices far outside the grid and edges longer than MAX_RASTER_PIXELS in all: rasterising costs
+    time and memory in proportion to edge lengths, which a few far-apart vertices can make huge."""
+    size = np.asarray(shape[:2], dtype=np.float64)
+    cost = 0
+    for outlines in slices:
+        outside = np.flatnonzero(((outlines.start < -size) | (outlines.start >= 2 * size)).any(axis=1))
+        if len(outside):
+            raise PolygonError(
+                f"poly: vertex {[int(c) for c in outlines.start[outside[0]]]} is outside the image (shape "
+                f"{[int(s) for s in size]}); vertices may lie at most one image size outside it"
+            )
+        cost += int(outlines.edge_pixels().sum())
+    if cost > MAX_RASTER_PIXELS:
+        raise PolygonError(f"poly: the polygons' edges are too long to rasterise ({cost} pixels, at most "
+                           f"{MAX_RASTER_PIXELS})")
+
+
+def _batches(costs: np.ndarray, limit: int = _BATCH) -> Iterator[tuple[int, int]]:
+    """Consecutive index ranges [lo, hi) of `costs` summing to at most `limit` (a costlier item stands alone)."""
+    totals = np.cumsum(costs)
+    lo = 0
+    while lo < len(costs):
+        done = int(totals[lo - 1]) if lo else 0
+        hi = max(int(np.searchsorted(totals, done + limit, side="right")), lo + 1)
+        yield lo, hi
+        lo = hi
+
+
+def _draw_edges(mask: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
+    """Bresenham lines from start[k] to end[k], exactly the pixels of skimage.draw.line, all edges at once."""
+    for lo, hi in _batches(np.abs(end - start).max(axis=1) + 1):
+        rows, columns = _line_pixels(start[lo:hi], end[lo:hi])
+        inside = (rows >= 0) & (columns >= 0) & (rows < mask.shape[0]) & (columns < mask.shape[1])
+        mask[rows[inside], columns[inside]] = 1
+
+
+def _line_pixels(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    delta = end - start
+    steep = np.abs(delta[:, 0]) > np.abs(delta[:, 1])  # the major axis is x (rows)
+    major_axis = np.where(steep, 0, 1)
+    major = np.abs(delta[np.arange(len(delta)), major_axis])
+    minor = np.abs(delta[np.arange(len(delta)), 1 - major_axis])
+    steps = major + 1
+    edge = np.repeat(np.arange(len(delta)), steps)
+    i = np.arange(int(steps.sum())) - np.repeat(np.cumsum(steps) - steps, steps)
+    # Bresenham's minor-axis position after i major steps, in closed form (integer arithmetic).
+    minor_steps = (2 * minor[edge] * i + major[edge]) // np.maximum(2 * major[edge], 1)
+    sign = np.where(delta > 0, 1, -1)[edge]
+    along_major = start[edge, major_axis[edge]] + sign[np.arange(len(edge)), major_axis[edge]] * i
+    along_minor = start[edge, 1 - major_axis[edge]] + sign[np.arange(len(edge)), 1 - major_axis[edge]] * minor_steps
+    rows = np.where(steep[edge], along_major, along_minor)
+    columns = np.where(steep[edge], along_minor, along_major)
+    return rows, columns
+
+
+def _fill_polygons(mask: np.ndarray, outlines: _Outlines) -> None:
+    """Set the pixels inside each polygon of >= 3 vertices (even-odd rule, union over polygons) by scanlines:
+    cost grows with the rows the edges span, not with (bounding box area x vertices) like a per-pixel test.
+    Pixels exactly on an edge may be left out; the caller draws the edges."""
+    height = mask.shape[0]
+    vertices = np.bincount(outlines.polygon)
+    keep = vertices[outlines.polygon] >= 3
+    start, end, polygon = outlines.start[keep], outlines.end[keep], outlines.polygon[keep]
+    first = np.maximum(np.ceil(np.minimum(start[:, 0], end[:, 0])), 0).astype(np.int64)  # rows x0 <= r < x1
+    rows_spanned = np.maximum(np.minimum(np.ceil(np.maximum(start[:, 0], end[:, 0])), height) - first, 0).astype(
+        np.int64)
+    polygon_cost = np.bincount(polygon, weights=rows_spanned, minlength=len(vertices))
+    edge_offsets = np.searchsorted(polygon, np.arange(len(vertices) + 1))
+    for lo, hi in _batches(polygon_cost):
+        edges = slice(edge_offsets[lo], edge_offsets[hi])
+        rows, spans = _polygon_spans(start[edges], end[edges], polygon[edges], first[edges], rows_spanned[edges],
+                                     mask.shape[1])
+        _paint_spans(mask, rows, spans)
+
+
+def _polygon_spans(start: np.ndarray, end: np.ndarray, polygon: np.ndarray, first: np.ndarray,
+                   rows_spanned: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per polygon and row, the column ranges [a, b) inside it: between the 1st and 2nd, 3rd and 4th ...
+    crossings of the row (a pixel c is inside when an odd number of crossings lie at or before it)."""
+    edge = np.repeat(np.arange(len(start)), rows_spanned)
+    rows = np.arange(len(edge)) - np.repeat(np.cumsum(rows_spanned) - rows_spanned, rows_spanned) + first[edge]
+    (x0, y0), (x1, y1) = start[edge].T, end[edge].T
+    crossing = y0 + (rows - x0) * (y1 - y0) / (x1 - x0)
+    order = np.lexsort((crossing, rows, polygon[edge]))  # each (polygon, row) has an even number of crossings
+    rows, crossing = rows[order], np.clip(np.ceil(crossing[order]), 0, width).astype(np.int64)
+    spans = np.stack([crossing[0::2], crossing[1::2]], axis=1)
+    nonempty = spans[:, 0] < spans[:, 1]
+    return rows[0::2][nonempty], spans[nonempty]
+
+
+def _paint_spans(mask: np.ndarray, rows: np.ndarray, spans: np.ndarray) -> None:
+    """Set mask[r, a:b] for each row r and span [a, b): +1/-1 at the ends, a running sum per row, in row bands."""
+    width = mask.shape[1]
+    band = max(1, _BATCH // (width + 1))
+    order = np.argsort(rows, kind="stable")
+    rows, spans = rows[order], spans[order]
+    for low in range(int(rows.min()), int(rows.max()) + 1, band) if len(rows) else ():
+        lo, hi = np.searchsorted(rows, [low, low + band])
+        if lo == hi:
+            continue
+        counts = np.zeros((band, width + 1), dtype=np.int32)
+        np.add.at(counts, (rows[lo:hi] - low, spans[lo:hi, 0]), 1)
+        np.add.at(counts, (rows[lo:hi] - low, spans[lo:hi, 1]), -1)
+        covered = np.cumsum(counts, axis=1)[:, :width] > 0
+        rows_here = min(band, mask.shape[0] - low)
+        mask[low:low + rows_here][covered[:rows_here]] = 1
 
 
 def _falloff(distance: int, reach: int) -> float:
@@ -169,7 +386,7 @@ def move_vertex_3d(
     updated = [[[[int(c) for c in v] for v in polygon] for polygon in polygons] for polygons in slices]
     anchor = list(updated[slice_index][polygon_index][vertex_index])
     updated[slice_index] = move_vertex(updated[slice_index], polygon_index, vertex_index, offset, neighbours)
-    reach = max(0, int(neighbours_3d))
+    reach = max(0, min(int(neighbours_3d), len(updated)))  # never more steps than slices
     for distance in range(1, reach + 1):
         share = _falloff(distance, reach)
         for z in (slice_index - distance, slice_index + distance):
@@ -182,9 +399,13 @@ def move_vertex_3d(
 
 
 __all__ = [
+    "MAX_POLYGON_POINTS",
+    "PolygonError",
     "mask_to_polygons",
     "move_vertex",
     "move_vertex_3d",
+    "parse_polygon_slices",
+    "parse_polygons",
     "polygons_to_mask",
     "polygons_to_slice",
     "slice_to_polygons",

@@ -3,14 +3,80 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from aiaa_server.errors import InvalidParams
+from aiaa_server.errors import AIAAError, InvalidParams
 from aiaa_server.imaging.formats import ImageFormat, parse_extension
 from aiaa_server.imaging.io import check_result_dtype
+
+MAX_JSON_DEPTH = 64  # params nest 5 deep at most (3D polygons); the admin config reader shares this bound
+MAX_NUMBER_CHARS = 100  # Python refuses int() of > 4300 digits with a ValueError; no client needs 100
+
+
+class _OutOfBounds(Exception):
+    """Well-formed JSON that `loads_bounded` refuses (too deep, a huge number, NaN/Infinity)."""
+
+
+def loads_bounded(text: str | bytes, what: str = "params", error: type[AIAAError] = InvalidParams) -> Any:
+    """`json.loads` for untrusted text: refuses (with `error`, naming `what`) invalid JSON, nesting deeper than
+    MAX_JSON_DEPTH, number literals longer than MAX_NUMBER_CHARS or outside the float range, and the
+    NaN/Infinity literals Python accepts but JSON does not. Never raises RecursionError or ValueError.
+
+    The admin config reader uses it with `what="config_aiaa.json"` and its own error class."""
+    try:
+        return _loads_checked(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+    except _OutOfBounds as exc:
+        raise error(f"{what}: {exc}") from exc
+
+
+def _loads_checked(text: str | bytes) -> Any:
+    """Raises json.JSONDecodeError for syntax errors and _OutOfBounds for the limits of `loads_bounded`."""
+    try:
+        value = json.loads(text, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant)
+    except RecursionError as exc:  # the C scanner gives up near the interpreter's recursion limit (~1000)
+        raise _OutOfBounds(f"JSON nested more than {MAX_JSON_DEPTH} levels deep") from exc
+    if _nesting_exceeds(value, MAX_JSON_DEPTH):
+        raise _OutOfBounds(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def _bounded_int(literal: str) -> int:
+    if len(literal) > MAX_NUMBER_CHARS:
+        raise _OutOfBounds(f"a number has {len(literal)} digits (at most {MAX_NUMBER_CHARS})")
+    return int(literal)
+
+
+def _bounded_float(literal: str) -> float:
+    if len(literal) > MAX_NUMBER_CHARS:
+        raise _OutOfBounds(f"a number has {len(literal)} characters (at most {MAX_NUMBER_CHARS})")
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _OutOfBounds(f"the number {literal} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise _OutOfBounds(f"{name} is not a JSON number; send finite numbers only")
+
+
+def _nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether lists/objects nest deeper than `limit` (iterative: never recurses itself)."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (list, dict)))
+    return False
 
 
 def parse_params(raw: str | bytes | None) -> dict[str, Any]:
@@ -22,11 +88,7 @@ def parse_params(raw: str | bytes | None) -> dict[str, Any]:
     text = text.strip()
     if not text or text == "null":
         return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidParams(f"params is not valid JSON: {exc.msg} at position {exc.pos}") from exc
-    return normalise_params(value)
+    return normalise_params(loads_bounded(text))
 
 
 def normalise_params(value: Any) -> dict[str, Any]:
@@ -34,15 +96,18 @@ def normalise_params(value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise InvalidParams(f"params must be a JSON object, got {type(value).__name__}")
-    return {str(k): _decode_embedded_json(v) for k, v in value.items()}
+    return {str(k): _decode_embedded_json(str(k), v) for k, v in value.items()}
 
 
-def _decode_embedded_json(value: Any) -> Any:
+def _decode_embedded_json(key: str, value: Any) -> Any:
+    """A JSON-encoded list/object string is decoded (same bounds as params); other strings stay strings."""
     if isinstance(value, str) and value.strip().startswith(("[", "{")):
         try:
-            return json.loads(value)
+            return _loads_checked(value)
         except json.JSONDecodeError:
             return value
+        except _OutOfBounds as exc:
+            raise InvalidParams(f"params.{key}: {exc}", key=key) from exc
     return value
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from aiaa_server.errors import BadRequest, IncompatibleInput, ModelError, SessionExpired
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
-from aiaa_server.inference.interactive import prepare_params
+from aiaa_server.inference.interactive import MAX_CLICKS, prepare_params
 from aiaa_server.inference.params import ResultOptions
 from aiaa_server.inference.pool import InferencePool, Lane
 from aiaa_server.inference.tensors import volume_to_tensor
@@ -85,18 +85,19 @@ def _safe_stem(name: str) -> str:
 class InferenceService:
     def __init__(
         self, registry: ModelRegistry, pool: InferencePool, gzip_level: int = 1,
-        sessions: SessionStore | None = None,
+        sessions: SessionStore | None = None, max_clicks: int = MAX_CLICKS,
     ) -> None:
         self.registry = registry
         self.pool = pool
         self.gzip_level = gzip_level
         self.sessions = sessions
+        self.max_clicks = max_clicks
 
     async def run(self, request: InferenceRequest) -> InferenceResult:
         model = self.registry.get(request.model)
         self._check_endpoint(request.endpoint, model)
         options = ResultOptions.from_params(request.params)
-        request.params = prepare_params(model.config, request.params)
+        request.params = prepare_params(model.config, request.params, max_clicks=self.max_clicks)
         lane = _lane(request, model)
         label = request.endpoint.value
         if request.session_id:  # the session image wins over an uploaded file (protocol section 5)
@@ -157,6 +158,13 @@ class InferenceService:
         wanted = model.config.spatial_dims
         shape = volume.spatial_shape
         effective = sum(1 for s in shape if s > 1)
+        if model.config.type is ModelType.DEEPGROW and volume.array.ndim != 3:
+            # DeepGrow 2D too: its clicks are [x, y, z] and it segments the clicked slice of the volume.
+            raise IncompatibleInput(
+                f"model {model.name!r} (DeepGrow {wanted}D) takes a 3D volume and [x, y, z] clicks, "
+                f"got an image of shape {list(shape)}",
+                model=model.name, shape=list(shape),
+            )
         if volume.array.ndim < wanted or (wanted == 3 and effective < 3):
             raise IncompatibleInput(
                 f"model {model.name!r} expects a 3D volume, got an image of shape {list(shape)}",

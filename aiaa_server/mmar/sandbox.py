@@ -104,15 +104,31 @@ def _checked_verdict(raw: bytes, returncode: int, stderr: str, limits: SandboxLi
     if verdict.get("ok") is True and returncode == 0:
         return verdict
     if "status" in verdict:
-        error = AIAAError(str(verdict.get("message", "the upload was refused")), **verdict.get("details", {}))
-        error.status = int(verdict["status"])
-        error.code = str(verdict.get("code", "invalid_model"))
-        raise error
+        raise _error_from(verdict)
     raise InvalidModel(
         f"validating the upload failed in its sandbox (exit status {returncode}; limits: "
         f"{limits.memory_bytes // 2**20} MiB memory, {limits.cpu_seconds} s CPU): {stderr[-STDERR_TAIL:].strip()}",
         exit_status=returncode,
     )
+
+
+def _error_classes(base: type[AIAAError] = AIAAError) -> list[type[AIAAError]]:
+    found = [base]
+    for sub in base.__subclasses__():
+        found += _error_classes(sub)
+    return found
+
+
+def _error_from(verdict: dict[str, Any]) -> AIAAError:
+    """The child's refusal as the same error class (same status and code) in this process."""
+    status, code = int(verdict["status"]), str(verdict.get("code", "invalid_model"))
+    message, details = str(verdict.get("message", "the upload was refused")), verdict.get("details") or {}
+    for cls in _error_classes():
+        if cls.status == status and cls.code == code and cls.__init__ is AIAAError.__init__:
+            return cls(message, **details)
+    error = InvalidModel(message, **details)
+    error.status, error.code = status, code
+    return error
 
 
 # ------------------------------------------------------------------------------------------- child
@@ -181,7 +197,7 @@ def _child(request: dict[str, Any], verdict_fd: int) -> int:
     try:
         validate_mmar(Path(request["mmar"]), request["name"], request["allow_code"], request["device"])
         verdict: dict[str, Any] = {"ok": True, "network_namespace": isolated}
-    except BaseException as error:  # everything the upload can raise is a verdict, not a crash
+    except BaseException as error:  # noqa: BLE001 - whatever the upload raises is a verdict, not a crash
         verdict = _verdict_of(error)
     with os.fdopen(verdict_fd, "w") as out:
         out.write(json.dumps(verdict))

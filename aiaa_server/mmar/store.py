@@ -64,6 +64,7 @@ ARCHIVE_JUNK = {"__MACOSX", ".DS_Store"}
 MAX_CONFIG_BYTES = 16 * 2**20
 MAX_DRY_RUN_VOXELS = 256**3
 COPY_CHUNK = 2**20
+DEFAULT_SANDBOX = SandboxLimits()
 
 
 def check_model_name(name: str) -> str:
@@ -553,7 +554,7 @@ class ModelAdmin:
         fallback_dirs: list[Path],
         allow_code: bool = False,
         default_device: str = "cpu",
-        sandbox: SandboxLimits | None = SandboxLimits(),
+        sandbox: SandboxLimits | None = DEFAULT_SANDBOX,
     ) -> None:
         """`sandbox`: limits of the child process that validates uploads (None: validate in this process)."""
         self.store = store

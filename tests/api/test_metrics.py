@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 
 from tests.support.server import LiveServer
 
@@ -38,3 +39,26 @@ def test_metrics_text_format_and_counts(server: LiveServer) -> None:
     for gauge in ("aiaa_inference_queue_depth", "aiaa_inference_in_flight"):
         assert f'{gauge}{{lane="interactive"}}' in text and f'{gauge}{{lane="batch"}}' in text
     assert "aiaa_inference_queue_capacity " in text and "aiaa_inference_workers " in text
+
+
+def test_unknown_methods_and_paths_share_one_label_each(server: LiveServer) -> None:
+    methods = [f"X{secrets.token_hex(4).upper()}" for _ in range(20)]
+    paths = [f"/scan/{secrets.token_hex(4)}" for _ in range(20)]
+    with server.client() as client:
+        before = client.get("/metrics").text
+        for method, path in zip(methods, paths):
+            client.request(method, "/v1/models")
+            client.request(method, path)
+            client.get(path)
+        text = client.get("/metrics").text
+    for line in text.splitlines():
+        assert line.startswith(("# HELP ", "# TYPE ")) or SAMPLE.match(line), line
+    assert not any(method in text for method in methods)
+    assert not any(path in text for path in paths)
+    series = [line for line in text.splitlines() if line.startswith("aiaa_http_requests_total{")]
+    assert {re.search(r'method="([^"]*)"', line).group(1) for line in series} <= {  # type: ignore[union-attr]
+        "GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "other"}
+    other = sum(_value(text, "aiaa_http_requests_total", method="other", path=p) for p in ("/v1/models", "(unmatched)"))
+    other_before = sum(_value(before, "aiaa_http_requests_total", method="other", path=p)
+                       for p in ("/v1/models", "(unmatched)"))
+    assert other - other_before == 40

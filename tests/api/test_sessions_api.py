@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
+import secrets
 import time
 import uuid
 import zipfile
@@ -84,7 +86,7 @@ def test_create_get_update_delete_single_nifti(server: LiveServer, cube_nifti) -
     assert created.status_code == 200, created.text
     body = created.json()
     session_id = body["session_id"]
-    assert uuid.UUID(session_id).version == 1
+    assert re.fullmatch(r"[0-9a-f]{32}", session_id)  # 128 random bits, not a time/MAC-based uuid1
     info = body["session_info"]
     assert info["session_id"] == session_id and info["name"] == "cube.nii.gz"
     assert info["meta"]["shape"] == [96, 80, 40]
@@ -121,10 +123,11 @@ def test_requested_expiry_is_capped(server: LiveServer, cube_nifti) -> None:
 
 
 def test_unknown_session(server: LiveServer) -> None:
-    missing = str(uuid.uuid1())
+    missing = secrets.token_hex(16)
     with server.client() as client:
         assert client.get(f"/session/{missing}").status_code == 404
         assert client.delete(f"/session/{missing}").status_code == 404
+        assert client.get(f"/session/{uuid.uuid1()}").status_code == 404  # the old id format is never looked up
         assert client.get("/session/..%2F..%2Fetc").status_code == 404
     response = segment(server, "test_threshold", session_id=missing)
     assert response.status_code == 440 and response.json()["detail"] == "Session Expired"

@@ -1,4 +1,5 @@
-"""DICOM series → volume: slice order, LPS→RAS geometry, rescale, zips, refusals (protocol 5, OHIF uploads)."""
+"""DICOM series → volume: slice order, LPS→RAS geometry, rescale, zips, refusals (protocol 5, OHIF uploads), and
+hostile uploads bounded before pydicom parses or decodes them (security issue item 5)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from aiaa_server.errors import InvalidImage
+from aiaa_server.errors import InvalidImage, PayloadTooLarge
 from aiaa_server.imaging.dicom import read_dicom_series
 from aiaa_server.imaging.io import LPS_TO_RAS
+from aiaa_server.imaging.limits import DecodeLimits
 
 
 def oblique_directions(degrees: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
@@ -148,3 +150,93 @@ def test_pydicom_reads_what_we_wrote(tmp_path: Path) -> None:
     paths, _ = write_series(tmp_path / "dcm", hu_volume((6, 5, 2)))
     ds = pydicom.dcmread(str(paths[0]))
     assert ds.pixel_array.shape == (5, 6)
+
+
+# -- hostile uploads (security issue item 5): bounded before pydicom parses or decodes -------------------------
+
+
+def zip_of(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as handle:
+        for name, data in members.items():
+            handle.writestr(name, data)
+    return path
+
+
+def dicom_meta_then_zeros(path: Path, zeros: int) -> Path:
+    """A valid preamble, DICM and file meta group, then zeros: pydicom would parse them as empty elements."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.save_as(str(path), enforce_file_format=True)
+    with open(path, "ab") as handle:
+        handle.write(b"\0" * zeros)
+    return path
+
+
+def test_zip_of_zeros_named_dcm_is_refused_as_a_bomb(tmp_path: Path) -> None:
+    bomb = zip_of(tmp_path / "bomb.zip", {"x.dcm": b"\0" * 30 * 2**20})
+    assert bomb.stat().st_size < 64 * 2**10
+    with pytest.raises(PayloadTooLarge, match="zip bomb"):
+        read_dicom_series([bomb], tmp_path / "work")
+
+
+def test_small_zip_of_zeros_is_refused_before_pydicom_parses_it(tmp_path: Path) -> None:
+    small = zip_of(tmp_path / "small.zip", {"x.dcm": b"\0" * 2**20})
+    with pytest.raises(InvalidImage, match="not DICOM"):
+        read_dicom_series([small], tmp_path / "work")
+    zeros = tmp_path / "zeros.dcm"
+    zeros.write_bytes(b"\0" * 2**20)
+    with pytest.raises(InvalidImage, match="no DICM marker"):
+        read_dicom_series([zeros], tmp_path / "work")
+
+
+def test_valid_meta_followed_by_zeros_is_bounded(tmp_path: Path) -> None:
+    path = dicom_meta_then_zeros(tmp_path / "meta.dcm", 2**20)
+    with pytest.raises(InvalidImage, match="elements"):
+        read_dicom_series([path], tmp_path / "work")
+
+
+def test_file_count_limit(tmp_path: Path) -> None:
+    paths, _ = write_series(tmp_path / "dcm", hu_volume((6, 5, 3)))
+    limits = DecodeLimits(max_dicom_files=2)
+    with pytest.raises(PayloadTooLarge, match="max_dicom_files"):
+        read_dicom_series(paths, tmp_path / "work", limits=limits)
+    archive = zip_of(tmp_path / "s.zip", {p.name: p.read_bytes() for p in paths})
+    with pytest.raises(PayloadTooLarge, match="max_dicom_files"):
+        read_dicom_series([archive], tmp_path / "work", limits=limits)
+    assert read_dicom_series(paths, tmp_path / "work2", limits=DecodeLimits(max_dicom_files=3)).spatial_shape == (
+        6, 5, 3)
+
+
+def test_extracted_bytes_are_counted_as_written(tmp_path: Path) -> None:
+    paths, _ = write_series(tmp_path / "dcm", hu_volume((16, 16, 4)))
+    archive = zip_of(tmp_path / "s.zip", {p.name: p.read_bytes() for p in paths})
+    with pytest.raises(PayloadTooLarge, match="--max_image_mb"):
+        read_dicom_series([archive], tmp_path / "work", limits=DecodeLimits(max_bytes=1000))
+
+
+def test_timeout_names_its_limit(tmp_path: Path) -> None:
+    paths, _ = write_series(tmp_path / "dcm", hu_volume((6, 5, 2)))
+    with pytest.raises(PayloadTooLarge, match="dicom_timeout_s") as refused:
+        read_dicom_series(paths, tmp_path / "work", limits=DecodeLimits(dicom_timeout_s=0))
+    assert refused.value.details["limit"] == "dicom_timeout_s"
+
+
+def test_size_is_checked_from_the_headers_before_any_pixel_is_decoded(tmp_path: Path) -> None:
+    paths, _ = write_series(tmp_path / "dcm", hu_volume((32, 32, 3)))
+    for path in paths:  # cut every slice's pixel data short: decoding it would fail
+        path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(InvalidImage, match="pixel data"):
+        read_dicom_series(paths, tmp_path / "work")
+    with pytest.raises(PayloadTooLarge, match="--max_image_voxels"):
+        read_dicom_series(paths, tmp_path / "work", limits=DecodeLimits(max_voxels=32 * 32 * 3 - 1))
+    with pytest.raises(PayloadTooLarge, match="--max_image_mb"):
+        read_dicom_series(paths, tmp_path / "work", limits=DecodeLimits(max_bytes=32 * 32 * 3))
+
+
+def test_non_finite_geometry_is_refused(tmp_path: Path) -> None:
+    paths, _ = write_series(tmp_path / "dcm", hu_volume((6, 5, 2)), row_spacing=float("nan"))
+    with pytest.raises(InvalidImage, match="NaN"):
+        read_dicom_series(paths, tmp_path / "work")

@@ -117,3 +117,72 @@ def test_results_stream_the_voxels_in_the_headers_layout(tmp_path: Path, kind: s
     if kind != "nifti2":
         assert [e.get_content() for e in nib.Nifti1Image.from_bytes(
             encode_volume(result, volume, ImageFormat.NIFTI)).header.extensions] == [b"acquisition notes"]
+
+
+@pytest.mark.parametrize("encoding", ["raw", "gzip", "bzip2", "ascii"])
+@pytest.mark.parametrize("endian", ["little", "big"])
+def test_nrrd_encodings_and_byte_orders_decode_like_pynrrd(tmp_path: Path, encoding: str, endian: str) -> None:
+    import nrrd
+
+    array = np.random.default_rng(2).integers(-1000, 1000, size=(7, 5, 3)).astype(np.int16)
+    path = tmp_path / "v.nrrd"
+    nrrd.write(str(path), array, {"encoding": encoding, "endian": endian, "space": "left-posterior-superior",
+                                  "space directions": np.diag([0.5, 0.6, 2.0])})
+    volume = read_volume(path, "v.nrrd")
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_array_equal(volume.array, nrrd.read(str(path), index_order="F")[0])
+    assert volume.header["encoding"] == encoding
+
+
+def test_nrrd_spacings_without_space_directions(tmp_path: Path) -> None:
+    import nrrd
+
+    array = np.arange(60, dtype=np.float32).reshape(5, 4, 3)
+    nrrd.write(str(tmp_path / "s.nrrd"), array, {"spacings": np.array([0.7, 0.8, 2.5])})
+    volume = read_volume(tmp_path / "s.nrrd", "s.nrrd")
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_allclose(volume.affine, np.diag([0.7, 0.8, 2.5, 1.0]))
+
+
+def test_multi_component_nrrd_is_refused(tmp_path: Path) -> None:
+    import nrrd
+
+    directions = np.array([[np.nan] * 3, [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+    nrrd.write(str(tmp_path / "rgb.nrrd"), np.zeros((3, 4, 4, 2), np.uint8),
+               {"space": "left-posterior-superior", "space directions": directions,
+                "kinds": ["vector", "domain", "domain", "domain"]})
+    with pytest.raises(InvalidImage, match="multi-component"):
+        read_volume(tmp_path / "rgb.nrrd", "rgb.nrrd")
+
+
+def test_2d_nrrd_in_3d_space_keeps_its_geometry(tmp_path: Path) -> None:
+    import nrrd
+
+    array = np.arange(12, dtype=np.uint8).reshape(4, 3)
+    nrrd.write(str(tmp_path / "slice.nrrd"), array, {"space": "left-posterior-superior",
+                                                      "space directions": np.array([[0.5, 0, 0], [0, 0, 0.7]])})
+    volume = read_volume(tmp_path / "slice.nrrd", "slice.nrrd")
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_allclose(volume.affine[:3, :2], [[-0.5, 0], [0, 0], [0, 0.7]])
+
+
+def test_uncompressed_nifti_is_mapped_and_scaled_like_nibabel(tmp_path: Path) -> None:
+    image = nib.Nifti1Image(np.arange(120, dtype=np.int16).reshape(6, 5, 4), lps_affine((1.0, 1.0, 2.0)))
+    image.header.set_slope_inter(0.5, -3.0)
+    nib.save(image, str(tmp_path / "s.nii"))
+    volume = read_volume(tmp_path / "s.nii", "s.nii")
+    expected = np.asanyarray(nib.load(str(tmp_path / "s.nii")).dataobj)
+    np.testing.assert_array_equal(volume.array, expected)
+    assert volume.array.dtype == expected.dtype
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes((tmp_path / "s.nii").read_bytes()[:-10])
+    with pytest.raises(InvalidImage, match="shorter than the data"):
+        read_volume(cut, "cut.nii")
+
+
+def test_nifti_pair_header_is_refused(tmp_path: Path) -> None:
+    nib.save(nib.Nifti1Pair(np.zeros((4, 4, 4), np.int16), np.eye(4)), str(tmp_path / "pair.img"))
+    single = tmp_path / "pair.nii"
+    single.write_bytes((tmp_path / "pair.hdr").read_bytes() + b"\0" * 4 + (tmp_path / "pair.img").read_bytes())
+    with pytest.raises(InvalidImage):
+        read_volume(single, "pair.nii")
