@@ -35,3 +35,38 @@ def test_invalid_values_exit_2_with_a_message(capsys: pytest.CaptureFixture[str]
         main(["--device", "tpu"])
     assert exited.value.code == 2
     assert "--device" in capsys.readouterr().err
+
+
+def test_access_settings_defaults_and_normalisation(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = settings_from_cli([])
+    assert (defaults.cors_origins, defaults.forwarded_allow_ips, defaults.shutdown_timeout) == (["*"], None, 15.0)
+    flags = settings_from_cli(["--cors_origins", "https://viewer.example/", "--cors_origins", "*",
+                               "--forwarded_allow_ips", " 10.0.0.1 , 192.168.0.0/16", "--shutdown_timeout", "3"])
+    assert flags.cors_origins == ["https://viewer.example", "*"]
+    assert flags.forwarded_allow_ips == "10.0.0.1/32,192.168.0.0/16"
+    assert flags.shutdown_timeout == 3.0
+    assert settings_from_cli(["--forwarded_allow_ips", ""]).forwarded_allow_ips is None
+    monkeypatch.setenv("AIAA_CORS_ORIGINS", '["http://localhost:3000"]')
+    assert settings_from_cli([]).cors_origins == ["http://localhost:3000"]
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--forwarded_allow_ips", "proxy.example"], "forwarded_allow_ips"),
+    (["--cors_origins", "viewer.example"], "cors_origins"),
+    (["--shutdown_timeout", "0"], "shutdown_timeout"),
+])
+def test_invalid_access_settings_are_refused(capsys: pytest.CaptureFixture[str], args: list[str], option: str) -> None:
+    from aiaa_server.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 2
+    assert option in capsys.readouterr().err
+
+
+def test_help_shows_plain_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        settings_from_cli(["--help"])
+    text = capsys.readouterr().out
+    assert "lambda" not in text
+    assert "(default: ['*'])" in text

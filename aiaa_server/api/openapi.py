@@ -20,3 +20,37 @@ PARAMS_AND_IMAGE = multipart_request({
     "params": {"type": "string", "description": "JSON object, e.g. {}"},
     "datapoint": {**BINARY, "description": "image (any part name)"},
 })
+
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "title": "ErrorResponse",
+    "type": "object",
+    "required": ["detail", "code"],
+    "properties": {
+        "detail": {"type": "string", "description": "what is wrong, in words"},
+        "code": {"type": "string", "description": "machine-readable reason, e.g. invalid_params"},
+        "details": {"type": "object", "description": "the values involved (limits, names)"},
+    },
+}
+ERROR_RESPONSES = {
+    "4XX": "the request was refused (bad input 400, unknown model or session 404, too large 413, "
+           "unusable input 422, expired session 440)",
+    "5XX": "the server or a model failed (503 with Retry-After when busy or Triton is away)",
+}
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Describe every error answer as the JSON body the server really sends (`ErrorResponse`), replacing
+    FastAPI's `HTTPValidationError`, which this server never returns."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["ErrorResponse"] = ERROR_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):
+        components.pop(name, None)
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for status, description in ERROR_RESPONSES.items():
+                responses.setdefault(status, {"description": description, "content": body})
+    return schema

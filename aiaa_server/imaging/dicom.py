@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 MAX_MEMBER_BYTES = 2**30  # one extracted file: a single-frame slice is far smaller
 MAX_ZIP_RATIO = 200  # extracted bytes per byte of zip archive, checked once past RATIO_FLOOR_BYTES
 RATIO_FLOOR_BYTES = 16 * 2**20  # small series of blank slices may compress better than any real one
-MAX_HEADER_READS = 100_000  # reads pydicom makes for one file (about 2 per element; a slice needs ~100)
+MAX_HEADER_READS = 100_000  # reads pydicom makes for one file's header (1-2 per element; a CT slice needs ~100)
 POSITION_TOLERANCE_MM = 1e-3
 _DEFER_BYTES = 4096  # values longer than this (the pixel data) stay on disk until they are used
 
@@ -65,8 +65,8 @@ class _GuardedFile(io.BufferedReader):
     def read(self, size: int | None = -1) -> bytes:
         self._reads += 1
         if self._reads > MAX_HEADER_READS:
-            raise InvalidImage(f"a file of the series has a header of more than {MAX_HEADER_READS // 2} elements: "
-                               "not a DICOM image slice")
+            raise InvalidImage(f"a file of the series has an implausibly long header (over {MAX_HEADER_READS} "
+                               "reads): not a DICOM image slice")
         self._deadline.check()
         return super().read(size)
 
@@ -321,6 +321,15 @@ def read_dicom_series(paths: Sequence[Path], work_dir: Path, limits: DecodeLimit
         InvalidImage: (400) a file that is not DICOM, several series, inconsistent or unplaceable slices.
         PayloadTooLarge: (413) over a limit, the limit named; raised before the pixels are decoded.
     """
+    try:
+        return _read_series(paths, work_dir, limits)
+    except AIAAError:
+        raise
+    except Exception as exc:  # pydicom raises many types for malformed values (a non-numeric position, ...)
+        raise InvalidImage(f"could not decode the DICOM series: {exc}") from exc
+
+
+def _read_series(paths: Sequence[Path], work_dir: Path, limits: DecodeLimits) -> Volume:
     deadline = _Deadline(limits.dicom_timeout_s)
     work_dir.mkdir(parents=True, exist_ok=True)
     slices = _single_series(_read_slices(_expand(paths, work_dir, limits, deadline), deadline))

@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.volumeutils import apply_read_scaling
 
-from aiaa_server.errors import AIAAError, InvalidImage, InvalidParams
+from aiaa_server.errors import InvalidImage, InvalidParams, PayloadTooLarge
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
 from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits, check_shape, read_exactly
 from aiaa_server.imaging.nrrd_reader import LPS_TO_RAS, nrrd_affine, read_nrrd_data, read_nrrd_header
@@ -81,15 +81,15 @@ def read_volume(path: Path, filename: str | None = None, limits: DecodeLimits = 
     """
     fmt = detect_format(path, filename)
     shown = client_basename(filename) or path.name
+    if not fmt.is_volume_format:
+        raise InvalidImage(f"{fmt.value} files are not accepted here; send a NIfTI (.nii/.nii.gz) or NRRD volume")
     try:
-        if fmt in (ImageFormat.NIFTI, ImageFormat.NIFTI_GZ):
-            volume = _read_nifti(path, fmt, limits)
-        elif fmt is ImageFormat.NRRD:
-            volume = _read_nrrd(path, limits)
-        else:
-            raise InvalidImage(f"{fmt.value} files are not accepted here; send a NIfTI (.nii/.nii.gz) or NRRD volume")
-    except AIAAError:
+        volume = _read_nrrd(path, limits) if fmt is ImageFormat.NRRD else _read_nifti(path, fmt, limits)
+    except PayloadTooLarge:
         raise
+    except InvalidImage as exc:
+        raise InvalidImage(f"could not decode {shown!r} as {fmt.value}: {exc.message}", format=fmt.value,
+                           **exc.details) from exc
     except Exception as exc:  # nibabel/pynrrd/zlib raise many types for corrupt or truncated files
         raise InvalidImage(f"could not decode {shown!r} as {fmt.value}: {exc}", format=fmt.value) from exc
     volume.name = _stem(shown)

@@ -28,7 +28,7 @@ EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 MAX_POLYGON_POINTS = 100_000  # vertices in one `poly`, all polygons and slices together
 MAX_POLYGONS = 100_000  # polygons (and 3D slices) in one `poly`; objects traced in one mask2polygon mask
 MAX_COORDINATE = 2**31  # |vertex coordinate| accepted at all, before the image size is known
-MAX_RASTER_PIXELS = 2**24  # edge pixels plus fill crossings one rasterisation may cost
+MAX_RASTER_PIXELS = 2**22  # edge pixels one request may rasterise (fill crossings are fewer)
 
 
 class PolygonError(ValueError):
@@ -264,22 +264,24 @@ def _draw_edges(mask: np.ndarray, start: np.ndarray, end: np.ndarray) -> None:
 
 
 def _line_pixels(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    delta = end - start
-    steep = np.abs(delta[:, 0]) > np.abs(delta[:, 1])  # the major axis is x (rows)
-    major_axis = np.where(steep, 0, 1)
-    major = np.abs(delta[np.arange(len(delta)), major_axis])
-    minor = np.abs(delta[np.arange(len(delta)), 1 - major_axis])
-    steps = major + 1
-    edge = np.repeat(np.arange(len(delta)), steps)
+    steep = np.abs(end[:, 0] - start[:, 0]) > np.abs(end[:, 1] - start[:, 1])  # x (rows) is the major axis
+    flat_rows, flat_columns = _major_minor_pixels(start[~steep, 1], end[~steep, 1], start[~steep, 0], end[~steep, 0])
+    steep_columns, steep_rows = _major_minor_pixels(start[steep, 0], end[steep, 0], start[steep, 1], end[steep, 1])
+    return np.concatenate([flat_rows, steep_rows]), np.concatenate([flat_columns, steep_columns])
+
+
+def _major_minor_pixels(major0: np.ndarray, major1: np.ndarray, minor0: np.ndarray, minor1: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(minor, major) pixel coordinates of lines whose |major extent| >= |minor extent|: Bresenham's minor
+    position after i major steps, in closed form (integer arithmetic)."""
+    major_length, minor_length = np.abs(major1 - major0), np.abs(minor1 - minor0)
+    steps = major_length + 1
     i = np.arange(int(steps.sum())) - np.repeat(np.cumsum(steps) - steps, steps)
-    # Bresenham's minor-axis position after i major steps, in closed form (integer arithmetic).
-    minor_steps = (2 * minor[edge] * i + major[edge]) // np.maximum(2 * major[edge], 1)
-    sign = np.where(delta > 0, 1, -1)[edge]
-    along_major = start[edge, major_axis[edge]] + sign[np.arange(len(edge)), major_axis[edge]] * i
-    along_minor = start[edge, 1 - major_axis[edge]] + sign[np.arange(len(edge)), 1 - major_axis[edge]] * minor_steps
-    rows = np.where(steep[edge], along_major, along_minor)
-    columns = np.where(steep[edge], along_minor, along_major)
-    return rows, columns
+    length = np.repeat(major_length, steps)
+    minor_steps = (2 * np.repeat(minor_length, steps) * i + length) // np.maximum(2 * length, 1)
+    major = np.repeat(major0, steps) + np.repeat(np.where(major1 > major0, 1, -1), steps) * i
+    minor = np.repeat(minor0, steps) + np.repeat(np.where(minor1 > minor0, 1, -1), steps) * minor_steps
+    return minor, major
 
 
 def _fill_polygons(mask: np.ndarray, outlines: _Outlines) -> None:
@@ -291,47 +293,53 @@ def _fill_polygons(mask: np.ndarray, outlines: _Outlines) -> None:
     keep = vertices[outlines.polygon] >= 3
     start, end, polygon = outlines.start[keep], outlines.end[keep], outlines.polygon[keep]
     first = np.maximum(np.ceil(np.minimum(start[:, 0], end[:, 0])), 0).astype(np.int64)  # rows x0 <= r < x1
-    rows_spanned = np.maximum(np.minimum(np.ceil(np.maximum(start[:, 0], end[:, 0])), height) - first, 0).astype(
-        np.int64)
+    stop = np.minimum(np.ceil(np.maximum(start[:, 0], end[:, 0])), height).astype(np.int64)
+    rows_spanned = np.maximum(stop - first, 0)
     polygon_cost = np.bincount(polygon, weights=rows_spanned, minlength=len(vertices))
     edge_offsets = np.searchsorted(polygon, np.arange(len(vertices) + 1))
     for lo, hi in _batches(polygon_cost):
         edges = slice(edge_offsets[lo], edge_offsets[hi])
-        rows, spans = _polygon_spans(start[edges], end[edges], polygon[edges], first[edges], rows_spanned[edges],
-                                     mask.shape[1])
-        _paint_spans(mask, rows, spans)
+        starts, ends = _polygon_spans(start[edges], end[edges], polygon[edges] - lo, first[edges],
+                                      rows_spanned[edges], mask.shape)
+        _paint_spans(mask, starts, ends)
 
 
 def _polygon_spans(start: np.ndarray, end: np.ndarray, polygon: np.ndarray, first: np.ndarray,
-                   rows_spanned: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per polygon and row, the column ranges [a, b) inside it: between the 1st and 2nd, 3rd and 4th ...
-    crossings of the row (a pixel c is inside when an odd number of crossings lie at or before it)."""
-    edge = np.repeat(np.arange(len(start)), rows_spanned)
-    rows = np.arange(len(edge)) - np.repeat(np.cumsum(rows_spanned) - rows_spanned, rows_spanned) + first[edge]
-    (x0, y0), (x1, y1) = start[edge].T, end[edge].T
-    crossing = y0 + (rows - x0) * (y1 - y0) / (x1 - x0)
-    order = np.lexsort((crossing, rows, polygon[edge]))  # each (polygon, row) has an even number of crossings
-    rows, crossing = rows[order], np.clip(np.ceil(crossing[order]), 0, width).astype(np.int64)
-    spans = np.stack([crossing[0::2], crossing[1::2]], axis=1)
-    nonempty = spans[:, 0] < spans[:, 1]
-    return rows[0::2][nonempty], spans[nonempty]
+                   rows_spanned: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Per polygon and row, the pixels inside it: between its 1st and 2nd, 3rd and 4th ... crossing of the row
+    (a pixel c is inside when an odd number of crossings lie at or before it, i.e. ceil(crossing) <= c).
+    Returned as flat indices row * (width + 1) + column of each span's first pixel and of its end."""
+    height, width = shape
+    row = np.arange(int(rows_spanned.sum())) - np.repeat(np.cumsum(rows_spanned) - rows_spanned, rows_spanned)
+    x0, x1 = np.repeat(start[:, 0], rows_spanned), np.repeat(end[:, 0], rows_spanned)
+    y0, y1 = np.repeat(start[:, 1], rows_spanned), np.repeat(end[:, 1], rows_spanned)
+    row += np.repeat(first, rows_spanned)
+    crossing = y0 + (row - x0) * (y1 - y0) / (x1 - x0)
+    column = np.clip(np.ceil(crossing), 0, width).astype(np.int64)
+    # One sortable key per crossing; each (polygon, row) has an even number of crossings, so after sorting
+    # consecutive pairs are the spans. The key stays below 2**62 for any mask that fits in memory.
+    cells = width + 1
+    key = np.sort((np.repeat(polygon, rows_spanned) * height + row) * cells + column)
+    flat = key % (height * cells)
+    return flat[0::2], flat[1::2]
 
 
-def _paint_spans(mask: np.ndarray, rows: np.ndarray, spans: np.ndarray) -> None:
-    """Set mask[r, a:b] for each row r and span [a, b): +1/-1 at the ends, a running sum per row, in row bands."""
-    width = mask.shape[1]
-    band = max(1, _BATCH // (width + 1))
-    order = np.argsort(rows, kind="stable")
-    rows, spans = rows[order], spans[order]
-    for low in range(int(rows.min()), int(rows.max()) + 1, band) if len(rows) else ():
-        lo, hi = np.searchsorted(rows, [low, low + band])
-        if lo == hi:
+def _paint_spans(mask: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+    """Set the pixels of flat spans [start, end) (row * (width + 1) + column): +1/-1 at the span ends and a
+    running sum along each row, in bands of rows so the counts stay small."""
+    height, width = mask.shape
+    cells = width + 1
+    starts, ends = np.sort(starts), np.sort(ends)
+    band = max(1, _BATCH // cells)
+    for low in range(int(starts[0] // cells), int(ends[-1] // cells) + 1, band) if len(starts) else ():
+        bounds = [low * cells, (low + band) * cells]
+        opened = starts[slice(*np.searchsorted(starts, bounds))] - bounds[0]
+        closed = ends[slice(*np.searchsorted(ends, bounds))] - bounds[0]
+        if not len(opened):
             continue
-        counts = np.zeros((band, width + 1), dtype=np.int32)
-        np.add.at(counts, (rows[lo:hi] - low, spans[lo:hi, 0]), 1)
-        np.add.at(counts, (rows[lo:hi] - low, spans[lo:hi, 1]), -1)
-        covered = np.cumsum(counts, axis=1)[:, :width] > 0
-        rows_here = min(band, mask.shape[0] - low)
+        counts = np.bincount(opened, minlength=band * cells) - np.bincount(closed, minlength=band * cells)
+        covered = np.cumsum(counts.reshape(band, cells), axis=1)[:, :width] > 0
+        rows_here = min(band, height - low)
         mask[low:low + rows_here][covered[:rows_here]] = 1
 
 

@@ -36,6 +36,7 @@ def test_landing_page_lists_models(server: LiveServer) -> None:
 
 @pytest.mark.parametrize("path", ["/logs", "/logs/"])
 def test_logs_return_last_lines(server: LiveServer, path: str) -> None:
+    # This server's admin policy is open (no token, every host); with a token /logs needs it (test_access_api).
     with server.client() as client:
         client.get("/v1/models", params={"model": "log-marker-model"})  # a 404 that gets logged
         response = client.get(path, params={"lines": 5})
@@ -61,8 +62,19 @@ def test_cors_headers_for_browser_clients(server: LiveServer) -> None:
         )
         simple = client.get("/v1/models", headers={"Origin": "http://viewer.example"})
     assert preflight.status_code == 200
-    assert preflight.headers["access-control-allow-origin"] in ("*", "http://viewer.example")
-    assert simple.headers["access-control-allow-origin"] in ("*", "http://viewer.example")
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert simple.headers["access-control-allow-origin"] == "*"
+    assert "access-control-allow-credentials" not in {**preflight.headers, **simple.headers}
+
+
+@pytest.mark.parametrize("method, path", [("PUT", "/session/"), ("DELETE", "/session/x"),
+                                          ("PATCH", "/v1/models"), ("GET", "/admin/model/x")])
+def test_default_cors_refuses_writes_and_admin(server: LiveServer, method: str, path: str) -> None:
+    with server.client() as client:
+        preflight = client.options(path, headers={"Origin": "http://page.example",
+                                                  "Access-Control-Request-Method": method})
+    assert preflight.status_code == 403
+    assert "access-control-allow-origin" not in preflight.headers
 
 
 def test_no_compression_even_when_asked(server: LiveServer) -> None:

@@ -81,7 +81,7 @@ def test_4d_and_corrupt_files_are_invalid(tmp_path: Path, oblique_nifti) -> None
 
 
 def test_encode_refuses_a_result_off_the_input_grid(oblique_nifti) -> None:
-    path, array, _ = oblique_nifti
+    path, _, _ = oblique_nifti
     volume = read_volume(path, "oblique.nii.gz")
     with pytest.raises(ValueError, match="not the input grid"):
         encode_volume(np.zeros((2, 2, 2), np.uint8), volume, ImageFormat.NIFTI_GZ)

@@ -270,3 +270,37 @@ def test_nrrd_header_without_end_or_too_long_is_refused(tmp_path: Path) -> None:
     cut = write(tmp_path / "c.nrrd", b"NRRD0004\ntype: uint8\ndimension: 3")
     with pytest.raises(InvalidImage, match="blank line"):
         read_volume(cut, "c.nrrd")
+
+
+def test_the_caps_hold_with_the_stdlib_gzip_fallback(tmp_path: Path) -> None:
+    """Without python-isal the stdlib gzip reader is used: the same declared-size cap must apply."""
+    import subprocess
+    import sys
+
+    nifti = nib.Nifti1Image(np.arange(60, dtype=np.int16).reshape(5, 4, 3), np.eye(4))
+    nib.save(nifti, str(tmp_path / "ok.nii.gz"))
+    write(tmp_path / "long.nrrd", nrrd_bytes({"encoding": "gzip"}, data=gzip.compress(b"\0" * 2**22)))
+    write(tmp_path / "huge.nii.gz", nifti_gz_claiming((40000, 40000, 40000)))
+    script = f"""
+import sys
+sys.modules["isal"] = None  # as if python-isal were not installed
+from pathlib import Path
+import numpy as np
+from aiaa_server.errors import InvalidImage, PayloadTooLarge
+from aiaa_server.imaging import io, nrrd_reader
+assert io._igzip is None and nrrd_reader._igzip is None
+folder = Path({str(tmp_path)!r})
+assert np.array_equal(io.read_volume(folder / "ok.nii.gz").array, np.arange(60).reshape(5, 4, 3))
+for name, error in (("long.nrrd", InvalidImage), ("huge.nii.gz", PayloadTooLarge)):
+    try:
+        io.read_volume(folder / name)
+    except error as exc:
+        print(name, type(exc).__name__, exc.message)
+    else:
+        raise SystemExit(name + " was accepted")
+"""
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    assert "long.nrrd InvalidImage" in done.stdout and "longer than its header declares" in done.stdout
+    assert "huge.nii.gz PayloadTooLarge" in done.stdout and "--max_image_voxels" in done.stdout

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.errors import InvalidModel
 from aiaa_server.mmar.config import AIAAConfig
 from aiaa_server.mmar.loader import load_mmar
 from aiaa_server.mmar.safety import HARMLESS_BUILTINS, check_upload_config, string_names_code
-from aiaa_server.engines.torchscript import TorchScriptPool
 from tests.support.mmars import ThresholdNet, segmentation_config, write_mmar
 
 BUNDLED = sorted(Path(__file__).resolve().parents[2].glob("models/*/config/config_aiaa.json"))
