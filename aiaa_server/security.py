@@ -87,6 +87,6 @@ def warn_if_exposed(policy: AdminPolicy, listen_host: str) -> None:
     loopback = listen_host in ("127.0.0.1", "::1", "localhost")
     if policy.open_to_everyone and not loopback:
         log.warning(
-            "admin endpoints (upload/delete models) are open to every client on %s: set --admin_token "
+            "admin endpoints (upload/delete models, /logs) are open to every client on %s: set --admin_token "
             "(or AIAA_ADMIN_TOKEN) and --admin_hosts", listen_host,
         )

@@ -1,7 +1,10 @@
 """Reading request bodies the way AIAA clients send them.
 
 The image may come under any file part name (`datapoint`, `image`, `file`, `image0`…), `params` may be a
-text field, a file part, or missing, and some clients send a JSON body instead of multipart.
+text field, a file part, or missing, and some clients send a JSON or urlencoded body instead of multipart.
+
+Every body is streamed with a byte limit: a multipart body may be `max_bytes` long (`--max_request_mb`), a
+JSON or urlencoded one MAX_FIELD_BYTES; a larger Content-Length is refused (413) before anything is read.
 """
 
 from __future__ import annotations
@@ -15,23 +18,27 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import parse_qsl
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from aiaa_server.errors import BadRequest
+from aiaa_server.errors import BadRequest, PayloadTooLarge
 from aiaa_server.inference.params import normalise_params, parse_params
 from aiaa_server.inference.service import ImageUpload
 
 try:  # python-multipart >= 0.0.13 names its package python_multipart
-    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.exceptions import FormParserError
     from python_multipart.multipart import MultipartParser, parse_options_header
 except ModuleNotFoundError:  # pragma: no cover - older python-multipart
-    from multipart.exceptions import MultipartParseError
+    from multipart.exceptions import FormParserError
     from multipart.multipart import MultipartParser, parse_options_header
 
 MAX_FORM_FILES = 10000  # a DICOM series arrives as one part per slice
 MAX_FORM_FIELDS = 1000
-MAX_FIELD_BYTES = 16 * 2**20  # text fields (params, polygons) stay in memory
+MAX_FIELD_BYTES = 16 * 2**20  # a text field (params, polygons), and a whole JSON/urlencoded body
+MAX_TEXT_BYTES = 2 * MAX_FIELD_BYTES  # all text fields of one multipart body together (they stay in memory)
+MAX_BOUNDARY_CHARS = 200  # RFC 2046 allows 70; python-multipart fails on > 256 with an unexpected error
+DEFAULT_MAX_REQUEST_BYTES = 4096 * 2**20  # the default of --max_request_mb
 FLUSH_BYTES = 4 * 2**20  # file data is written in a worker thread in blocks this large
 
 
@@ -47,49 +54,84 @@ class ParsedBody:
 
 
 @asynccontextmanager
-async def read_body(request: Request, tmp_root: Path) -> AsyncIterator[ParsedBody]:
-    """Parse the body; uploaded files live in a private temp folder removed when the block exits."""
+async def read_body(
+    request: Request, tmp_root: Path, *, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+) -> AsyncIterator[ParsedBody]:
+    """Parse the body (a multipart one at most `max_bytes` long); uploaded files live in a private temp folder
+    removed when the block exits."""
     tmp_root.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="req-", dir=tmp_root))
     try:
-        yield await _parse(request, folder)
+        yield await _parse(request, folder, max_bytes)
     finally:
         await asyncio.to_thread(shutil.rmtree, folder, True)
 
 
-async def _parse(request: Request, folder: Path) -> ParsedBody:
+async def _parse(request: Request, folder: Path, max_bytes: int) -> ParsedBody:
     content_type = request.headers.get("content-type", "")
     lowered = content_type.lower()
     body = ParsedBody()
     if lowered.startswith("multipart/form-data"):
         form = _StreamingForm(folder, content_type)
         try:
-            await form.parse(request)
+            await form.parse(_chunks(request, max_bytes, "the request body", "--max_request_mb"))
         finally:
             await asyncio.to_thread(form.close)
         body.files, body.fields = form.files, form.fields
         body.params = parse_params(form.raw_params)
     elif lowered.startswith("application/x-www-form-urlencoded"):
-        try:
-            async with request.form(max_files=0, max_fields=MAX_FORM_FIELDS) as urlencoded:
-                fields = {name: value for name, value in urlencoded.multi_items() if isinstance(value, str)}
-        except Exception as exc:
-            raise BadRequest(f"could not parse the form body: {getattr(exc, 'detail', exc)}") from exc
+        fields = _urlencoded_fields(await _read_text_body(request, max_bytes, "a urlencoded body"))
         raw_params = fields.pop("params", None)
         body.fields = fields
         body.params = parse_params(raw_params)
     elif lowered.startswith("application/json"):
-        raw = await request.body()
+        raw = await _read_text_body(request, max_bytes, "a JSON body")
         body.params = parse_params(raw) if raw.strip() else {}
     else:
-        raw = await request.body()
-        if raw.strip():
-            raise BadRequest(
-                f"unsupported content type {content_type or '(none)'!r}: send multipart/form-data with a "
-                "`params` field and the image as a file part"
-            )
+        async for chunk in _chunks(request, min(max_bytes, MAX_FIELD_BYTES), "the request body"):
+            if chunk.strip():
+                raise BadRequest(
+                    f"unsupported content type {content_type or '(none)'!r}: send multipart/form-data with a "
+                    "`params` field and the image as a file part"
+                )
     body.params = normalise_params(body.params)
     return body
+
+
+async def _chunks(request: Request, limit: int, what: str, option: str = "") -> AsyncIterator[bytes]:
+    """The body as it arrives, refused with 413 once it (or its Content-Length) passes `limit` bytes; a client
+    that disconnects mid-body gets a 400 (nobody reads it, but it is not a server error)."""
+    hint = f" (server option {option})" if option else ""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"{what} is {int(declared)} bytes, larger than the limit of {_size(limit)}{hint}",
+                              limit=limit)
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise PayloadTooLarge(f"{what} is larger than the limit of {_size(limit)}{hint}", limit=limit)
+            yield chunk
+    except ClientDisconnect as exc:
+        raise BadRequest("the client disconnected before the request body was complete") from exc
+
+
+async def _read_text_body(request: Request, max_bytes: int, what: str) -> bytes:
+    return b"".join([chunk async for chunk in _chunks(request, min(max_bytes, MAX_FIELD_BYTES), what)])
+
+
+def _urlencoded_fields(raw: bytes) -> dict[str, str]:
+    try:
+        pairs = parse_qsl(raw.decode("utf-8", errors="replace"), keep_blank_values=True,
+                          max_num_fields=MAX_FORM_FIELDS, errors="replace")
+    except ValueError as exc:  # more than MAX_FORM_FIELDS fields
+        raise BadRequest(f"could not parse the form body: {exc}") from exc
+    return dict(pairs)
+
+
+def _size(limit: int) -> str:
+    return f"{limit / 2**20:g} MiB" if limit >= 2**20 else f"{limit} bytes"
 
 
 @dataclass
@@ -115,19 +157,23 @@ class _StreamingForm:
         boundary = options.get(b"boundary")
         if not boundary:
             raise BadRequest("could not parse the multipart body: no boundary in the Content-Type header")
+        if len(boundary) > MAX_BOUNDARY_CHARS:
+            raise BadRequest(f"the multipart boundary is {len(boundary)} characters long; RFC 2046 allows 70 "
+                             f"(this server accepts up to {MAX_BOUNDARY_CHARS})")
         self.boundary = boundary
         self.charset = _charset(options.get(b"charset"))
         self.files: list[ImageUpload] = []
         self.fields: dict[str, str] = {}
         self.raw_params: str | bytes | None = None
         self._field_count = 0
+        self._text_bytes = 0
         self._part: _Part | None = None
         self._header_name = b""
         self._header_value = b""
         self._pending: list[tuple[_Part, bytearray, bool]] = []  # (part, bytes to write, close after)
         self._open: list[BinaryIO] = []
 
-    async def parse(self, request: Request) -> None:
+    async def parse(self, chunks: AsyncIterator[bytes]) -> None:
         parser = MultipartParser(self.boundary, {
             "on_part_begin": self._on_part_begin,
             "on_part_data": self._on_part_data,
@@ -138,12 +184,12 @@ class _StreamingForm:
             "on_headers_finished": self._on_headers_finished,
         })
         try:
-            async for chunk in request.stream():
+            async for chunk in chunks:
                 parser.write(chunk)
                 if self._pending:
                     await asyncio.to_thread(self._flush)
             parser.finalize()
-        except MultipartParseError as exc:
+        except FormParserError as exc:
             raise BadRequest(f"could not parse the multipart body: {exc}") from exc
         if self._part is not None:
             raise BadRequest("could not parse the multipart body: it ends inside a part (truncated upload?)")
@@ -194,8 +240,11 @@ class _StreamingForm:
         assert part is not None
         part.data += memoryview(data)[start:end]
         if part.path is None:
+            self._text_bytes += end - start
             if len(part.data) > MAX_FIELD_BYTES:
-                raise BadRequest(f"multipart field {part.name!r} is larger than {MAX_FIELD_BYTES // 2**20} MiB")
+                raise PayloadTooLarge(f"multipart field {part.name!r} is larger than {_size(MAX_FIELD_BYTES)}")
+            if self._text_bytes > MAX_TEXT_BYTES:
+                raise PayloadTooLarge(f"the multipart text fields are larger than {_size(MAX_TEXT_BYTES)} together")
         elif len(part.data) >= FLUSH_BYTES:
             self._pending.append((part, part.data, False))
             part.data = bytearray()

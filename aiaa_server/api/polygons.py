@@ -7,6 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
@@ -17,16 +18,20 @@ from aiaa_server.api.openapi import PARAMS_AND_IMAGE
 from aiaa_server.api.responses import multipart_response
 from aiaa_server.errors import BadRequest, InvalidImage, InvalidParams
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
-from aiaa_server.imaging.io import encode_volume, read_volume
+from aiaa_server.imaging.io import Volume, encode_volume, read_volume
 from aiaa_server.imaging.png import decode_png, encode_png, png_shape
 from aiaa_server.imaging.polygons import (
     DEFAULT_MORE_POINTS,
+    MAX_COORDINATE,
+    MAX_POLYGON_POINTS,
+    PolygonError,
     mask_to_polygons,
     move_vertex,
     move_vertex_3d,
+    parse_polygon_slices,
+    parse_polygons,
     polygons_to_mask,
     polygons_to_slice,
-    slice_to_polygons,
 )
 from aiaa_server.inference.service import ImageUpload
 from aiaa_server.services import Services
@@ -34,12 +39,15 @@ from aiaa_server.services import Services
 router = APIRouter(tags=["polygons"])
 
 POLYGON_DOC = PARAMS_AND_IMAGE
+MAX_MORE_POINTS = 1e6  # tolerance 1e-5 px: every boundary pixel is kept long before this
+
+Offset = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
 
 
 class Mask2PolygonParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    more_points: float = DEFAULT_MORE_POINTS
+    more_points: float = Field(DEFAULT_MORE_POINTS, allow_inf_nan=False, ge=-MAX_MORE_POINTS, le=MAX_MORE_POINTS)
 
 
 class FixPolygonParams(BaseModel):
@@ -47,8 +55,8 @@ class FixPolygonParams(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    poly: list[Any] = Field(validation_alias=AliasChoices("poly", "prev_poly"))
-    vertex_offset: list[float] = Field(
+    poly: list[Any] = Field(validation_alias=AliasChoices("poly", "prev_poly"))  # parsed once the image is read
+    vertex_offset: list[Offset] = Field(
         default_factory=lambda: [0.0, 0.0], validation_alias=AliasChoices("vertex_offset", "vertexOffset"),
         min_length=2, max_length=2,
     )
@@ -56,8 +64,8 @@ class FixPolygonParams(BaseModel):
     polygon_index: int = Field(0, ge=0, validation_alias=AliasChoices("polygon_index", "polygonIndex"))
     vertex_index: int = Field(0, ge=0, validation_alias=AliasChoices("vertex_index", "vertexIndex"))
     slice_index: int = Field(0, ge=0, validation_alias=AliasChoices("slice_index", "sliceIndex"))
-    propagate_neighbor: int = Field(0, ge=0)
-    propagate_neighbor_3d: int = Field(0, ge=0)
+    propagate_neighbor: int = Field(0, ge=0, le=MAX_POLYGON_POINTS)
+    propagate_neighbor_3d: int = Field(0, ge=0, le=MAX_POLYGON_POINTS)
 
     def dims(self) -> int:
         if self.dimension is not None:
@@ -96,15 +104,21 @@ def _check_index(items: list[Any], index: int, what: str) -> None:
 
 
 def _mask_polygons(upload: ImageUpload, more_points: float) -> list[Any]:
-    fmt = detect_format(upload.path, upload.filename)
-    if fmt is ImageFormat.PNG:
-        return [slice_to_polygons(decode_png(upload.path.read_bytes()).T, more_points)]
-    return mask_to_polygons(read_volume(upload.path, upload.filename).array, more_points)
+    if detect_format(upload.path, upload.filename) is ImageFormat.PNG:
+        mask = decode_png(upload.path.read_bytes()).T
+    else:
+        mask = read_volume(upload.path, upload.filename).array
+    if mask.ndim not in (2, 3) or mask.size == 0:
+        raise InvalidImage(f"mask2polygon takes a non-empty 2D or 3D mask, got shape {list(mask.shape)}")
+    try:
+        return mask_to_polygons(mask, more_points)  # a 2D mask gives one slice's polygons
+    except PolygonError as exc:
+        raise InvalidImage(str(exc)) from exc
 
 
 @router.post("/v1/mask2polygon", openapi_extra=POLYGON_DOC, summary="Binary mask → polygons per slice")
 async def mask2polygon(request: Request, services: Annotated[Services, Depends(get_services)]) -> JSONResponse:
-    async with read_body(request, services.settings.tmp_dir) as body:
+    async with read_body(request, services.settings.tmp_dir, max_bytes=services.settings.max_request_mb * 2**20) as body:
         params: Mask2PolygonParams = _validate(Mask2PolygonParams, body.params)
         upload = _require_file(body.first_file)
         polygons = await asyncio.to_thread(_mask_polygons, upload, params.more_points)
@@ -115,22 +129,21 @@ async def mask2polygon(request: Request, services: Annotated[Services, Depends(g
 
 
 def _fix_2d(upload: ImageUpload, params: FixPolygonParams) -> tuple[list[Any], bytes, str]:
-    _check_index(params.poly, params.polygon_index, "polygon_index")
-    _check_index(params.poly[params.polygon_index], params.vertex_index, "vertex_index")
     rows, columns = png_shape(upload.path.read_bytes())
-    updated = move_vertex(params.poly, params.polygon_index, params.vertex_index, params.vertex_offset,
+    polygons = parse_polygons(params.poly)
+    _check_index(polygons, params.polygon_index, "polygon_index")
+    _check_index(polygons[params.polygon_index], params.vertex_index, "vertex_index")
+    updated = move_vertex(polygons, params.polygon_index, params.vertex_index, params.vertex_offset,
                           params.propagate_neighbor)
     mask = polygons_to_slice(updated, (columns, rows))  # [x, y]; PNG rows are y
     return updated, encode_png(mask.T), "png"
 
 
 def _fix_3d(upload: ImageUpload, params: FixPolygonParams) -> tuple[list[Any], bytes, str]:
-    volume = read_volume(upload.path, upload.filename)
-    if volume.array.ndim != 3:
-        raise InvalidImage(f"3D fixpolygon needs a 3D volume, got shape {list(volume.spatial_shape)}")
-    slices = params.poly
-    if len(slices) > volume.spatial_shape[2]:
-        raise InvalidParams(f"poly has {len(slices)} slices but the volume only {volume.spatial_shape[2]}")
+    volume = _usable_volume(upload)
+    if len(params.poly) > volume.spatial_shape[2]:
+        raise InvalidParams(f"poly has {len(params.poly)} slices but the volume only {volume.spatial_shape[2]}")
+    slices = parse_polygon_slices(params.poly)
     _check_index(slices, params.slice_index, "slice_index")
     _check_index(slices[params.slice_index], params.polygon_index, "polygon_index")
     _check_index(slices[params.slice_index][params.polygon_index], params.vertex_index, "vertex_index")
@@ -140,6 +153,16 @@ def _fix_3d(upload: ImageUpload, params: FixPolygonParams) -> tuple[list[Any], b
     fmt = volume.format
     payload = encode_volume(mask, volume, fmt, compress=fmt is not ImageFormat.NIFTI)
     return updated, payload, fmt.value.lstrip(".")
+
+
+def _usable_volume(upload: ImageUpload) -> Volume:
+    """A 3D volume the mask can be written on: non-empty, with a finite voxel-to-world affine."""
+    volume = read_volume(upload.path, upload.filename)
+    if volume.array.ndim != 3 or volume.array.size == 0:
+        raise InvalidImage(f"3D fixpolygon needs a non-empty 3D volume, got shape {list(volume.spatial_shape)}")
+    if not np.isfinite(volume.affine).all():
+        raise InvalidImage("the volume's geometry (spacing, origin or direction) is not finite")
+    return volume
 
 
 def _fix(upload: ImageUpload, params: FixPolygonParams) -> tuple[list[Any], bytes, str]:
@@ -152,8 +175,8 @@ def _fix(upload: ImageUpload, params: FixPolygonParams) -> tuple[list[Any], byte
         if not fmt.is_volume_format:
             raise InvalidImage(f"3D fixpolygon takes a NIfTI or NRRD volume, got {fmt.value}")
         return _fix_3d(upload, params)
-    except (TypeError, IndexError, ValueError) as exc:  # badly nested poly lists
-        raise InvalidParams(f"poly is not a list of polygons of [x, y] points: {exc}") from exc
+    except PolygonError as exc:  # malformed, too many, or too far outside the image
+        raise InvalidParams(str(exc)) from exc
 
 
 def _result_name(upload: ImageUpload, extension: str) -> str:
@@ -163,7 +186,7 @@ def _result_name(upload: ImageUpload, extension: str) -> str:
 
 @router.post("/v1/fixpolygon", openapi_extra=POLYGON_DOC, summary="Move a polygon vertex; get polygons and mask")
 async def fixpolygon(request: Request, services: Annotated[Services, Depends(get_services)]) -> Response:
-    async with read_body(request, services.settings.tmp_dir) as body:
+    async with read_body(request, services.settings.tmp_dir, max_bytes=services.settings.max_request_mb * 2**20) as body:
         params: FixPolygonParams = _validate(FixPolygonParams, body.params)
         upload = _require_file(body.first_file)
         updated, payload, extension = await asyncio.to_thread(_fix, upload, params)

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from skimage.draw import line as draw_line
 from skimage.measure import approximate_polygon, find_contours
 
 Vertex = list[int]
@@ -188,7 +187,7 @@ def polygons_to_slice(polygons: Sequence[Sequence[Sequence[int]]], shape: tuple[
 def polygons_to_mask(slices: Sequence[Sequence[Sequence[Sequence[int]]]], shape: tuple[int, int, int]) -> np.ndarray:
     per_slice = [_Outlines.of(polygons) for polygons in slices[: shape[2]]]
     _check_raster(per_slice, shape[:2])
-    mask = np.zeros(shape, dtype=np.uint8)
+    mask = np.zeros(shape, dtype=np.uint8, order="F")  # slices contiguous; the NIfTI writer wants F order
     for z, outlines in enumerate(per_slice):
         mask[:, :, z] = outlines.rasterise(shape[:2])
     return mask
@@ -330,8 +329,11 @@ def _paint_spans(mask: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None
     height, width = mask.shape
     cells = width + 1
     starts, ends = np.sort(starts), np.sort(ends)
-    band = max(1, _BATCH // cells)
-    for low in range(int(starts[0] // cells), int(ends[-1] // cells) + 1, band) if len(starts) else ():
+    if not len(starts):
+        return
+    first_row, last_row = int(starts[0] // cells), int(ends[-1] // cells)
+    band = max(1, min(_BATCH // cells, last_row + 1 - first_row))
+    for low in range(first_row, last_row + 1, band):
         bounds = [low * cells, (low + band) * cells]
         opened = starts[slice(*np.searchsorted(starts, bounds))] - bounds[0]
         closed = ends[slice(*np.searchsorted(ends, bounds))] - bounds[0]
@@ -340,7 +342,7 @@ def _paint_spans(mask: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None
         counts = np.bincount(opened, minlength=band * cells) - np.bincount(closed, minlength=band * cells)
         covered = np.cumsum(counts.reshape(band, cells), axis=1)[:, :width] > 0
         rows_here = min(band, height - low)
-        mask[low:low + rows_here][covered[:rows_here]] = 1
+        mask[low:low + rows_here] |= covered[:rows_here]
 
 
 def _falloff(distance: int, reach: int) -> float:

@@ -31,7 +31,7 @@ def _as_coordinate(value: Any, point: Any, key: str) -> int:
         raise InvalidParams(f"{key}: point coordinates must be finite numbers, got {point!r}", key=key)
     if abs(value) > MAX_COORDINATE:
         raise InvalidParams(f"{key}: point coordinate {value!r} is out of range (|c| <= {MAX_COORDINATE})", key=key)
-    return int(round(value))
+    return round(value)
 
 
 def _as_point(value: Any, key: str) -> Point:

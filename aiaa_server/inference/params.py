@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,12 @@ from aiaa_server.imaging.io import check_result_dtype
 MAX_JSON_DEPTH = 64  # params nest 5 deep at most (3D polygons); the admin config reader shares this bound
 MAX_NUMBER_CHARS = 100  # Python refuses int() of > 4300 digits with a ValueError; no client needs 100
 
+# The checks run on the text with string literals blanked out (strings may hold anything), at C speed.
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)  # an unterminated string runs to the end: linear time
+_NOT_BRACKET_BYTES = bytes(c for c in range(256) if c not in b"[]{}")
+_LONG_NUMBER = re.compile(rf"[-+.0-9eE]{{{MAX_NUMBER_CHARS + 1},}}")
+_BIG_EXPONENT = re.compile(r"[eE][-+]?[0-9]{3}")  # the only way a short literal leaves the float range
+
 
 class _OutOfBounds(Exception):
     """Well-formed JSON that `loads_bounded` refuses (too deep, a huge number, NaN/Infinity)."""
@@ -24,37 +31,44 @@ class _OutOfBounds(Exception):
 def loads_bounded(text: str | bytes, what: str = "params", error: type[AIAAError] = InvalidParams) -> Any:
     """`json.loads` for untrusted text: refuses (with `error`, naming `what`) invalid JSON, nesting deeper than
     MAX_JSON_DEPTH, number literals longer than MAX_NUMBER_CHARS or outside the float range, and the
-    NaN/Infinity literals Python accepts but JSON does not. Never raises RecursionError or ValueError.
+    NaN/Infinity literals Python accepts but JSON does not. Depth and number lengths are checked on the text
+    before parsing; never raises RecursionError or ValueError.
 
     The admin config reader uses it with `what="config_aiaa.json"` and its own error class."""
     try:
-        return _loads_checked(text)
+        return _loads_checked(text if isinstance(text, str) else text.decode("utf-8", errors="replace"))
     except json.JSONDecodeError as exc:
         raise error(f"{what} is not valid JSON: {exc.msg} at position {exc.pos}") from exc
     except _OutOfBounds as exc:
         raise error(f"{what}: {exc}") from exc
 
 
-def _loads_checked(text: str | bytes) -> Any:
+def _loads_checked(text: str) -> Any:
     """Raises json.JSONDecodeError for syntax errors and _OutOfBounds for the limits of `loads_bounded`."""
-    try:
-        value = json.loads(text, parse_int=_bounded_int, parse_float=_bounded_float, parse_constant=_no_constant)
-    except RecursionError as exc:  # the C scanner gives up near the interpreter's recursion limit (~1000)
-        raise _OutOfBounds(f"JSON nested more than {MAX_JSON_DEPTH} levels deep") from exc
-    if _nesting_exceeds(value, MAX_JSON_DEPTH):
+    outside_strings = _STRING.sub('""', text)
+    if _nesting_depth(outside_strings) > MAX_JSON_DEPTH:
         raise _OutOfBounds(f"JSON nested more than {MAX_JSON_DEPTH} levels deep")
-    return value
+    long_number = _LONG_NUMBER.search(outside_strings)
+    if long_number:
+        raise _OutOfBounds(f"a number is {len(long_number.group())} characters long (at most {MAX_NUMBER_CHARS})")
+    parse_float = _finite_float if _BIG_EXPONENT.search(outside_strings) else None
+    try:
+        return json.loads(text, parse_float=parse_float, parse_constant=_no_constant)
+    except RecursionError as exc:  # not reached after the depth check; kept so no input can cause a 500
+        raise _OutOfBounds(f"JSON nested more than {MAX_JSON_DEPTH} levels deep") from exc
 
 
-def _bounded_int(literal: str) -> int:
-    if len(literal) > MAX_NUMBER_CHARS:
-        raise _OutOfBounds(f"a number has {len(literal)} digits (at most {MAX_NUMBER_CHARS})")
-    return int(literal)
+def _nesting_depth(text: str) -> int:
+    """The deepest [ / { nesting of JSON text whose strings are blanked out."""
+    brackets = text.encode("utf-8", errors="replace").translate(None, _NOT_BRACKET_BYTES)
+    if not brackets:
+        return 0
+    codes = np.frombuffer(brackets, dtype=np.uint8)
+    opening = (codes == ord("[")) | (codes == ord("{"))
+    return int(np.cumsum(np.where(opening, 1, -1).astype(np.int32)).max())
 
 
-def _bounded_float(literal: str) -> float:
-    if len(literal) > MAX_NUMBER_CHARS:
-        raise _OutOfBounds(f"a number has {len(literal)} characters (at most {MAX_NUMBER_CHARS})")
+def _finite_float(literal: str) -> float:
     value = float(literal)
     if not math.isfinite(value):
         raise _OutOfBounds(f"the number {literal} is out of range")
@@ -63,20 +77,6 @@ def _bounded_float(literal: str) -> float:
 
 def _no_constant(name: str) -> float:
     raise _OutOfBounds(f"{name} is not a JSON number; send finite numbers only")
-
-
-def _nesting_exceeds(value: Any, limit: int) -> bool:
-    """Whether lists/objects nest deeper than `limit` (iterative: never recurses itself)."""
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
-        if children is None:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (list, dict)))
-    return False
 
 
 def parse_params(raw: str | bytes | None) -> dict[str, Any]:
@@ -136,7 +136,7 @@ class ResultOptions(BaseModel):
         if value is None or value == "":
             return None
         if not isinstance(value, str):
-            raise ValueError(f"expected a string, got {type(value).__name__}")
+            raise ValueError(f"expected a string, got {type(value).__name__}")  # noqa: TRY004 - pydantic wants ValueError
         return value
 
     @field_validator("result_compress", mode="before")
@@ -145,7 +145,7 @@ class ResultOptions(BaseModel):
         return None if value is None or value == "" else _as_bool(value)
 
     @classmethod
-    def from_params(cls, params: dict[str, Any]) -> "ResultOptions":
+    def from_params(cls, params: dict[str, Any]) -> ResultOptions:
         try:
             options = cls.model_validate(params)
         except ValidationError as exc:

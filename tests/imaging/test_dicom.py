@@ -240,3 +240,19 @@ def test_non_finite_geometry_is_refused(tmp_path: Path) -> None:
     paths, _ = write_series(tmp_path / "dcm", hu_volume((6, 5, 2)), row_spacing=float("nan"))
     with pytest.raises(InvalidImage, match="NaN"):
         read_dicom_series(paths, tmp_path / "work")
+
+
+def test_files_without_preamble_still_look_like_dicom(tmp_path: Path) -> None:
+    """Files may start directly with their file meta group (no 128-byte preamble, no DICM marker)."""
+    from aiaa_server.imaging.formats import looks_like_dicom
+
+    hu = hu_volume((6, 5, 2))
+    paths, _ = write_series(tmp_path / "dcm", hu, shuffle=False)
+    bare = []
+    for path in paths:
+        out = path.with_suffix(".bare")
+        out.write_bytes(path.read_bytes()[132:])
+        assert out.read_bytes()[:2] == b"\x02\x00" and looks_like_dicom(out.read_bytes()[:132])
+        bare.append(out)
+    np.testing.assert_array_equal(read_dicom_series(bare, tmp_path / "work").array, hu)
+    assert not looks_like_dicom(b"\0" * 200) and not looks_like_dicom(b"not dicom at all" * 10)
