@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, PlainTextResponse
-from starlette.datastructures import Headers
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from aiaa_server import __version__
 from aiaa_server.api import admin, inference, metrics, models, polygons, sessions, system
 from aiaa_server.api.body_timeout import BodyTimeoutMiddleware
+from aiaa_server.api.cors import CorsPolicy
 from aiaa_server.api.metrics import MetricsMiddleware
+from aiaa_server.api.openapi import document_errors
 from aiaa_server.errors import AIAAError, ServiceUnavailable
 from aiaa_server.logs import setup_logging
 from aiaa_server.security import warn_if_exposed
@@ -28,10 +28,6 @@ from aiaa_server.workspace import sweep_request_dirs, sweep_request_dirs_periodi
 
 log = logging.getLogger(__name__)
 
-READ_METHODS = ("GET", "HEAD", "POST")  # what a page from any origin (`*`) may do
-WRITE_METHODS = (*READ_METHODS, "PUT", "DELETE")  # listed origins may also create and close sessions
-NO_CORS_PATHS = ("/admin", "/logs")  # admin access: never callable from a web page
-EXPOSED_HEADERS = ("Content-Disposition", "Content-Length", "Retry-After")
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -73,57 +69,20 @@ def create_app(settings: Settings) -> FastAPI:
     _add_error_handlers(app)
     for module in (system, models, inference, admin, sessions, polygons, metrics):
         app.include_router(module.router)
+    _document_errors(app)
     return app
 
 
-class CorsPolicy:
-    """CORS by origin and path. `/admin` and `/logs` never answer cross-origin; `*` may only GET, HEAD and
-    POST, without credentials; listed origins may also PUT and DELETE (sessions). Other preflights get a 403
-    without any CORS header, and other cross-origin requests are served without one (the browser hides them)."""
+def _document_errors(app: FastAPI) -> None:
+    """The OpenAPI schema, with error answers described as the JSON the server really sends."""
+    build = app.openapi
 
-    def __init__(self, app: ASGIApp, origins: Sequence[str]) -> None:
-        self.app = app
-        self.listed = frozenset(origin for origin in origins if origin != "*")
-        self.listed_cors = _cors(app, sorted(self.listed), WRITE_METHODS) if self.listed else None
-        self.public_cors = _cors(app, ["*"], READ_METHODS) if "*" in origins else None
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(build())
+        return app.openapi_schema
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = Headers(scope=scope) if scope["type"] == "http" else None
-        origin = headers.get("origin") if headers is not None else None
-        if headers is None or origin is None:
-            await self.app(scope, receive, send)
-            return
-        requested = headers.get("access-control-request-method")
-        preflight = scope["method"] == "OPTIONS" and requested is not None
-        handler = self._handler(scope, origin, requested if preflight else scope["method"])
-        if handler is not None:
-            await handler(scope, receive, send)
-        elif preflight:
-            await PlainTextResponse("CORS request refused", status_code=403)(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-    def _handler(self, scope: Scope, origin: str, method: str | None) -> ASGIApp | None:
-        path = _route_path(scope)
-        if any(path == prefix or path.startswith(prefix + "/") for prefix in NO_CORS_PATHS):
-            return None
-        if origin in self.listed:
-            return self.listed_cors
-        return self.public_cors if method in READ_METHODS else None
-
-
-def _cors(app: ASGIApp, origins: list[str], methods: Sequence[str]) -> CORSMiddleware:
-    return CORSMiddleware(app, allow_origins=origins, allow_methods=methods, allow_headers=["*"],
-                          allow_credentials=False, expose_headers=EXPOSED_HEADERS)
-
-
-def _route_path(scope: Scope) -> str:
-    """The path the router matches: without the `--root_path` prefix when the request carries it."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    if root and (path == root or path.startswith(root + "/")):
-        return path[len(root):] or "/"
-    return path
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -18,7 +18,10 @@ router = APIRouter(tags=["system"])
 UNMATCHED = "(unmatched)"  # one label for every 404 path, so scanners cannot blow up the series count
 
 
-@router.get("/metrics", summary="Prometheus metrics: queue depth, in-flight jobs, latencies, requests by status")
+@router.get("/metrics", summary="Prometheus metrics: queue depth, in-flight jobs, latencies, requests by status",
+            response_class=Response,
+            responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
+                             "description": "Prometheus text exposition format"}})
 def metrics(services: Annotated[Services, Depends(get_services)]) -> Response:
     return Response(services.metrics.render(), media_type=CONTENT_TYPE)
 

@@ -396,8 +396,8 @@ def move_vertex_3d(
     updated = [[[[int(c) for c in v] for v in polygon] for polygon in polygons] for polygons in slices]
     anchor = list(updated[slice_index][polygon_index][vertex_index])
     updated[slice_index] = move_vertex(updated[slice_index], polygon_index, vertex_index, offset, neighbours)
-    reach = max(0, min(int(neighbours_3d), len(updated)))  # never more steps than slices
-    for distance in range(1, reach + 1):
+    reach = max(0, int(neighbours_3d))
+    for distance in range(1, min(reach, len(updated)) + 1):  # no slices lie farther: never loop past them
         share = _falloff(distance, reach)
         for z in (slice_index - distance, slice_index + distance):
             if not 0 <= z < len(updated) or not updated[z]:
