@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,14 +24,12 @@ from aiaa_server.imaging.io import Volume, encode_volume, read_volume
 from aiaa_server.imaging.png import decode_png, encode_png, png_shape
 from aiaa_server.imaging.polygons import (
     DEFAULT_MORE_POINTS,
-    MAX_COORDINATE,
-    MAX_POLYGON_POINTS,
     PolygonError,
+    SlicePolygons,
+    Vertex,
     mask_to_polygons,
     move_vertex,
     move_vertex_3d,
-    parse_polygon_slices,
-    parse_polygons,
     polygons_to_mask,
     polygons_to_slice,
 )
@@ -40,6 +40,9 @@ router = APIRouter(tags=["polygons"])
 
 POLYGON_DOC = PARAMS_AND_IMAGE
 MAX_MORE_POINTS = 1e6  # tolerance 1e-5 px: every boundary pixel is kept long before this
+MAX_POLYGON_POINTS = 100_000  # vertices in one `poly`, all polygons and slices together
+MAX_POLYGONS = 100_000  # polygons plus 3D slices in one `poly`
+MAX_COORDINATE = 2**31  # |coordinate| accepted before the image size is known (then: within one image size)
 
 Offset = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
 
@@ -87,6 +90,64 @@ def _validate(model: type[BaseModel], params: dict[str, Any]) -> Any:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors())
         raise InvalidParams(problems) from exc
+
+
+# -- `poly` as clients send it ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Budget:
+    """What `poly` may still hold; counts are taken before the items are converted."""
+
+    points: int = MAX_POLYGON_POINTS
+    polygons: int = MAX_POLYGONS
+
+    def take(self, polygons: int = 0, points: int = 0) -> None:
+        self.polygons -= polygons
+        self.points -= points
+        if self.polygons < 0:
+            raise InvalidParams(f"poly has more than {MAX_POLYGONS} polygons and slices")
+        if self.points < 0:
+            raise InvalidParams(f"poly has more than {MAX_POLYGON_POINTS} vertices")
+
+
+def _parse_vertex(value: Any) -> Vertex:
+    if not isinstance(value, list) or len(value) != 2:
+        raise InvalidParams(f"poly: a vertex must be [x, y], got {str(value)[:40]}")
+    for coordinate in value:
+        if isinstance(coordinate, bool) or not isinstance(coordinate, (int, float)):
+            raise InvalidParams(f"poly: vertex coordinates must be numbers, got {str(value)[:40]}")
+        if not math.isfinite(coordinate) or abs(coordinate) > MAX_COORDINATE:
+            raise InvalidParams(f"poly: vertex coordinates must be finite and at most {MAX_COORDINATE}, got {value}")
+    return [int(coordinate) for coordinate in value]
+
+
+def _parse_slice(value: Any, budget: _Budget) -> SlicePolygons:
+    if not isinstance(value, list):
+        raise InvalidParams(f"poly: expected a list of polygons, got {type(value).__name__}")
+    budget.take(polygons=len(value))
+    polygons: SlicePolygons = []
+    for polygon in value:
+        if not isinstance(polygon, list):
+            raise InvalidParams(f"poly: a polygon must be a list of [x, y] vertices, got {type(polygon).__name__}")
+        budget.take(points=len(polygon))
+        polygons.append([_parse_vertex(vertex) for vertex in polygon])
+    return polygons
+
+
+def parse_polygons(value: Any) -> SlicePolygons:
+    """2D `poly`: polygons of [x, y] vertices (numbers, truncated to int pixels, as always), at most
+    MAX_POLYGON_POINTS vertices and MAX_POLYGONS polygons; InvalidParams names the problem."""
+    return _parse_slice(value, _Budget())
+
+
+def parse_polygon_slices(value: Any) -> list[SlicePolygons]:
+    """3D `poly`: one list of polygons per z slice, with the bounds of `parse_polygons` over all slices."""
+    if not isinstance(value, list):
+        raise InvalidParams(f"poly: expected a list of slices, got {type(value).__name__}")
+    budget = _Budget()
+    budget.take(polygons=len(value))
+    return [_parse_slice(polygons, budget) for polygons in value]
 
 
 def _require_file(file: ImageUpload | None) -> ImageUpload:
@@ -175,7 +236,7 @@ def _fix(upload: ImageUpload, params: FixPolygonParams) -> tuple[list[Any], byte
         if not fmt.is_volume_format:
             raise InvalidImage(f"3D fixpolygon takes a NIfTI or NRRD volume, got {fmt.value}")
         return _fix_3d(upload, params)
-    except PolygonError as exc:  # malformed, too many, or too far outside the image
+    except PolygonError as exc:  # too far outside the image, or too costly to rasterise
         raise InvalidParams(str(exc)) from exc
 
 

@@ -7,10 +7,8 @@ mask's boundary (foreground pixels next to background).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -23,15 +21,13 @@ SlicePolygons = list[Polygon]
 DEFAULT_MORE_POINTS = 10
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
-# Bounds on what one request may ask for: every cost below is linear in these, never in a coordinate's value.
-MAX_POLYGON_POINTS = 100_000  # vertices in one `poly`, all polygons and slices together
-MAX_POLYGONS = 100_000  # polygons (and 3D slices) in one `poly`; objects traced in one mask2polygon mask
-MAX_COORDINATE = 2**31  # |vertex coordinate| accepted at all, before the image size is known
+# Costs below grow with these bounds, never with a coordinate's value.
+MAX_POLYGONS = 100_000  # objects traced in one mask2polygon mask
 MAX_RASTER_PIXELS = 2**22  # edge pixels one request may rasterise (fill crossings are fewer)
 
 
 class PolygonError(ValueError):
-    """Polygons a client sent that cannot be used: malformed, too many, or too far outside the image."""
+    """Polygons or masks that cannot be used: too far outside the image, too costly, too many objects."""
 
 
 def tolerance_for(more_points: float) -> float:
@@ -113,66 +109,6 @@ def mask_to_polygons(mask: np.ndarray, more_points: float = DEFAULT_MORE_POINTS)
         slices.append(slice_to_polygons(volume[:, :, z], more_points, max_polygons=budget))
         budget -= len(slices[-1])
     return slices
-
-
-# -- parsing what clients send ---------------------------------------------------------------------------
-
-
-class _Budget:
-    """Counts vertices and polygons while `poly` is parsed; refuses before converting past a limit."""
-
-    def __init__(self, max_points: int, max_polygons: int) -> None:
-        self.points = max_points
-        self.polygons = max_polygons
-
-    def take(self, polygons: int = 0, points: int = 0) -> None:
-        self.polygons -= polygons
-        self.points -= points
-        if self.polygons < 0:
-            raise PolygonError(f"poly has more than {MAX_POLYGONS} polygons and slices")
-        if self.points < 0:
-            raise PolygonError(f"poly has more than {MAX_POLYGON_POINTS} vertices")
-
-
-def _parse_vertex(value: Any) -> Vertex:
-    if not isinstance(value, list) or len(value) != 2:
-        raise PolygonError(f"poly: a vertex must be [x, y], got {str(value)[:40]}")
-    vertex: Vertex = []
-    for coordinate in value:
-        if isinstance(coordinate, bool) or not isinstance(coordinate, (int, float)):
-            raise PolygonError(f"poly: vertex coordinates must be numbers, got {str(value)[:40]}")
-        if not math.isfinite(coordinate) or abs(coordinate) > MAX_COORDINATE:
-            raise PolygonError(f"poly: vertex coordinates must be finite and at most {MAX_COORDINATE}, got {value}")
-        vertex.append(int(coordinate))
-    return vertex
-
-
-def _parse_slice(value: Any, budget: _Budget) -> SlicePolygons:
-    if not isinstance(value, list):
-        raise PolygonError(f"poly: expected a list of polygons, got {type(value).__name__}")
-    budget.take(polygons=len(value))
-    polygons: SlicePolygons = []
-    for polygon in value:
-        if not isinstance(polygon, list):
-            raise PolygonError(f"poly: a polygon must be a list of [x, y] vertices, got {type(polygon).__name__}")
-        budget.take(points=len(polygon))
-        polygons.append([_parse_vertex(vertex) for vertex in polygon])
-    return polygons
-
-
-def parse_polygons(value: Any) -> SlicePolygons:
-    """2D `poly` as clients send it: polygons of [x, y] vertices (numbers, truncated to int pixels). Counts
-    are checked before anything is converted; PolygonError names the problem."""
-    return _parse_slice(value, _Budget(MAX_POLYGON_POINTS, MAX_POLYGONS))
-
-
-def parse_polygon_slices(value: Any) -> list[SlicePolygons]:
-    """3D `poly`: one list of polygons per z slice, with the bounds of `parse_polygons` over all slices."""
-    if not isinstance(value, list):
-        raise PolygonError(f"poly: expected a list of slices, got {type(value).__name__}")
-    budget = _Budget(MAX_POLYGON_POINTS, MAX_POLYGONS)
-    budget.take(polygons=len(value))
-    return [_parse_slice(polygons, budget) for polygons in value]
 
 
 def polygons_to_slice(polygons: Sequence[Sequence[Sequence[int]]], shape: tuple[int, int]) -> np.ndarray:
@@ -409,13 +345,10 @@ def move_vertex_3d(
 
 
 __all__ = [
-    "MAX_POLYGON_POINTS",
     "PolygonError",
     "mask_to_polygons",
     "move_vertex",
     "move_vertex_3d",
-    "parse_polygon_slices",
-    "parse_polygons",
     "polygons_to_mask",
     "polygons_to_slice",
     "slice_to_polygons",

@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from aiaa_server.api.polygons import MAX_POLYGON_POINTS, parse_polygon_slices, parse_polygons
+from aiaa_server.errors import InvalidParams
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import decode_result
 from aiaa_server.imaging.png import decode_png, encode_png
@@ -122,3 +124,33 @@ def test_fixpolygon_bad_params_are_400(server: LiveServer, tmp_path: Path, param
     path.write_bytes(encode_png(np.zeros((10, 10), dtype=np.uint8)))
     response = post(server, "/v1/fixpolygon", path, params)
     assert response.status_code == 400, response.text
+
+
+def test_fixpolygon_drag_past_the_image_border(server: LiveServer, tmp_path: Path) -> None:
+    """Vertices may leave the image (up to one image size): the mask is clipped, the polygon kept as moved."""
+    path = tmp_path / "slice.png"
+    path.write_bytes(encode_png(np.zeros((40, 50), dtype=np.uint8)))  # 40 rows (y) x 50 columns (x)
+    square = [[10, 10], [10, 30], [30, 30], [30, 10]]
+    params = {"poly": [square], "vertex_offset": [45, 0], "dimension": 2, "vertex_index": 2}
+    response = post(server, "/v1/fixpolygon", path, params)
+    assert response.status_code == 200, response.text
+    result = parse_multipart(response.headers["content-type"], response.content)
+    assert result.params["poly"][0][2] == [75, 30]
+    mask = decode_png(result.image)
+    assert mask.shape == (40, 50) and mask[29, 49] == 1 and mask[5, 5] == 0
+
+
+def test_parse_polygons_converts_and_bounds() -> None:
+    assert parse_polygons([[[1, 2.9], [3, 4]]]) == [[[1, 2], [3, 4]]]
+    assert parse_polygon_slices([[], [[[1, 2]]]]) == [[], [[[1, 2]]]]
+    for bad, word in [
+        ([[[1, float("nan")]]], "finite"), ([[[1, float("inf")]]], "finite"), ([[[1, 2**40]]], "finite"),
+        ([[[1, "2"]]], "numbers"), ([[[1, True]]], "numbers"), ([[[1, 2, 3]]], r"\[x, y\]"), ([[1, 2]], r"\[x, y\]"),
+        (["square"], "polygon"), ("square", "list of polygons"),
+    ]:
+        with pytest.raises(InvalidParams, match=word):
+            parse_polygons(bad)
+    with pytest.raises(InvalidParams, match=f"more than {MAX_POLYGON_POINTS} vertices"):
+        parse_polygons([[["not a vertex"]] * (MAX_POLYGON_POINTS + 1)])  # counted before converting
+    with pytest.raises(InvalidParams, match="polygons"):
+        parse_polygon_slices([[]] * (MAX_POLYGON_POINTS + 1))

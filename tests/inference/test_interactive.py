@@ -30,7 +30,7 @@ from aiaa_server.inference.click_transforms import (
     paste_to_input,
     sample_grid,
 )
-from aiaa_server.inference.interactive import prepare_params
+from aiaa_server.inference.interactive import MAX_COORDINATE, parse_points, prepare_params
 from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.components import resolve_component
 from aiaa_server.mmar.loader import load_mmar, parse_config
@@ -66,6 +66,35 @@ def test_dextr3d_needs_six_points() -> None:
     with pytest.raises(InvalidParams, match="at least 6"):
         prepare_params(DEXTR, {"points": [[1, 2, 3]] * 5})
     assert len(prepare_params(DEXTR, {"points": [[1, 2, 3]] * 6})["points"]) == 6
+
+
+def test_click_count_is_checked_before_any_point_is_converted() -> None:
+    with pytest.raises(InvalidParams, match=r"foreground has 11 points; at most 10 .*--max_clicks"):
+        parse_points([["not", "a", "point"]] * 11, "foreground", max_points=10)
+    assert parse_points([1, 2, 3], "current_point", max_points=1) == [[1, 2, 3]]  # one flat point
+
+
+@pytest.mark.parametrize("coordinate", [float("nan"), float("inf"), float("-inf"), MAX_COORDINATE + 1, -1e300, True])
+def test_coordinates_must_be_finite_bounded_numbers(coordinate: Any) -> None:
+    with pytest.raises(InvalidParams, match="foreground"):
+        parse_points([[1, coordinate, 3]], "foreground")
+
+
+def test_two_or_three_coordinates_per_point() -> None:
+    assert parse_points([[1, 2]], "foreground") == [[1, 2]]
+    with pytest.raises(InvalidParams, match=r"\[x, y, z\]"):
+        parse_points([[1, 2, 3, 4]], "foreground")
+    with pytest.raises(InvalidParams, match=r"\[x, y, z\]"):
+        parse_points([[1]], "foreground")
+
+
+def test_all_clicks_of_a_request_share_the_limit() -> None:
+    within = prepare_params(DEEPGROW, {"foreground": [[1, 2, 3]] * 5, "background": [[1, 2, 3]] * 5}, max_clicks=10)
+    assert len(within["foreground"]) + len(within["background"]) == 10
+    with pytest.raises(InvalidParams, match="11 points together; at most 10"):
+        prepare_params(DEEPGROW, {"foreground": [[1, 2, 3]] * 6, "background": [[1, 2, 3]] * 5}, max_clicks=10)
+    with pytest.raises(InvalidParams, match="points has 11 points"):
+        prepare_params(DEXTR, {"points": [[1, 2, 3]] * 11}, max_clicks=10)
 
 
 def test_components_resolve_by_short_and_aiaa_names() -> None:
@@ -117,7 +146,7 @@ def test_deepgrow_3d_crop_maps_clicks_and_pastes_back_on_the_input_grid(scene_an
     out = _oracle_paste(data, mask)
     assert out["pred"].shape == mask.shape and out["pred"].dtype == np.uint8
     assert dice(out["pred"], mask) > 0.9
-    (x0, x1), (y0, y1), (z0, z1) = out["result"]["crop"]
+    (x0, x1), _, (z0, z1) = out["result"]["crop"]
     assert 0 <= x0 <= click[0] < x1 <= mask.shape[0] and 0 <= z0 <= click[2] < z1 <= mask.shape[2]
     assert not out["pred"][:x0].any() and not out["pred"][x1:].any()
 
@@ -142,7 +171,7 @@ def test_dextr3d_crop_pads_in_mm_and_pastes_back(scene_and_mask) -> None:
     points = extreme_points(mask)
     data = ExtremePointsCropd("image", pad_mm=20.0, spatial_size=(48, 48, 48))(_data(scene, points=points))
     geometry = data[GEOMETRY_KEY]
-    lo, hi = geometry.footprint()
+    lo, _ = geometry.footprint()
     low = np.min(points, axis=0)
     expected_pad = np.ceil(20.0 / np.array(scene.spacing))
     assert np.all(lo == np.maximum(low - expected_pad, 0))

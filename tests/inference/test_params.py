@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from aiaa_server.errors import InvalidImage, InvalidParams
+from aiaa_server.errors import InvalidImage, InvalidModel, InvalidParams
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.inference.interactive import parse_points, prepare_params
-from aiaa_server.inference.params import ResultOptions, parse_params
+from aiaa_server.inference.params import ResultOptions, loads_bounded, parse_params
 from aiaa_server.mmar.loader import parse_config
 
 
@@ -61,3 +63,53 @@ def test_prepare_params_for_interactive_types() -> None:
     deepgrow = parse_config({"type": "deepgrow", "inference": {"meta_data": {"deepgrow": "3D"}}})
     prepared = prepare_params(deepgrow, {"foreground": [[1, 2, 3]], "current_point": [1, 2, 3]})
     assert prepared["background"] == [] and prepared["current_point"] == [[1, 2, 3]]
+
+
+# ------------------------------------------------------------------ bounded JSON
+
+
+@pytest.mark.parametrize(("text", "word"), [
+    ('{"a": NaN}', "NaN"),
+    ('{"a": [Infinity]}', "Infinity"),
+    ('{"a": -Infinity}', "Infinity"),
+    ('{"a": 1e400}', "out of range"),
+    ('{"a": -1e400}', "out of range"),
+    ('{"a": ' + "9" * 101 + "}", "101 characters"),
+    ('{"a": 1.' + "0" * 200 + "}", "characters"),
+    ('{"a": ' + "9" * 5000 + "}", "5000 characters"),
+    ('{"a": ' + "[" * 64 + "]" * 64 + "}", "nested more than 64"),
+    ("[" * 100_000 + "]" * 100_000, "nested more than 64"),
+    ("[" * 100_000, "nested more than 64"),
+])
+def test_loads_bounded_refuses_what_json_loads_would_take(text: str, word: str) -> None:
+    with pytest.raises(InvalidParams, match=word):
+        loads_bounded(text)
+
+
+def test_loads_bounded_accepts_up_to_the_limits() -> None:
+    deep = loads_bounded('{"a": ' + "[" * 63 + "1" + "]" * 63 + "}")["a"]
+    for _ in range(62):
+        deep = deep[0]
+    assert deep == [1]
+    assert loads_bounded("[" + "9" * 100 + ", 1e300, -2.5e-300]") == [int("9" * 100), 1e300, -2.5e-300]
+    assert loads_bounded(b'{"a": [1, 2]}') == {"a": [1, 2]}
+
+
+def test_string_contents_do_not_count() -> None:
+    text = json.dumps({"label": "x" + "[" * 500, "id": "9" * 500, "quoted": 'a\\"[[[ "{{{', "e": "1e999"})
+    assert loads_bounded(text)["id"] == "9" * 500
+
+
+def test_loads_bounded_names_what_and_raises_the_callers_error() -> None:
+    with pytest.raises(InvalidModel, match=r"config_aiaa\.json: NaN"):
+        loads_bounded('{"eps": NaN}', what="config_aiaa.json", error=InvalidModel)
+    with pytest.raises(InvalidModel, match=r"config_aiaa\.json is not valid JSON"):
+        loads_bounded("{oops", what="config_aiaa.json", error=InvalidModel)
+
+
+def test_embedded_json_strings_have_the_same_bounds() -> None:
+    with pytest.raises(InvalidParams, match=r"params\.points: JSON nested"):
+        parse_params(json.dumps({"points": "[" * 1000 + "]" * 1000}))
+    with pytest.raises(InvalidParams, match=r"params\.points: NaN"):
+        parse_params(json.dumps({"points": "[[NaN, 1, 2]]"}))
+    assert parse_params(json.dumps({"label": "[not json"})) == {"label": "[not json"}
