@@ -57,7 +57,7 @@ class Services:
         )
 
     @classmethod
-    def build(cls, settings: Settings, log_tail: LogTail) -> "Services":
+    def build(cls, settings: Settings, log_tail: LogTail) -> Services:
         settings.prepare_workspace()
         _set_torch_threads(settings)
         # Workers run Python-heavy transforms; with the default 5 ms GIL switch interval the event loop
@@ -78,9 +78,10 @@ class Services:
             cache_bytes=settings.session_cache_mb * 2**20,
             gzip_level=settings.result_gzip_level,
             backend=session_backend(settings.session_store, settings.sessions_dir),
+            limits=settings.decode_limits,
         )
         inference = InferenceService(registry, pool, gzip_level=settings.result_gzip_level, sessions=sessions,
-                                     max_clicks=settings.max_clicks)
+                                     max_clicks=settings.max_clicks, limits=settings.decode_limits)
         return cls(settings=settings, registry=registry, inference=inference, pool=pool, metrics=metrics,
                    http_metrics=HttpMetrics(metrics), log_tail=log_tail, sessions=sessions)
 

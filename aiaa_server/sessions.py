@@ -30,6 +30,7 @@ from aiaa_server.errors import AIAAError, InvalidImage, InvalidParams, NotFound,
 from aiaa_server.imaging.dicom import read_dicom_series
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
+from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from aiaa_server.session_backends import (
     META_FILE,
     DiskSessionBackend,
@@ -245,11 +246,13 @@ class SessionStore:
         gzip_level: int = 1,
         clock: Callable[[], float] = time.time,
         backend: SessionBackend | None = None,
+        limits: DecodeLimits = DEFAULT_LIMITS,
     ) -> None:
         self.root = root
         self.default_expiry = default_expiry
         self.budget_bytes = budget_bytes
         self.gzip_level = gzip_level
+        self.limits = limits
         self.cache = ByteLRU(cache_bytes)
         self.backend: SessionBackend = backend if backend is not None else DiskSessionBackend(root)
         self._clock = clock
@@ -364,7 +367,7 @@ class SessionStore:
         """The session's decoded volume, from the cache or decoded once (concurrent callers wait for it)."""
         def decode() -> Volume:
             path = self._image_path(session_id)
-            volume = read_volume(path, path.name)
+            volume = read_volume(path, path.name, limits=self.limits)
             self._count(session_id, lambda stats: setattr(stats, "decodes", stats.decodes + 1))
             log.info("session %s: decoded %s %s", short_id(session_id), path.name, volume.spatial_shape)
             return volume
@@ -412,19 +415,20 @@ class SessionStore:
         formats = [detect_format(u.path, u.filename) for u in uploads]
         if len(uploads) == 1 and formats[0].is_volume_format:
             upload, fmt = uploads[0], formats[0]
-            volume = read_volume(upload.path, upload.filename)  # refuse undecodable files now, not at first click
+            # Refuse undecodable files now, not at the first click.
+            volume = read_volume(upload.path, upload.filename, limits=self.limits)
             image_name = "image" + fmt.value
             shutil.move(str(upload.path), folder / image_name)
             return client_basename(upload.filename) or image_name, image_name, volume, fmt.name.lower(), fmt
         if all(f in (ImageFormat.DICOM, ImageFormat.ZIP) for f in formats):
-            series = read_dicom_series([u.path for u in uploads], folder / "dicom-unpacked")
+            series = read_dicom_series([u.path for u in uploads], folder / "dicom-unpacked", limits=self.limits)
             shutil.rmtree(folder / "dicom-unpacked", ignore_errors=True)
             image_name = "image" + save_fmt.value
             payload = encode_volume(series.array, series, save_fmt, dtype=series.array.dtype,
                                     compress=save_fmt is not ImageFormat.NIFTI, gzip_level=self.gzip_level)
             (folder / image_name).write_bytes(payload)
             # Decode what was stored (not the DICOM arrays) so clicks see exactly the file's header and dtype.
-            volume = read_volume(folder / image_name, image_name)
+            volume = read_volume(folder / image_name, image_name, limits=self.limits)
             source = f"dicom series ({series.extra.get('slices', '?')} slices)"
             return "dicom_series", image_name, volume, source, save_fmt
         if len(uploads) == 1:

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
+from aiaa_server.imaging.limits import DecodeLimits
 from aiaa_server.security import parse_hosts
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -89,6 +90,7 @@ class Settings(BaseSettings):
     max_request_mb: int = Field(
         4096, ge=1, description="largest annotation request body (images, sessions, polygons) in MiB"
     )
+    dicom_timeout: float = Field(120.0, gt=0, description="seconds decoding one uploaded DICOM series may take")
     max_clicks: int = Field(10000, ge=1, description="most points (clicks, extreme points) in one request")
     body_timeout: float = Field(
         60.0, gt=0, description="seconds a request body may stall (no bytes arriving) before the request is dropped"
@@ -190,6 +192,16 @@ class Settings(BaseSettings):
         dirs.extend(self.models)
         dirs.append(self.workspace_models_dir)
         return dirs
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        """The bounds every image decoder checks before it allocates."""
+        return DecodeLimits(max_voxels=self.max_image_voxels, max_bytes=self.max_image_mb * 2**20,
+                            max_png_pixels=self.max_png_pixels, dicom_timeout_s=self.dicom_timeout)
+
+    @property
+    def max_request_bytes(self) -> int:
+        return self.max_request_mb * 2**20
 
     @property
     def workspace_models_dir(self) -> Path:

@@ -26,7 +26,7 @@ async def _run(
     output: str | None,
 ) -> Response:
     mode = check_output_mode(output)
-    async with read_body(request, services.settings.tmp_dir, max_bytes=services.settings.max_request_mb * 2**20) as body:
+    async with read_body(request, services.settings.tmp_dir, max_bytes=services.settings.max_request_bytes) as body:
         result = await services.inference.run(
             InferenceRequest(
                 endpoint=endpoint, model=model, params=body.params, upload=body.first_file, session_id=session_id

@@ -21,6 +21,7 @@ from aiaa_server.api.responses import multipart_response
 from aiaa_server.errors import BadRequest, InvalidImage, InvalidParams
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
+from aiaa_server.imaging.limits import DecodeLimits
 from aiaa_server.imaging.png import decode_png, encode_png, png_shape
 from aiaa_server.imaging.polygons import (
     DEFAULT_MORE_POINTS,
@@ -164,11 +165,11 @@ def _check_index(items: list[Any], index: int, what: str) -> None:
 # -- mask2polygon -----------------------------------------------------------------------------------------
 
 
-def _mask_polygons(upload: ImageUpload, more_points: float) -> list[Any]:
+def _mask_polygons(upload: ImageUpload, more_points: float, limits: DecodeLimits) -> list[Any]:
     if detect_format(upload.path, upload.filename) is ImageFormat.PNG:
-        mask = decode_png(upload.path.read_bytes()).T
+        mask = decode_png(upload.path.read_bytes(), limits=limits).T
     else:
-        mask = read_volume(upload.path, upload.filename).array
+        mask = read_volume(upload.path, upload.filename, limits=limits).array
     if mask.ndim not in (2, 3) or mask.size == 0:
         raise InvalidImage(f"mask2polygon takes a non-empty 2D or 3D mask, got shape {list(mask.shape)}")
     try:
@@ -179,18 +180,18 @@ def _mask_polygons(upload: ImageUpload, more_points: float) -> list[Any]:
 
 @router.post("/v1/mask2polygon", openapi_extra=POLYGON_DOC, summary="Binary mask → polygons per slice")
 async def mask2polygon(request: Request, services: Annotated[Services, Depends(get_services)]) -> JSONResponse:
-    async with read_body(request, services.settings.tmp_dir, max_bytes=services.settings.max_request_mb * 2**20) as body:
+    async with read_body(request, services.settings.tmp_dir, max_bytes=services.settings.max_request_bytes) as body:
         params: Mask2PolygonParams = _validate(Mask2PolygonParams, body.params)
         upload = _require_file(body.first_file)
-        polygons = await asyncio.to_thread(_mask_polygons, upload, params.more_points)
+        polygons = await asyncio.to_thread(_mask_polygons, upload, params.more_points, services.settings.decode_limits)
     return JSONResponse(polygons)
 
 
 # -- fixpolygon -------------------------------------------------------------------------------------------
 
 
-def _fix_2d(upload: ImageUpload, params: FixPolygonParams) -> tuple[list[Any], bytes, str]:
-    rows, columns = png_shape(upload.path.read_bytes())
+def _fix_2d(upload: ImageUpload, params: FixPolygonParams, limits: DecodeLimits) -> tuple[list[Any], bytes, str]:
+    rows, columns = png_shape(upload.path.read_bytes(), limits=limits)
     polygons = parse_polygons(params.poly)
     _check_index(polygons, params.polygon_index, "polygon_index")
     _check_index(polygons[params.polygon_index], params.vertex_index, "vertex_index")
@@ -200,8 +201,8 @@ def _fix_2d(upload: ImageUpload, params: FixPolygonParams) -> tuple[list[Any], b
     return updated, encode_png(mask.T), "png"
 
 
-def _fix_3d(upload: ImageUpload, params: FixPolygonParams) -> tuple[list[Any], bytes, str]:
-    volume = _usable_volume(upload)
+def _fix_3d(upload: ImageUpload, params: FixPolygonParams, limits: DecodeLimits) -> tuple[list[Any], bytes, str]:
+    volume = _usable_volume(upload, limits)
     if len(params.poly) > volume.spatial_shape[2]:
         raise InvalidParams(f"poly has {len(params.poly)} slices but the volume only {volume.spatial_shape[2]}")
     slices = parse_polygon_slices(params.poly)
@@ -216,9 +217,9 @@ def _fix_3d(upload: ImageUpload, params: FixPolygonParams) -> tuple[list[Any], b
     return updated, payload, fmt.value.lstrip(".")
 
 
-def _usable_volume(upload: ImageUpload) -> Volume:
+def _usable_volume(upload: ImageUpload, limits: DecodeLimits) -> Volume:
     """A 3D volume the mask can be written on: non-empty, with a finite voxel-to-world affine."""
-    volume = read_volume(upload.path, upload.filename)
+    volume = read_volume(upload.path, upload.filename, limits=limits)
     if volume.array.ndim != 3 or volume.array.size == 0:
         raise InvalidImage(f"3D fixpolygon needs a non-empty 3D volume, got shape {list(volume.spatial_shape)}")
     if not np.isfinite(volume.affine).all():
@@ -226,16 +227,16 @@ def _usable_volume(upload: ImageUpload) -> Volume:
     return volume
 
 
-def _fix(upload: ImageUpload, params: FixPolygonParams) -> tuple[list[Any], bytes, str]:
+def _fix(upload: ImageUpload, params: FixPolygonParams, limits: DecodeLimits) -> tuple[list[Any], bytes, str]:
     fmt = detect_format(upload.path, upload.filename)
     try:
         if params.dims() == 2:
             if fmt is not ImageFormat.PNG:
                 raise InvalidImage(f"2D fixpolygon takes a PNG image, got {fmt.value}")
-            return _fix_2d(upload, params)
+            return _fix_2d(upload, params, limits)
         if not fmt.is_volume_format:
             raise InvalidImage(f"3D fixpolygon takes a NIfTI or NRRD volume, got {fmt.value}")
-        return _fix_3d(upload, params)
+        return _fix_3d(upload, params, limits)
     except PolygonError as exc:  # too far outside the image, or too costly to rasterise
         raise InvalidParams(str(exc)) from exc
 
@@ -247,9 +248,9 @@ def _result_name(upload: ImageUpload, extension: str) -> str:
 
 @router.post("/v1/fixpolygon", openapi_extra=POLYGON_DOC, summary="Move a polygon vertex; get polygons and mask")
 async def fixpolygon(request: Request, services: Annotated[Services, Depends(get_services)]) -> Response:
-    async with read_body(request, services.settings.tmp_dir, max_bytes=services.settings.max_request_mb * 2**20) as body:
+    async with read_body(request, services.settings.tmp_dir, max_bytes=services.settings.max_request_bytes) as body:
         params: FixPolygonParams = _validate(FixPolygonParams, body.params)
         upload = _require_file(body.first_file)
-        updated, payload, extension = await asyncio.to_thread(_fix, upload, params)
+        updated, payload, extension = await asyncio.to_thread(_fix, upload, params, services.settings.decode_limits)
     return multipart_response({"poly": updated}, payload, _result_name(upload, extension))
 

@@ -35,7 +35,7 @@ async def create_session(
     save_as: Annotated[str | None, Query(description="format a DICOM series is stored in (.nii.gz default)")] = None,
     uncompress: Annotated[str | None, Query(description="accepted for compatibility; ignored")] = None,
 ) -> SessionCreated:
-    async with read_body(request, services.settings.tmp_dir, max_bytes=services.settings.max_request_mb * 2**20) as body:
+    async with read_body(request, services.settings.tmp_dir, max_bytes=services.settings.max_request_bytes) as body:
         if not body.files and "dicom" in body.params:
             raise NotSupported("pulling a DICOM series from a PACS is not supported: upload the DICOM files instead")
         info = await asyncio.to_thread(services.sessions.create, body.files, expiry, save_as)

@@ -14,6 +14,7 @@ from typing import Any
 from aiaa_server.errors import BadRequest, IncompatibleInput, ModelError, SessionExpired
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
+from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from aiaa_server.inference.interactive import MAX_CLICKS, prepare_params
 from aiaa_server.inference.params import ResultOptions
 from aiaa_server.inference.pool import InferencePool, Lane
@@ -86,8 +87,10 @@ class InferenceService:
     def __init__(
         self, registry: ModelRegistry, pool: InferencePool, gzip_level: int = 1,
         sessions: SessionStore | None = None, max_clicks: int = MAX_CLICKS,
+        limits: DecodeLimits = DEFAULT_LIMITS,
     ) -> None:
         self.registry = registry
+        self.limits = limits
         self.pool = pool
         self.gzip_level = gzip_level
         self.sessions = sessions
@@ -149,7 +152,7 @@ class InferenceService:
             )
             return volume, cached, f"session {session_id}"
         assert request.upload is not None
-        volume = read_volume(request.upload.path, request.upload.filename)
+        volume = read_volume(request.upload.path, request.upload.filename, limits=self.limits)
         self._check_dimensions(model, volume)
         return volume, pipeline.preprocess_image({pipeline.input_key: volume_to_tensor(volume)}), volume.name
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from aiaa_server.engines.factory import EngineFactory
 from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.errors import InvalidModel
+from aiaa_server.inference.params import loads_bounded
 from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.transforms import Writer
 from aiaa_server.mmar.components import CustomCode, build_component
@@ -65,8 +65,8 @@ def is_mmar(folder: Path) -> bool:
 
 def read_config(path: Path) -> AIAAConfig:
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:  # 5000-digit ints, deep nesting
+        raw = loads_bounded(path.read_bytes(), what=path.name, error=InvalidModel)
+    except OSError as exc:
         raise InvalidModel(f"cannot read {path.name}: {exc}") from exc
     return parse_config(raw)
 

@@ -41,6 +41,7 @@ from aiaa_server.errors import (
     InvalidModelName,
     NotFound,
 )
+from aiaa_server.inference.params import loads_bounded
 from aiaa_server.mmar.config import AIAAConfig, ModelType
 from aiaa_server.mmar.loader import (
     CONFIG_PATH,
@@ -309,8 +310,8 @@ def read_uploaded_config(path: Path) -> dict[str, Any]:
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise InvalidModel(f"config_aiaa.json is larger than {MAX_CONFIG_BYTES // 2**20} MiB")
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # 5000-digit ints, deep nesting
+        raw = loads_bounded(path.read_bytes().decode("utf-8"), what="config_aiaa.json", error=InvalidModel)
+    except UnicodeDecodeError as exc:
         raise InvalidModel(f"config is not valid JSON: {exc}") from exc
     parse_config(raw)
     return raw
