@@ -23,9 +23,8 @@ def mmar_with_custom_code(folder: Path, body: str) -> Path:
         "    def __call__(self, data):\n"
         "        return data\n" + body
     )
-    config = segmentation_config()
-    config["pre_transforms"].append({"name": "custom.hook.Identityd", "args": {"keys": "image"}})
-    (mmar / "config" / "config_aiaa.json").write_text(json.dumps(config))
+    pre = [*segmentation_config()["pre_transforms"], {"name": "custom.hook.Identityd", "args": {"keys": "image"}}]
+    (mmar / "config" / "config_aiaa.json").write_text(json.dumps(segmentation_config(pre=pre)))
     return mmar
 
 

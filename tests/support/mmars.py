@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -71,10 +72,10 @@ def segmentation_config(
         "type": "segmentation",
         "labels": labels if labels is not None else ["bright"],
         "description": "test model: voxels brighter than 0 HU",
-        "pre_transforms": pre if pre is not None else SEGMENTATION_PRE,
+        "pre_transforms": pre if pre is not None else copy.deepcopy(SEGMENTATION_PRE),
         "inference": {"input": "image", "output": "pred", "AIAA": {"name": "aiaa.inference.PyTorchInference",
                                                                     "args": args}},
-        "post_transforms": post if post is not None else SEGMENTATION_POST,
+        "post_transforms": post if post is not None else copy.deepcopy(SEGMENTATION_POST),
         "writer": {"name": "aiaa.transforms.Writer", "args": {"image": "pred", "json": "result"}},
         **extra,
     }
