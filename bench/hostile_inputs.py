@@ -106,7 +106,7 @@ def vectors(tmp: Path) -> dict[str, Request]:
         "NRRD bzip2 claiming 2048³": put_session("a.nrrd", nrrd({
             "type": "uint8", "dimension": "3", "sizes": "2048 2048 2048", "encoding": "bzip2"},
             bz2.compress(b"\0" * 2**22))),
-        "NIfTI gzip claiming 40000³": post(SEGMENT, "a.nii.gz", nifti_gz_claiming((40000, 40000, 40000))),
+        "NIfTI gzip claiming 32000³": post(SEGMENT, "a.nii.gz", nifti_gz_claiming((32000, 32000, 32000))),
         "NRRD `line skip: 100000000`": put_session("a.nrrd", nrrd({
             "type": "uint8", "dimension": "3", "sizes": "2 2 2", "encoding": "raw", "line skip": "100000000"},
             b"\n" * 1000)),
