@@ -19,7 +19,7 @@ from aiaa_server.api.body_timeout import BodyTimeoutMiddleware
 from aiaa_server.api.cors import CorsPolicy
 from aiaa_server.api.metrics import MetricsMiddleware
 from aiaa_server.api.openapi import document_errors
-from aiaa_server.errors import AIAAError, ServiceUnavailable
+from aiaa_server.errors import AIAAError, ServiceUnavailable, format_validation_errors
 from aiaa_server.logs import setup_logging
 from aiaa_server.security import warn_if_exposed
 from aiaa_server.services import Services
@@ -105,7 +105,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = format_validation_errors(exc)
         return JSONResponse({"detail": f"invalid request: {problems}", "code": "invalid_request"}, status_code=422)
 
     @app.exception_handler(Exception)

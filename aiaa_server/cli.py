@@ -14,6 +14,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from aiaa_server.app import create_app
+from aiaa_server.errors import format_validation_errors
 from aiaa_server.settings import Settings, settings_from_cli
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = settings_from_cli(argv)
     except ValidationError as exc:
-        problems = "; ".join(f"--{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        problems = format_validation_errors(exc, loc_prefix="--")
         print(f"aiaa-server: invalid option: {problems}", file=sys.stderr)
         raise SystemExit(2) from None
     server = _Server(uvicorn_config(settings), deadline_s=settings.shutdown_timeout + SHUTDOWN_MARGIN_S)

@@ -5,7 +5,29 @@ The core never imports FastAPI: it raises these and `app.py` turns them into res
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Protocol
+
+
+class _HasErrors(Protocol):
+    def errors(self) -> Sequence[Mapping[str, Any]]: ...
+
+
+def format_validation_errors(
+    exc: _HasErrors, *, loc_prefix: str = "", empty_loc: str = "", depth: int | None = None
+) -> str:
+    """One line for a pydantic `ValidationError` (or FastAPI's `RequestValidationError`): `loc: msg; loc: msg`.
+
+    Each error's `loc` is joined with dots (`field.0.key`), keeping only its first `depth` parts when given,
+    preceded by `loc_prefix` (the CLI writes `--option`), and written as `empty_loc` when it is empty (an error
+    on the whole model).
+    """
+    problems = []
+    for error in exc.errors():
+        parts = tuple(error["loc"])[:depth]
+        loc = ".".join(str(part) for part in parts) or empty_loc
+        problems.append(f"{loc_prefix}{loc}: {error['msg']}")
+    return "; ".join(problems)
 
 
 class AIAAError(Exception):

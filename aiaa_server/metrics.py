@@ -1,18 +1,41 @@
-"""A small, dependency-free metrics registry rendered in the Prometheus text exposition format (0.0.4).
+"""The server's metrics, kept in a `prometheus-client` registry per app and rendered in the Prometheus text format.
 
-Written here rather than pulling in `prometheus-client`: the server needs counters, gauges (some computed
-at scrape time) and histograms with a handful of labels, nothing more. Every metric is thread-safe: the
-inference workers and the event loop update them concurrently.
+Each `MetricsRegistry` owns its own `CollectorRegistry` (several apps may live in one process, e.g. in tests),
+with the process and platform collectors registered on it. Counters, gauges (some computed at scrape time)
+and histograms are `prometheus-client` objects, thread-safe: the inference workers and the event loop update
+them concurrently.
+
+Multiprocess mode: when `PROMETHEUS_MULTIPROC_DIR` is set (before `prometheus_client` is first imported, as
+the library requires), counters and histograms are written to files in that folder and `/metrics` is rendered
+by a `MultiProcessCollector` over them, so any worker process answers for all of them. The scrape-time gauges
+(queue depth, in-flight jobs, capacity, workers) are then those of the answering process, and the process /
+platform metrics are left out (they describe one process only, see the `prometheus-client` documentation).
+The exposition writes labels sorted by name and values as floats (`1.0`), as `prometheus-client` does.
 """
 
 from __future__ import annotations
 
-import math
-import threading
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    multiprocess,
+)
+from prometheus_client import exposition as _exposition
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+# `generate_latest` writes the 0.0.4 text format; newer clients point CONTENT_TYPE_LATEST at 1.0.0 and keep
+# the 0.0.4 type as CONTENT_TYPE_PLAIN_0_0_4 (older ones only have CONTENT_TYPE_LATEST, which is 0.0.4).
+CONTENT_TYPE: str = getattr(_exposition, "CONTENT_TYPE_PLAIN_0_0_4", _exposition.CONTENT_TYPE_LATEST)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # Seconds: from a fast /v1/models answer to a long CPU segmentation.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -21,172 +44,87 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 
 LabelValues = tuple[str, ...]
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _format_labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{name}="{_escape(value)}"' for name, value in zip(names, values)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+# No `*_created` series (a process-wide switch of prometheus-client): /metrics keeps the series it always had.
+disable_created_metrics()
 
 
-def _format_value(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if float(value).is_integer():
-        return str(int(value))
-    return repr(float(value))
+class FunctionGauge(Collector):
+    """A gauge read at scrape time, e.g. a queue's current depth: `function` yields (label values, value)."""
 
-
-class _Metric:
-    kind = "untyped"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
+    def __init__(
+        self, name: str, help_text: str, labelnames: Sequence[str],
+        function: Callable[[], Iterable[tuple[LabelValues, float]]],
+    ) -> None:
         self.name = name
         self.help = help_text
         self.labelnames = tuple(labelnames)
-        self._lock = threading.Lock()
-
-    def _key(self, labels: dict[str, str]) -> LabelValues:
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {sorted(labels)}")
-        return tuple(str(labels[name]) for name in self.labelnames)
-
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-
-    def samples(self) -> list[str]:
-        raise NotImplementedError
-
-
-class Counter(_Metric):
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[LabelValues, float] = {}
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        return [f"{self.name}{_format_labels(self.labelnames, key)} {_format_value(v)}" for key, v in items]
-
-
-class Gauge(_Metric):
-    """A settable gauge, or (with `function`) one read at scrape time, e.g. a queue's current depth."""
-
-    kind = "gauge"
-
-    def __init__(
-        self, name: str, help_text: str, labelnames: Sequence[str] = (),
-        function: Callable[[], Iterable[tuple[LabelValues, float]]] | None = None,
-    ) -> None:
-        super().__init__(name, help_text, labelnames)
-        self._values: dict[LabelValues, float] = {}
         self._function = function
 
-    def set(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = value
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.name, self.help, labels=self.labelnames)]
 
-    def samples(self) -> list[str]:
-        if self._function is not None:
-            items = sorted(self._function())
-        else:
-            with self._lock:
-                items = sorted(self._values.items())
-        return [f"{self.name}{_format_labels(self.labelnames, key)} {_format_value(v)}" for key, v in items]
-
-
-class Histogram(_Metric):
-    kind = "histogram"
-
-    def __init__(
-        self, name: str, help_text: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
-    ) -> None:
-        super().__init__(name, help_text, labelnames)
-        self.buckets = tuple(sorted(buckets))
-        self._series: dict[LabelValues, tuple[list[int], list[float]]] = {}  # bucket counts (+Inf last), [sum]
-
-    def observe(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        index = bisect_left(self.buckets, value)  # `le` is inclusive: value == bound lands in that bucket
-        with self._lock:
-            counts, total = self._series.setdefault(key, ([0] * (len(self.buckets) + 1), [0.0]))
-            counts[index] += 1
-            total[0] += value
-
-    def count(self, **labels: str) -> int:
-        with self._lock:
-            series = self._series.get(self._key(labels))
-            return sum(series[0]) if series else 0
-
-    def samples(self) -> list[str]:
-        with self._lock:
-            items = sorted((key, (list(c), t[0])) for key, (c, t) in self._series.items())
-        lines: list[str] = []
-        for key, (counts, total) in items:
-            cumulative = 0
-            for bound, count in zip((*self.buckets, math.inf), counts):
-                cumulative += count
-                le = f'le="{_format_value(bound)}"'
-                lines.append(f"{self.name}_bucket{_format_labels(self.labelnames, key, le)} {cumulative}")
-            labels = _format_labels(self.labelnames, key)
-            lines.append(f"{self.name}_sum{labels} {_format_value(total)}")
-            lines.append(f"{self.name}_count{labels} {cumulative}")
-        return lines
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.help, labels=self.labelnames)
+        for values, value in sorted(self._function()):
+            family.add_metric([str(v) for v in values], value)
+        yield family
 
 
 class MetricsRegistry:
-    def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
-        self._lock = threading.Lock()
+    """One app's metrics. `counter` takes the name without `_total` (prometheus-client adds it)."""
 
-    def _register(self, metric: _Metric) -> _Metric:
-        with self._lock:
-            if metric.name in self._metrics:
-                raise ValueError(f"metric {metric.name} is already registered")
-            self._metrics[metric.name] = metric
-        return metric
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
+        self.multiprocess_dir = multiprocess_dir or os.environ.get(MULTIPROC_ENV) or None
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self._scrape_time: list[FunctionGauge] = []  # also rendered in multiprocess mode
+        self._metrics: dict[str, Collector] = {}
+
+    def _add(self, name: str, metric: Collector) -> None:
+        if name in self._metrics:
+            raise ValueError(f"metric {name} is already registered")
+        self._metrics[name] = metric
 
     def counter(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> Counter:
-        return self._register(Counter(name, help_text, labelnames))  # type: ignore[return-value]
+        metric = Counter(name, help_text, tuple(labelnames), registry=self.registry)
+        self._add(name, metric)
+        return metric
 
     def gauge(
         self, name: str, help_text: str, labelnames: Sequence[str] = (),
         function: Callable[[], Iterable[tuple[LabelValues, float]]] | None = None,
-    ) -> Gauge:
-        return self._register(Gauge(name, help_text, labelnames, function))  # type: ignore[return-value]
+    ) -> Gauge | FunctionGauge:
+        """A settable `Gauge`, or (with `function`) a `FunctionGauge` read at scrape time."""
+        metric: Gauge | FunctionGauge
+        if function is None:
+            metric = Gauge(name, help_text, tuple(labelnames), registry=self.registry)
+        else:
+            metric = FunctionGauge(name, help_text, labelnames, function)
+            self.registry.register(metric)
+            self._scrape_time.append(metric)
+        self._add(name, metric)
+        return metric
 
     def histogram(
         self, name: str, help_text: str, labelnames: Sequence[str] = (), buckets: Sequence[float] = LATENCY_BUCKETS
     ) -> Histogram:
-        return self._register(Histogram(name, help_text, labelnames, buckets))  # type: ignore[return-value]
+        metric = Histogram(name, help_text, tuple(labelnames), registry=self.registry, buckets=tuple(buckets))
+        self._add(name, metric)
+        return metric
 
-    def get(self, name: str) -> _Metric:
+    def get(self, name: str) -> Collector:
         return self._metrics[name]
 
     def render(self) -> str:
-        with self._lock:
-            metrics = list(self._metrics.values())
-        lines: list[str] = []
-        for metric in metrics:
-            lines.extend(metric.header())
-            lines.extend(metric.samples())
-        return "\n".join(lines) + "\n"
+        """The Prometheus text exposition (format 0.0.4, served as `CONTENT_TYPE`)."""
+        if self.multiprocess_dir:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+            for gauge in self._scrape_time:
+                registry.register(gauge)
+            return _exposition.generate_latest(registry).decode("utf-8")
+        return _exposition.generate_latest(self.registry).decode("utf-8")
 
 
 # Any token is a valid HTTP method: unknown ones share one label, so clients cannot grow the series count.
@@ -199,13 +137,13 @@ def method_label(method: str) -> str:
 
 
 class HttpMetrics:
-    """Per-route request counts by status and latency histograms, fed by the ASGI middleware in app.py.
+    """Per-route request counts by status and latency histograms, fed by the ASGI middleware in api/metrics.py.
 
     `path` must be a route template (never the raw request path) and is bounded by the caller."""
 
     def __init__(self, registry: MetricsRegistry) -> None:
-        self.requests = registry.counter(
-            "aiaa_http_requests_total", "HTTP requests answered, by route template, method and status",
+        self.requests = registry.counter(  # exposed as aiaa_http_requests_total
+            "aiaa_http_requests", "HTTP requests answered, by route template, method and status",
             ("method", "path", "status"),
         )
         self.latency = registry.histogram(
@@ -215,5 +153,5 @@ class HttpMetrics:
 
     def record(self, method: str, path: str, status: int, seconds: float) -> None:
         method = method_label(method)
-        self.requests.inc(method=method, path=path, status=str(status))
-        self.latency.observe(seconds, method=method, path=path)
+        self.requests.labels(method=method, path=path, status=str(status)).inc()
+        self.latency.labels(method=method, path=path).observe(seconds)

@@ -9,14 +9,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from aiaa_server.engines.factory import factory_from_settings
+from aiaa_server.engines.factory import EngineFactory, TritonSetup
+from aiaa_server.engines.torchscript import TorchScriptPool
+from aiaa_server.engines.triton import TritonOptions
 from aiaa_server.inference.pool import InferencePool
 from aiaa_server.inference.service import InferenceService
 from aiaa_server.logs import LogTail
 from aiaa_server.metrics import HttpMetrics, MetricsRegistry
+from aiaa_server.mmar.admin import ModelAdmin
+from aiaa_server.mmar.archives import ArchiveLimits
 from aiaa_server.mmar.registry import ModelRegistry
 from aiaa_server.mmar.sandbox import SandboxLimits
-from aiaa_server.mmar.store import ArchiveLimits, ModelAdmin, ModelStore
+from aiaa_server.mmar.store import ModelStore
 from aiaa_server.security import AdminPolicy
 from aiaa_server.session_backends import session_backend
 from aiaa_server.sessions import SessionStore
@@ -63,9 +67,8 @@ class Services:
         # Workers run Python-heavy transforms; with the default 5 ms GIL switch interval the event loop
         # waits up to 5 ms per wake-up for the GIL, which doubled /v1/models p99 under load (bench/README.md).
         sys.setswitchinterval(GIL_SWITCH_INTERVAL)
-        engines = factory_from_settings(settings)
-        # The factory stands in for the pool (same evict()); it picks local or Triton per model.
-        registry = ModelRegistry(engines, default_device=settings.device)  # type: ignore[arg-type]
+        engines = factory_from_settings(settings)  # picks local or Triton per model
+        registry = ModelRegistry(engines, default_device=settings.device)
         metrics = MetricsRegistry()
         pool = InferencePool(
             settings.workers, settings.max_queue, batch_max_wait=settings.batch_max_wait,
@@ -94,6 +97,16 @@ class Services:
     def close(self) -> None:
         self.pool.shutdown(wait=False)
         self.sessions.close()
+
+
+def factory_from_settings(settings: Settings) -> EngineFactory:
+    """The server's engine provider: `--engine` and the Triton options (engines/ never reads Settings)."""
+    triton = TritonSetup(
+        options=TritonOptions(settings.triton_url, settings.triton_protocol, settings.triton_timeout),
+        repository=settings.triton_models_dir,
+        backend=settings.triton_backend,
+    )
+    return EngineFactory(TorchScriptPool(), settings.device, settings.engine, triton)
 
 
 def _usable_cores() -> int:

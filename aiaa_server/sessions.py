@@ -4,7 +4,8 @@ Each session lives on disk as `<root>/<id>/` holding the image and `meta.json` (
 sessions survive a restart. Its metadata is kept by a backend (`session_backends`): this process (disk), or
 Redis so that replicas sharing the workspace serve each other's sessions. The store keeps the sessions under a byte budget (least recently accessed
 evicted first) and expires idle ones. Decoded volumes and the models' image-only pre-processing results
-are kept in a bounded in-memory LRU so that clicks on a session neither re-read nor re-preprocess it.
+are kept in a bounded in-memory LRU (`aiaa_server.cache`) so that clicks on a session neither re-read nor
+re-preprocess it. The records are the models of `aiaa_server.session_models`.
 """
 
 from __future__ import annotations
@@ -16,20 +17,15 @@ import shutil
 import threading
 import time
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-import torch
-from pydantic import BaseModel
-
+from aiaa_server.cache import ByteLRU, _nbytes, _Preprocessed  # noqa: F401 (ByteLRU, _nbytes re-exported)
 from aiaa_server.errors import AIAAError, InvalidImage, InvalidParams, NotFound, PayloadTooLarge
-from aiaa_server.imaging.dicom import read_dicom_series
+from aiaa_server.imaging.dicom_volume import dicom_series_to_file
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
-from aiaa_server.imaging.io import Volume, encode_volume, read_volume
+from aiaa_server.imaging.io import Volume, read_volume
 from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from aiaa_server.session_backends import (
     META_FILE,
@@ -39,6 +35,14 @@ from aiaa_server.session_backends import (
     new_session_id,
     short_id,
     write_json_atomically,
+)
+from aiaa_server.session_models import (  # noqa: F401 (the models are re-exported)
+    ImageMeta,
+    SessionCreated,
+    SessionInfo,
+    SessionStats,
+    image_meta,
+    to_record,
 )
 
 log = logging.getLogger(__name__)
@@ -63,131 +67,8 @@ class SessionUpload(Protocol):
     filename: str
 
 
-class ImageMeta(BaseModel):
-    shape: list[int]
-    spacing: list[float]
-    affine: list[list[float]]
-    format: str
-    dtype: str
-    source: str
-    size_bytes: int
-
-
-class SessionStats(BaseModel):
-    """Runtime counters (not persisted): how often this server process decoded / pre-processed the image."""
-
-    decodes: int = 0
-    preprocess_runs: dict[str, int] = {}
-    cached_bytes: int = 0
-
-
-class SessionInfo(BaseModel):
-    session_id: str
-    name: str
-    image: str
-    meta: ImageMeta
-    create_ts: float
-    last_access_ts: float
-    expiry: int
-    stats: SessionStats | None = None
-
-    def expires_at(self) -> float:
-        return self.last_access_ts + self.expiry
-
-
-class SessionCreated(BaseModel):
-    session_id: str
-    session_info: SessionInfo
-
-
 # --------------------------------------------------------------------------------------------------------
-# In-memory cache
-
-
-@dataclass
-class _Preprocessed:
-    owner: weakref.ref
-    data: dict[str, Any]
-
-
-def _nbytes(value: Any) -> int:
-    if isinstance(value, _Preprocessed):
-        return _nbytes(value.data)
-    if isinstance(value, torch.Tensor):
-        return value.element_size() * value.nelement()
-    if isinstance(value, np.ndarray):
-        return int(value.nbytes)
-    if isinstance(value, Volume):
-        return int(value.array.nbytes)
-    if isinstance(value, dict):
-        return sum(_nbytes(v) for v in value.values())
-    return 0
-
-
-class ByteLRU:
-    """A thread-safe LRU bounded by bytes; concurrent misses on one key compute it once."""
-
-    def __init__(self, capacity_bytes: int) -> None:
-        self.capacity = capacity_bytes
-        self._items: OrderedDict[Hashable, tuple[Any, int]] = OrderedDict()
-        self._bytes = 0
-        self._guard = threading.Lock()
-        self._key_locks: dict[Hashable, threading.Lock] = {}
-
-    @property
-    def size_bytes(self) -> int:
-        with self._guard:
-            return self._bytes
-
-    def lookup(self, key: Hashable) -> Any | None:
-        with self._guard:
-            if key not in self._items:
-                return None
-            self._items.move_to_end(key)
-            return self._items[key][0]
-
-    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> tuple[Any, bool]:
-        """(value, hit). `compute` runs outside the cache lock, at most once at a time per key."""
-        found = self.lookup(key)
-        if found is not None:
-            return found, True
-        with self._guard:
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:
-            found = self.lookup(key)
-            if found is not None:
-                return found, True
-            value = compute()
-            self.put(key, value)
-            return value, False
-
-    def put(self, key: Hashable, value: Any) -> None:
-        size = _nbytes(value)
-        with self._guard:
-            self._drop(key)
-            if size > self.capacity:
-                return  # bigger than the whole cache: used once, never kept
-            self._items[key] = (value, size)
-            self._bytes += size
-            while self._bytes > self.capacity:
-                oldest = next(iter(self._items))
-                self._drop(oldest)
-
-    def discard(self, predicate: Callable[[Hashable], bool]) -> None:
-        with self._guard:
-            for key in [k for k in self._items if predicate(k)]:
-                self._drop(key)
-            for key in [k for k in self._key_locks if predicate(k) and not self._key_locks[k].locked()]:
-                del self._key_locks[key]
-
-    def bytes_where(self, predicate: Callable[[Hashable], bool]) -> int:
-        with self._guard:
-            return sum(size for key, (_, size) in self._items.items() if predicate(key))
-
-    def _drop(self, key: Hashable) -> None:
-        item = self._items.pop(key, None)
-        if item is not None:
-            self._bytes -= item[1]
+# Cache keys
 
 
 def _for_session(session_id: str) -> Callable[[Hashable], bool]:
@@ -203,22 +84,6 @@ PARTIAL_GRACE_S = 3600.0  # a replica may still be writing a younger `.partial` 
 
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def _image_meta(volume: Volume, source: str, size_bytes: int, fmt: ImageFormat) -> ImageMeta:
-    return ImageMeta(
-        shape=list(volume.spatial_shape),
-        spacing=[round(s, 6) for s in volume.spacing],
-        affine=[[float(v) for v in row] for row in volume.affine],
-        format=fmt.value,
-        dtype=str(volume.array.dtype),
-        source=source,
-        size_bytes=size_bytes,
-    )
-
-
-def _record(info: SessionInfo) -> str:
-    return info.model_dump_json(exclude={"stats"})
 
 
 def _parse(record: str | None) -> SessionInfo | None:
@@ -291,10 +156,10 @@ class SessionStore:
             now = self._clock()
             info = SessionInfo(
                 session_id=session_id, name=name, image=image_name,
-                meta=_image_meta(volume, source, size, fmt),
+                meta=image_meta(volume, source, size, fmt),
                 create_ts=now, last_access_ts=now, expiry=self.effective_expiry(expiry),
             )
-            write_json_atomically(partial / META_FILE, _record(info))
+            write_json_atomically(partial / META_FILE, to_record(info))
             evicted = self._insert(info, partial)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
@@ -421,16 +286,10 @@ class SessionStore:
             shutil.move(str(upload.path), folder / image_name)
             return client_basename(upload.filename) or image_name, image_name, volume, fmt.name.lower(), fmt
         if all(f in (ImageFormat.DICOM, ImageFormat.ZIP) for f in formats):
-            series = read_dicom_series([u.path for u in uploads], folder / "dicom-unpacked", limits=self.limits)
-            shutil.rmtree(folder / "dicom-unpacked", ignore_errors=True)
             image_name = "image" + save_fmt.value
-            payload = encode_volume(series.array, series, save_fmt, dtype=series.array.dtype,
-                                    compress=save_fmt is not ImageFormat.NIFTI, gzip_level=self.gzip_level)
-            (folder / image_name).write_bytes(payload)
-            # Decode what was stored (not the DICOM arrays) so clicks see exactly the file's header and dtype.
-            volume = read_volume(folder / image_name, image_name, limits=self.limits)
-            source = f"dicom series ({series.extra.get('slices', '?')} slices)"
-            return "dicom_series", image_name, volume, source, save_fmt
+            volume, slices = dicom_series_to_file([u.path for u in uploads], folder / "dicom-unpacked",
+                                                  folder / image_name, save_fmt, self.gzip_level, self.limits)
+            return "dicom_series", image_name, volume, f"dicom series ({slices} slices)", save_fmt
         if len(uploads) == 1:
             raise InvalidImage(f"sessions hold 3D volumes (NIfTI, NRRD or DICOM); got a {formats[0].value} file")
         raise InvalidImage(
@@ -451,7 +310,7 @@ class SessionStore:
         with self._guard:
             evicted = self._evict_until_fits(info.meta.size_bytes)
             # The record goes first: in a shared workspace a folder without a record is an orphan to sweep.
-            self.backend.add(session_id, _record(info), self._ttl(info))
+            self.backend.add(session_id, to_record(info), self._ttl(info))
             try:
                 os.rename(partial, self.root / session_id)
             except BaseException:
@@ -493,7 +352,7 @@ class SessionStore:
         session_id = info.session_id
         info = info.model_copy(update={"last_access_ts": self._clock()})
         try:
-            alive = self.backend.refresh(session_id, _record(info), self._ttl(info))
+            alive = self.backend.refresh(session_id, to_record(info), self._ttl(info))
         except OSError as exc:  # the in-memory state stays right; only a restart would see an older time
             log.warning("session %s: could not persist access time: %s", short_id(session_id), exc)
             return info
@@ -571,7 +430,7 @@ class SessionStore:
                     or not (folder / info.image).is_file()):
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
-            self.backend.add(info.session_id, _record(info), self._ttl(info))
+            self.backend.add(info.session_id, to_record(info), self._ttl(info))
             self._stats[info.session_id] = SessionStats()
         with self._guard:
             over_budget = self._evict_until_fits(0)  # the budget may have been lowered since

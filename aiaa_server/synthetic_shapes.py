@@ -25,12 +25,14 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from aiaa_server.imaging.masks import dice  # re-exported (`__all__`): the one Dice of the project
+
 __all__ = [
     "ALL_FAMILIES",
     "HELDOUT_FAMILIES",
     "TRAIN_FAMILIES",
-    "Scene",
     "Clicks",
+    "Scene",
     "dice",
     "extreme_points",
     "first_click",
@@ -348,7 +350,7 @@ def next_click(truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[floa
     for is_fg, errors in ((True, truth & ~prediction), (False, prediction & ~truth)):
         if not errors.any():
             continue
-        components, count = ndimage.label(errors)
+        components, _count = ndimage.label(errors)
         sizes = np.bincount(components.ravel())[1:]
         largest = int(np.argmax(sizes)) + 1
         if best is None or sizes[largest - 1] > best[0]:
@@ -372,9 +374,3 @@ def extreme_points(mask: np.ndarray, rng: np.random.Generator | None = None, jit
                 point = point + rng.integers(-jitter, jitter + 1, size=3)
             points.append([int(np.clip(p, 0, s - 1)) for p, s in zip(point, mask.shape)])
     return points
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis  # the test extra installs it
 
 from aiaa_server.errors import ServiceUnavailable
 from aiaa_server.session_backends import REDIS_PREFIX, RedisSessionBackend, session_backend
@@ -19,9 +20,8 @@ from tests.api.test_sessions_api import put_session, result_array, segment
 from tests.support.mmars import write_threshold_mmar
 from tests.support.redis import RedisServer, redis_server_binary, start_redis
 from tests.support.server import LiveServer, free_port, start_server
+from tests.support.waiting import until
 from tests.test_sessions import upload_of
-
-import redis  # noqa: E402  (the test extra installs it)
 
 assert redis_server_binary() is not None, "redis-server is not installed: run .ci/deploy-deps.sh"
 
@@ -85,7 +85,7 @@ def test_touch_renews_the_ttl_and_never_resurrects(tmp_path: Path, redis_url: st
     root = tmp_path / "sessions"
     a, b = replica(root, redis_url), replica(root, redis_url)
     info = a.create([upload_of(tmp_path)], expiry=3)
-    time.sleep(1.2)
+    time.sleep(1.2)  # lets time pass: the real Redis TTL counts down
     assert key_ttl_s(redis_url, info.session_id) < 2
     touched = b.touch(info.session_id)
     assert touched.last_access_ts > info.last_access_ts
@@ -104,9 +104,9 @@ def test_redis_ttl_expires_sessions_and_sweep_removes_their_files(tmp_path: Path
     short = a.create([upload_of(tmp_path)], expiry=1)
     kept = a.create([upload_of(tmp_path)], expiry=60)
     b.volume(short.session_id)
-    time.sleep(1.3)
     client = redis.Redis.from_url(redis_url)
-    assert client.exists(REDIS_PREFIX + short.session_id) == 0  # Redis forgot it by itself
+    until(lambda: client.exists(REDIS_PREFIX + short.session_id) == 0, timeout=10,  # Redis forgets it by itself
+          message="Redis never expired the 1 s session")
     client.close()
     with pytest.raises(SessionNotFound):
         b.get(short.session_id)
@@ -134,9 +134,9 @@ def test_budget_is_shared_between_replicas(tmp_path: Path, redis_url: str) -> No
     a = replica(root, redis_url, budget_bytes=int(size * 2.5))
     b = replica(root, redis_url, budget_bytes=int(size * 2.5))
     first = a.create([upload_of(tmp_path, noise=True)])
-    time.sleep(0.01)
+    time.sleep(0.01)  # lets the clock move: distinct access times order the LRU eviction
     second = b.create([upload_of(tmp_path, noise=True)])
-    time.sleep(0.01)
+    time.sleep(0.01)  # lets the clock move: distinct access times order the LRU eviction
     third = a.create([upload_of(tmp_path, noise=True)])  # over budget: the least recently used goes
     assert sorted(a.backend.records()) == sorted([second.session_id, third.session_id])
     assert not (root / first.session_id).exists()
@@ -212,11 +212,9 @@ def test_two_servers_expire_through_redis_ttl(replicas: list[LiveServer], tmp_pa
     assert segment(second, "test_threshold", session_id=session_id).status_code == 200  # renews: 2 s again
     folder = first.workspace / "sessions" / session_id
     assert folder.is_dir()
-    time.sleep(2.5)
-    with second.client() as client:
-        assert client.get(f"/session/{session_id}").status_code == 404
+    with second.client() as client:  # a plain GET does not renew: the Redis TTL runs out
+        until(lambda: client.get(f"/session/{session_id}").status_code == 404, timeout=15,
+              message="the session never expired")
     assert segment(first, "test_threshold", session_id=session_id).status_code == 440
-    deadline = time.monotonic() + 10
-    while folder.exists() and time.monotonic() < deadline:  # a sweeper (0.5 s) removes the orphaned files
-        time.sleep(0.1)
-    assert not folder.exists()
+    # a sweeper (0.5 s) removes the orphaned files
+    until(lambda: not folder.exists(), timeout=10, message="no sweeper removed the expired session's files")

@@ -16,7 +16,7 @@ import pytest
 
 from aiaa_server.errors import InvalidImage, PayloadTooLarge
 from aiaa_server.session_backends import META_FILE
-from aiaa_server.sessions import ByteLRU, SessionNotFound, SessionStore
+from aiaa_server.sessions import SessionNotFound, SessionStore
 from tests.support.volumes import cube_volume, lps_affine, save_nifti
 
 
@@ -172,16 +172,6 @@ def test_preprocessed_is_cached_per_model_object(store: SessionStore, tmp_path: 
     assert store.get(info.session_id).stats.preprocess_runs == {"m": 2}
     store.delete(info.session_id)
     assert store.cache.size_bytes == 0
-
-
-def test_byte_lru_bounds_memory() -> None:
-    cache = ByteLRU(capacity_bytes=100)
-    for index in range(5):
-        cache.put(("volume", str(index)), np.zeros(40, dtype=np.uint8))
-    assert cache.size_bytes == 80
-    assert cache.lookup(("volume", "0")) is None and cache.lookup(("volume", "4")) is not None
-    cache.put(("volume", "big"), np.zeros(500, dtype=np.uint8))
-    assert cache.lookup(("volume", "big")) is None
 
 
 def test_refuses_non_volume_uploads(store: SessionStore, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from aiaa_server.api.deps import get_services
 from aiaa_server.api.forms import read_body
 from aiaa_server.api.openapi import PARAMS_AND_IMAGE
 from aiaa_server.api.responses import multipart_response
-from aiaa_server.errors import BadRequest, InvalidImage, InvalidParams
+from aiaa_server.errors import BadRequest, InvalidImage, InvalidParams, format_validation_errors
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
 from aiaa_server.imaging.limits import DecodeLimits
@@ -89,8 +89,7 @@ def _validate(model: type[BaseModel], params: dict[str, Any]) -> Any:
     try:
         return model.model_validate(params)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors())
-        raise InvalidParams(problems) from exc
+        raise InvalidParams(format_validation_errors(exc, empty_loc="params")) from exc
 
 
 # -- `poly` as clients send it ----------------------------------------------------------------------------

@@ -1,10 +1,14 @@
-"""The engine interface the inference pipeline calls; it never knows which engine runs."""
+"""The engine interfaces: what the inference pipeline calls, and what builds and forgets engines for models."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from aiaa_server.mmar.config import AIAAConfig
 
 
 class Engine(Protocol):
@@ -14,3 +18,11 @@ class Engine(Protocol):
     device: torch.device
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+
+class EngineProvider(Protocol):
+    """Builds each model's engine and forgets engines built from a file (what the model registry needs)."""
+
+    def create(self, name: str, model_file: Path, config: AIAAConfig, device: str | None = None) -> Engine: ...
+
+    def evict(self, path: Path) -> None: ...

@@ -27,7 +27,6 @@ from aiaa_server.engines.triton import TritonClient, TritonEngine, TritonOptions
 from aiaa_server.engines.triton_repository import TritonBackend, remove_model, write_model
 from aiaa_server.errors import InvalidModel, ModelError, ServiceUnavailable
 from aiaa_server.mmar.config import AIAAConfig
-from aiaa_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,8 @@ class TritonSetup:
 
 
 class EngineFactory:
+    """The server's EngineProvider: the local TorchScript pool, or Triton where the model or server asks."""
+
     def __init__(
         self,
         pool: TorchScriptPool,
@@ -130,11 +131,3 @@ def engine_readiness(engine: object) -> str:
     readiness = getattr(engine, "readiness", None)
     return readiness() if callable(readiness) else "ready"
 
-
-def factory_from_settings(settings: Settings) -> EngineFactory:
-    triton = TritonSetup(
-        options=TritonOptions(settings.triton_url, settings.triton_protocol, settings.triton_timeout),
-        repository=settings.triton_models_dir,
-        backend=settings.triton_backend,
-    )
-    return EngineFactory(TorchScriptPool(), settings.device, settings.engine, triton)

@@ -51,3 +51,14 @@ def bounding_box(mask: np.ndarray) -> list[list[int]]:
     if box is None:
         return []
     return [[b.start for b in box], [b.stop - 1 for b in box]]
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap 2|A∩B| / (|A| + |B|) of two same-shape masks, foreground being voxels > 0.
+
+    1.0 when both masks are empty (they agree); 0.0 when exactly one is. Used by the tests and the demo
+    models' evaluation scripts to score a predicted mask against the truth.
+    """
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total

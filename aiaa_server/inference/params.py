@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from aiaa_server.errors import AIAAError, InvalidParams
+from aiaa_server.errors import AIAAError, InvalidParams, format_validation_errors
 from aiaa_server.imaging.formats import ImageFormat, parse_extension
 from aiaa_server.imaging.io import check_result_dtype
 
@@ -149,7 +149,7 @@ class ResultOptions(BaseModel):
         try:
             options = cls.model_validate(params)
         except ValidationError as exc:
-            raise InvalidParams("; ".join(f"{e['loc'][0]}: {e['msg']}" for e in exc.errors())) from exc
+            raise InvalidParams(format_validation_errors(exc, depth=1)) from exc
         if options.result_extension is not None:
             parse_extension(options.result_extension)
         check_result_dtype(options.result_dtype)

@@ -71,7 +71,7 @@ class _PoolMetrics:
             ("lane", "endpoint"),
         )
         self.jobs = registry.counter(
-            "aiaa_inference_jobs_total", "inference jobs by lane, endpoint and outcome (ok, error, rejected, cancelled)",
+            "aiaa_inference_jobs", "inference jobs by lane, endpoint and outcome (ok, error, rejected, cancelled)",
             ("lane", "endpoint", "outcome"),
         )
         registry.gauge("aiaa_inference_queue_depth", "jobs waiting for a worker", ("lane",), pool.depth_samples)
@@ -207,7 +207,7 @@ class InferencePool:
             return
         started = time.monotonic()
         if self._metrics is not None:
-            self._metrics.wait.observe(started - job.enqueued, lane=job.lane.value)
+            self._metrics.wait.labels(lane=job.lane.value).observe(started - job.enqueued)
         try:
             result = job.fn()
         except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting request (never lost)
@@ -222,12 +222,12 @@ class InferencePool:
         with self._cond:
             self._mean_run[job.lane] = 0.8 * self._mean_run[job.lane] + 0.2 * elapsed
         if self._metrics is not None:
-            self._metrics.run.observe(elapsed, lane=job.lane.value, endpoint=job.label)
+            self._metrics.run.labels(lane=job.lane.value, endpoint=job.label).observe(elapsed)
         self._count(job, outcome)
 
     def _count(self, job: _Job, outcome: str) -> None:
         if self._metrics is not None:
-            self._metrics.jobs.inc(lane=job.lane.value, endpoint=job.label, outcome=outcome)
+            self._metrics.jobs.labels(lane=job.lane.value, endpoint=job.label, outcome=outcome).inc()
 
     # -- shutdown -------------------------------------------------------------------------------------
 

@@ -9,9 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from aiaa_server.engines.base import EngineProvider
 from aiaa_server.engines.factory import EngineFactory
 from aiaa_server.engines.torchscript import TorchScriptPool
-from aiaa_server.errors import InvalidModel
+from aiaa_server.errors import InvalidModel, format_validation_errors
 from aiaa_server.inference.params import loads_bounded
 from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.transforms import Writer
@@ -77,8 +78,7 @@ def parse_config(raw: Any) -> AIAAConfig:
     try:
         return AIAAConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise InvalidModel(f"invalid config_aiaa.json: {problems}") from exc
+        raise InvalidModel(f"invalid config_aiaa.json: {format_validation_errors(exc)}") from exc
 
 
 def find_model_file(folder: Path) -> Path | None:
@@ -105,7 +105,7 @@ def _cache_index(config: AIAAConfig) -> int:
 
 def load_mmar(
     folder: Path,
-    engines: EngineFactory | TorchScriptPool,
+    engines: EngineProvider | TorchScriptPool,
     default_device: str = "cpu",
     name: str | None = None,
     trusted: bool = True,

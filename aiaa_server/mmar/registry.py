@@ -6,6 +6,8 @@ import logging
 import threading
 from pathlib import Path
 
+from aiaa_server.engines.base import EngineProvider
+from aiaa_server.engines.factory import EngineFactory
 from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.errors import AIAAError, NotFound
 from aiaa_server.mmar.loader import LoadedModel, ModelInfo, is_mmar, load_mmar
@@ -14,12 +16,20 @@ log = logging.getLogger(__name__)
 
 
 class ModelRegistry:
-    def __init__(self, pool: TorchScriptPool, default_device: str = "cpu") -> None:
-        self.pool = pool
+    def __init__(self, engines: EngineProvider | TorchScriptPool, default_device: str = "cpu") -> None:
+        """`engines` builds each model's engine (e.g. an EngineFactory); a bare TorchScriptPool runs all locally."""
+        if isinstance(engines, TorchScriptPool):
+            engines = EngineFactory(engines, default_device)
+        self.engines: EngineProvider = engines
         self.default_device = default_device
         self._models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self.load_errors: dict[str, str] = {}
+
+    @property
+    def pool(self) -> EngineProvider:
+        """The former name of `engines`."""
+        return self.engines
 
     def scan(self, folders: list[Path], untrusted: tuple[Path, ...] = ()) -> None:
         """Load every MMAR found directly under each folder; later folders win on name clashes.
@@ -36,7 +46,7 @@ class ModelRegistry:
     def load(self, folder: Path, name: str | None = None, trusted: bool = True) -> LoadedModel | None:
         model_name = name or folder.name
         try:
-            model = load_mmar(folder, self.pool, self.default_device, name=model_name, trusted=trusted)
+            model = load_mmar(folder, self.engines, self.default_device, name=model_name, trusted=trusted)
         except AIAAError as exc:
             self.load_errors[model_name] = exc.message
             log.error("model %s not loaded: %s", model_name, exc.message)

@@ -68,7 +68,7 @@ class SandboxLimits:
 
 def validate_isolated(mmar: Path, name: str, allow_code: bool, default_device: str,
                       limits: SandboxLimits | None = None) -> dict[str, Any]:
-    """Run `store.validate_mmar` on `mmar` in a confined child process; raise what it refused.
+    """Run `validation.validate_mmar` on `mmar` in a confined child process; raise what it refused.
 
     Returns the child's verdict (`network_namespace`: whether it ran without any network interface)."""
     limits = limits or SandboxLimits()
@@ -191,7 +191,7 @@ def _verdict_of(error: BaseException) -> dict[str, Any]:
 def _child(request: dict[str, Any], verdict_fd: int) -> int:
     isolated = _leave_network()  # first: unshare needs a single-threaded process
     _set_limits(request["limits"])
-    from aiaa_server.mmar.store import validate_mmar  # torch and MONAI load before the hook is in place
+    from aiaa_server.mmar.validation import validate_mmar  # torch and MONAI load before the hook is in place
 
     _install_audit_hook(os.path.realpath(request["mmar"]))
     try:

@@ -25,6 +25,7 @@ from tests.mmar.test_store import EvilPickle, tar_folder, tar_member, tar_with, 
 from tests.support.mmars import SlowNet, ThresholdNet, segmentation_config, write_threshold_mmar
 from tests.support.server import LiveServer, start_server
 from tests.support.volumes import dice
+from tests.support.waiting import metric, until
 
 TOKEN = "test-admin-token-4f8a"
 NO_BUNDLED = {"AIAA_BUNDLED_MODELS": "false"}
@@ -257,7 +258,8 @@ def test_replace_keeps_running_request_on_the_old_version(
 
     worker = threading.Thread(target=run_v1)
     worker.start()
-    time.sleep(2.0)  # the request has picked its model and is inside the slow network by now
+    until(lambda: "v1" in results or metric(open_server, "aiaa_inference_in_flight", lane="batch") >= 1,
+          timeout=60, message="the v1 request never reached a worker")  # it has picked its model: now running
     # v2 marks every voxel: ThresholdNet(-1) is above the threshold everywhere after intensity scaling.
     v2 = upload(client, "hot_swap", config_bytes(labels=["v2"]), network_bytes(ThresholdNet(threshold=-1.0)))
     replaced_at = time.monotonic()

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 from tests.support.server import LiveServer
 
@@ -62,3 +67,43 @@ def test_unknown_methods_and_paths_share_one_label_each(server: LiveServer) -> N
     other_before = sum(_value(before, "aiaa_http_requests_total", method="other", path=p)
                        for p in ("/v1/models", "(unmatched)"))
     assert other - other_before == 40
+
+
+def test_process_and_platform_metrics_are_exposed(server: LiveServer) -> None:
+    with server.client() as client:
+        text = client.get("/metrics").text
+    assert "# TYPE process_cpu_seconds_total counter" in text
+    assert _value(text, "process_cpu_seconds_total") > 0
+    assert "python_info{" in text
+    assert "# TYPE aiaa_http_requests_total counter" in text
+    assert "# TYPE aiaa_http_request_duration_seconds histogram" in text
+    assert "# TYPE aiaa_inference_queue_depth gauge" in text
+
+
+def test_multiprocess_mode_renders_every_process_from_the_shared_folder(tmp_path: Path) -> None:
+    # prometheus-client reads PROMETHEUS_MULTIPROC_DIR when first imported, hence a fresh interpreter.
+    script = textwrap.dedent("""
+        import multiprocessing
+
+        from aiaa_server.metrics import HttpMetrics, MetricsRegistry
+
+        def worker():
+            HttpMetrics(MetricsRegistry()).record("GET", "/v1/models", 200, 0.01)
+
+        if __name__ == "__main__":
+            for _ in range(2):
+                process = multiprocessing.get_context("spawn").Process(target=worker)
+                process.start()
+                process.join()
+            print(MetricsRegistry().render())
+    """)
+    (tmp_path / "metrics_dir").mkdir()
+    (tmp_path / "scrape.py").write_text(script)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics_dir"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    result = subprocess.run([sys.executable, str(tmp_path / "scrape.py")], env=env, capture_output=True, text=True,
+                            timeout=120, check=True)
+    text = result.stdout
+    assert _value(text, "aiaa_http_requests_total", method="GET", path="/v1/models", status="200") == 2
+    assert _value(text, "aiaa_http_request_duration_seconds_count", method="GET", path="/v1/models") == 2
+    assert "process_cpu_seconds_total" not in text  # per-process collectors do not apply across processes

@@ -25,6 +25,7 @@ from tests.support.mmars import write_threshold_mmar
 from tests.support.multipart import parse_multipart
 from tests.support.server import LiveServer, start_server
 from tests.support.volumes import cube_volume, lps_affine, save_nifti
+from tests.support.waiting import until
 
 NATIVE_PRE = [
     {"name": "LoadImaged", "args": {"keys": "image"}},
@@ -96,7 +97,7 @@ def test_create_get_update_delete_single_nifti(server: LiveServer, cube_nifti) -
     with server.client() as client:
         got = client.get(f"/session/{session_id}")
         assert got.status_code == 200 and got.json()["last_access_ts"] == info["last_access_ts"]
-        time.sleep(0.05)
+        time.sleep(0.05)  # lets the clock move, so that the refreshed access time is later
         refreshed = client.get(f"/session/{session_id}", params={"update_ts": "true"}).json()
         assert refreshed["last_access_ts"] > info["last_access_ts"]
         deleted = client.delete(f"/session/{session_id}")
@@ -227,15 +228,6 @@ def test_deleted_session_files_are_gone(session_server: LiveServer, cube_nifti) 
     assert not folder.exists()
 
 
-def _wait_for(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
 def test_expired_sessions_are_swept_and_answer_440(tmp_path: Path, session_models: Path, cube_nifti) -> None:
     path, _, _ = cube_nifti
     live = start_server(tmp_path / "workspace", ["--models", str(session_models), "--session_expiry", "3",
@@ -246,11 +238,11 @@ def test_expired_sessions_are_swept_and_answer_440(tmp_path: Path, session_model
         assert idle["session_info"]["expiry"] == 3
         assert segment(live, "test_threshold_native", session_id=idle["session_id"]).status_code == 200
         idle_folder = live.workspace / "sessions" / idle["session_id"]
-        time.sleep(1.8)
+        time.sleep(1.8)  # lets time pass (the server's real clock): `idle` gets 1.8 s closer to expiry
         with live.client() as client:
             assert client.get(f"/session/{kept['session_id']}", params={"update_ts": "true"}).status_code == 200
         # The sweeper, not a request, removes the idle session's files.
-        assert _wait_for(lambda: not idle_folder.exists(), timeout=6.0)
+        until(lambda: not idle_folder.exists(), timeout=10.0, message="the sweeper never removed the idle session")
         with live.client() as client:
             # `kept` was refreshed 1.8 s in, so it outlives `idle` by that much
             assert client.get(f"/session/{kept['session_id']}").status_code == 200
@@ -278,7 +270,7 @@ def test_budget_eviction_then_restart_keeps_sessions(tmp_path: Path, session_mod
             response = put_session(live, [("image", file.name, file)])
             assert response.status_code == 200, response.text
             ids.append(response.json()["session_id"])
-            time.sleep(0.05)
+            time.sleep(0.05)  # lets the clock move: distinct access times order the LRU eviction
         with live.client() as client:
             assert client.get(f"/session/{ids[0]}").status_code == 404  # least recently used, evicted
             assert [client.get(f"/session/{i}").status_code for i in ids[1:]] == [200, 200]

@@ -86,7 +86,7 @@ def test_reserved_worker_keeps_clicks_off_the_segmentation_queue() -> None:
     assert pool.batch_slots == 1 and pool.reserved == 1
     gate = _occupy(pool)
     second = pool.submit(Lane.BATCH, lambda: "seg")  # waits: the other worker is reserved for clicks
-    time.sleep(0.1)
+    time.sleep(0.1)  # lets time pass: the segmentation must still not have started (nothing to wait on)
     assert not second.done()
     assert pool.submit(Lane.INTERACTIVE, lambda: "click").result(5) == "click"
     gate.release.set()
@@ -108,8 +108,13 @@ def test_cancelled_queued_job_never_runs() -> None:
 
 def test_async_run_does_not_block_the_loop() -> None:
     pool = InferencePool(workers=1, max_queue=4)
+    loop_ran = threading.Event()
 
-    async def main() -> tuple[str, int]:
+    def job() -> str:
+        # The job finishes only once the event loop has run the ticker while the job was on its worker.
+        return "done" if loop_ran.wait(10) else "the event loop was blocked while the job ran"
+
+    async def main() -> str:
         ticks = 0
 
         async def ticker() -> None:
@@ -117,14 +122,15 @@ def test_async_run_does_not_block_the_loop() -> None:
             while True:
                 await asyncio.sleep(0.01)
                 ticks += 1
+                if ticks >= 3:
+                    loop_ran.set()
 
         task = asyncio.create_task(ticker())
-        result = await pool.run(Lane.BATCH, lambda: (time.sleep(0.3), "done")[1])
+        result = await pool.run(Lane.BATCH, job)
         task.cancel()
-        return result, ticks
+        return result
 
-    result, ticks = asyncio.run(main())
-    assert result == "done" and ticks >= 10
+    assert asyncio.run(main()) == "done"
     pool.shutdown(wait=True)
 
 
@@ -138,13 +144,12 @@ def test_metrics_expose_depth_in_flight_and_outcomes() -> None:
     text = registry.render()
     assert 'aiaa_inference_queue_depth{lane="interactive"} 1' in text
     assert 'aiaa_inference_in_flight{lane="batch"} 1' in text
-    assert 'aiaa_inference_jobs_total{endpoint="segmentation",lane="batch",outcome="rejected"} 1' not in text
-    assert 'aiaa_inference_jobs_total{lane="batch",endpoint="segmentation",outcome="rejected"} 1' in text
+    assert 'aiaa_inference_jobs_total{endpoint="segmentation",lane="batch",outcome="rejected"} 1.0' in text
     gate.release.set()
     queued.result(5)
     text = registry.render()
-    assert 'aiaa_inference_jobs_total{lane="interactive",endpoint="deepgrow",outcome="ok"} 1' in text
-    assert 'aiaa_inference_run_seconds_count{lane="interactive",endpoint="deepgrow"} 1' in text
+    assert 'aiaa_inference_jobs_total{endpoint="deepgrow",lane="interactive",outcome="ok"} 1.0' in text
+    assert 'aiaa_inference_run_seconds_count{endpoint="deepgrow",lane="interactive"} 1.0' in text
     pool.shutdown(wait=True)
 
 

@@ -7,6 +7,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from aiaa_server.imaging.masks import dice  # re-exported: the tests import it from here
+
+__all__ = ["cube_volume", "dice", "lps_affine", "save_nifti"]
+
 
 def lps_affine(spacing: tuple[float, float, float], origin: tuple[float, float, float] = (90.0, 110.0, -40.0)) -> np.ndarray:
     """The common DICOM-derived NIfTI layout: i → patient left... stored as diag(-sx, -sy, sz) in RAS."""
@@ -35,9 +39,3 @@ def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
     image.set_sform(affine, code=1)
     nib.save(image, str(path))
     return path
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a) > 0, np.asarray(b) > 0
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)

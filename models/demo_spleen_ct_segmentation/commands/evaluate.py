@@ -30,7 +30,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train import CONFIG, MMAR_DIR, config_params, load_phantoms, phantom_to_dict, preprocess_transform  # noqa: E402
+from train import (
+    CONFIG,
+    MMAR_DIR,
+    REPO_ROOT,
+    config_params,
+    load_phantoms,
+    phantom_to_dict,
+    preprocess_transform,
+)
+
+sys.path.insert(0, str(REPO_ROOT))
+from aiaa_server.imaging.masks import dice
 
 
 def predict(model: torch.jit.ScriptModule, phantom, params: dict) -> np.ndarray:
@@ -60,12 +71,6 @@ def predict(model: torch.jit.ScriptModule, phantom, params: dict) -> np.ndarray:
         spatial_size=tuple(int(s) for s in phantom.image.shape),
     )
     return (torch.as_tensor(back)[0].round().numpy() == 1).astype(np.uint8)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.astype(bool), b.astype(bool)
-    s = a.sum() + b.sum()
-    return float(2.0 * np.logical_and(a, b).sum() / s) if s else 1.0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,174 @@
+"""Checking an upload before it is served: assembling the MMAR from its parts, schema, allowed code, dry run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aiaa_server.engines.torchscript import TorchScriptPool
+from aiaa_server.errors import BadRequest, InvalidModel
+from aiaa_server.inference.params import loads_bounded
+from aiaa_server.mmar.archives import ArchiveLimits, extract_archive, locate_mmar_root
+from aiaa_server.mmar.config import AIAAConfig, ModelType
+from aiaa_server.mmar.loader import (
+    CONFIG_PATH,
+    NETWORKLESS_TYPES,
+    LoadedModel,
+    find_model_file,
+    is_mmar,
+    load_mmar,
+    parse_config,
+)
+from aiaa_server.mmar.safety import check_untrusted_mmar
+
+log = logging.getLogger(__name__)
+
+MODEL_TS = Path("models") / "model.ts"
+MAX_CONFIG_BYTES = 16 * 2**20
+MAX_DRY_RUN_VOXELS = 256**3
+
+
+def _looks_like_mmar_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(n.replace("\\", "/").endswith(CONFIG_PATH.as_posix()) for n in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _looks_like_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+# ------------------------------------------------------------------------------------- assembling
+
+
+def read_uploaded_config(path: Path) -> dict[str, Any]:
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise InvalidModel(f"config_aiaa.json is larger than {MAX_CONFIG_BYTES // 2**20} MiB")
+    try:
+        raw = loads_bounded(path.read_bytes().decode("utf-8"), what="config_aiaa.json", error=InvalidModel)
+    except UnicodeDecodeError as exc:
+        raise InvalidModel(f"config is not valid JSON: {exc}") from exc
+    parse_config(raw)
+    return raw
+
+
+def assemble_mmar(staging: Path, config_part: Path | None, data_part: Path | None, limits: ArchiveLimits) -> Path:
+    """Turn the uploaded parts into an MMAR folder inside `staging` (forms a, b and c of the protocol)."""
+    if config_part is None and data_part is None:
+        raise BadRequest("nothing uploaded: send multipart `config` (config_aiaa.json) and/or `data` "
+                         "(model.ts, or a zipped MMAR)")
+    if config_part is None:
+        assert data_part is not None
+        if _looks_like_torchscript(data_part):
+            raise BadRequest("data is a TorchScript model, not a zipped MMAR: send its config_aiaa.json as "
+                             "`config` too")
+        extracted = staging / "extract"
+        extract_archive(data_part, extracted, limits)
+        data_part.unlink()
+        return locate_mmar_root(extracted)
+    read_uploaded_config(config_part)
+    mmar = staging / "mmar"
+    (mmar / CONFIG_PATH.parent).mkdir(parents=True)
+    os.replace(config_part, mmar / CONFIG_PATH)
+    if data_part is not None:
+        _check_network_file(data_part)
+        (mmar / MODEL_TS.parent).mkdir(parents=True)
+        os.replace(data_part, mmar / MODEL_TS)
+    return mmar
+
+
+def _check_network_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:1] == b"\x80":
+        raise InvalidModel("data is a pickled checkpoint, not TorchScript: export the network with "
+                           "torch.jit.script/trace and torch.jit.save (pickles are never loaded)")
+    if head[:4] != b"PK\x03\x04":
+        raise InvalidModel("data is not a TorchScript model (torch.jit.save writes a zip archive)")
+    if _looks_like_mmar_zip(path):
+        raise BadRequest("data is a zipped MMAR: upload it alone as `data`, without `config`")
+
+
+# ------------------------------------------------------------------------------------- validation
+
+
+def _dims_known(dims: list[int]) -> bool:
+    return bool(dims) and all(d > 0 for d in dims)
+
+
+def dry_run_shapes(config: AIAAConfig) -> tuple[tuple[int, ...], tuple[int, ...] | None] | None:
+    """(input shape, expected output shape or None) the config declares, or None where it declares none."""
+    for backend in (config.inference.TRITON, config.inference.AIAA):
+        tmc = backend.triton_model_config if backend is not None else None
+        if tmc is None or not tmc.input or not _dims_known(tmc.input[0].dims):
+            continue
+        batch = (1,) if tmc.max_batch_size > 0 else ()
+        out = tuple(batch + tuple(tmc.output[0].dims)) if tmc.output and _dims_known(tmc.output[0].dims) else None
+        return tuple(batch + tuple(tmc.input[0].dims)), out
+    roi = config.inference.args.roi
+    if config.type is ModelType.SEGMENTATION and roi and len(roi) == config.spatial_dims and _dims_known(roi):
+        return (1, 1, *roi), None
+    return None
+
+
+def dry_run(model: LoadedModel) -> None:
+    """Run the network once on zeros of the declared input shape; refuse models that fail or mis-shape."""
+    engine = model.pipeline.engine
+    shapes = dry_run_shapes(model.config)
+    if engine is None or shapes is None:
+        return
+    shape, expected = shapes
+    voxels = 1
+    for d in shape:
+        voxels *= d
+    if voxels > MAX_DRY_RUN_VOXELS:
+        log.info("model %s: dry run skipped (input %s too large)", model.name, list(shape))
+        return
+    try:
+        output = engine(torch.zeros(shape, dtype=torch.float32, device=engine.device))
+    except Exception as exc:
+        raise InvalidModel(f"dry run failed: the network does not accept an input of shape {list(shape)}: {exc}",
+                           input_shape=list(shape)) from exc
+    if not isinstance(output, torch.Tensor):
+        raise InvalidModel(f"dry run failed: the network returned {type(output).__name__}, not a tensor")
+    got = tuple(output.shape)
+    if expected is not None and got != expected:
+        raise InvalidModel(f"dry run failed: output shape {list(got)} differs from the declared {list(expected)}",
+                           input_shape=list(shape), output_shape=list(got))
+    if expected is None and config_is_dense(model.config) and got[2:] != shape[2:]:
+        raise InvalidModel(
+            f"dry run failed: input {list(shape)} gave output {list(got)}; a segmentation network must keep "
+            "the spatial size", input_shape=list(shape), output_shape=list(got),
+        )
+
+
+def config_is_dense(config: AIAAConfig) -> bool:
+    return config.type in (ModelType.SEGMENTATION, ModelType.ANNOTATION, ModelType.DEEPGROW)
+
+
+def validate_mmar(mmar: Path, name: str, allow_code: bool, default_device: str) -> LoadedModel:
+    """Full check of a staged MMAR: schema, allowed code, TorchScript load, dry run. Returns the trial load."""
+    if not is_mmar(mmar):
+        raise InvalidModel(f"no {CONFIG_PATH.as_posix()} in the upload")
+    config = parse_config(read_uploaded_config(mmar / CONFIG_PATH))
+    if not allow_code:
+        check_untrusted_mmar(mmar, config)
+    if config.type not in NETWORKLESS_TYPES and find_model_file(mmar) is None:
+        raise InvalidModel(f"a {config.type.value} model needs its TorchScript network: send `data` "
+                           "(models/model.ts)")
+    # A private pool: nothing is shared yet.
+    model = load_mmar(mmar, TorchScriptPool(), default_device, name=name, trusted=allow_code)
+    dry_run(model)
+    return model

@@ -1,0 +1,111 @@
+"""Upload validation: assembling the uploaded parts, refusing pickles and disallowed code, the dry run."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from aiaa_server.errors import BadRequest, InvalidModel
+from aiaa_server.mmar.archives import ArchiveLimits
+from aiaa_server.mmar.validation import assemble_mmar, validate_mmar
+from tests.mmar.test_store import EvilPickle
+from tests.support.mmars import ThresholdNet, segmentation_config, write_mmar, write_threshold_mmar
+
+
+def _parts(tmp_path: Path, config: dict | None, data: bytes | None) -> tuple[Path | None, Path | None]:
+    config_part = data_part = None
+    if config is not None:
+        config_part = tmp_path / "config.part"
+        config_part.write_text(json.dumps(config))
+    if data is not None:
+        data_part = tmp_path / "data.part"
+        data_part.write_bytes(data)
+    return config_part, data_part
+
+
+def test_pickle_payloads_refused_without_unpickling(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    buffer = io.BytesIO()
+    pickle.dump(EvilPickle(marker), buffer)
+    for index, payload in enumerate([buffer.getvalue(), _torch_save_bytes(EvilPickle(marker))]):
+        staging = tmp_path / f"s{index}"
+        staging.mkdir()
+        config_part, data_part = _parts(staging, segmentation_config(), payload)
+        with pytest.raises(InvalidModel):
+            mmar = assemble_mmar(staging, config_part, data_part, ArchiveLimits())
+            validate_mmar(mmar, "evil", allow_code=False, default_device="cpu")
+    assert not marker.exists()
+
+
+def _torch_save_bytes(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"model": obj}, buffer)
+    return buffer.getvalue()
+
+
+def test_torchscript_without_config_asks_for_config(tmp_path: Path) -> None:
+    mmar = write_threshold_mmar(tmp_path / "src")
+    _, data_part = _parts(tmp_path, None, (mmar / "models" / "model.ts").read_bytes())
+    with pytest.raises(BadRequest, match="send its config_aiaa.json"):
+        assemble_mmar(tmp_path, None, data_part, ArchiveLimits())
+
+
+def test_disallowed_component_refused_before_it_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "made-by-config"
+    config = segmentation_config(pre=[{"name": "os.makedirs", "args": {"name": str(marker)}}])
+    staging = tmp_path / "s"
+    staging.mkdir()
+    mmar = write_mmar(staging / "mmar", config, ThresholdNet())
+    with pytest.raises(InvalidModel, match="not allowed"):
+        validate_mmar(mmar, "evil", allow_code=False, default_device="cpu")
+    assert not marker.exists()
+
+
+def test_dry_run_refuses_network_that_mismatches_declared_shape(tmp_path: Path) -> None:
+    config = segmentation_config(roi=[16, 16, 16])
+    config["inference"]["TRITON"] = {
+        "name": "aiaa.inference.TritonInference",
+        "triton_model_config": {
+            "max_batch_size": 1,
+            "input": [{"name": "INPUT__0", "dims": [1, 16, 16, 16]}],
+            "output": [{"name": "OUTPUT__0", "dims": [3, 16, 16, 16]}],  # ThresholdNet gives 2 channels
+        },
+    }
+    mmar = write_mmar(tmp_path / "m", config, ThresholdNet())
+    with pytest.raises(InvalidModel, match=r"output shape \[1, 2, 16, 16, 16\]"):
+        validate_mmar(mmar, "m", allow_code=False, default_device="cpu")
+    config["inference"]["TRITON"]["triton_model_config"]["output"][0]["dims"] = [2, 16, 16, 16]
+    write_mmar(mmar, config)
+    assert validate_mmar(mmar, "m", allow_code=False, default_device="cpu").name == "m"
+
+
+def test_dry_run_refuses_network_that_rejects_declared_input(tmp_path: Path) -> None:
+    class TwoChannel(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv3d(2, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x)
+
+    mmar = write_mmar(tmp_path / "m", segmentation_config(roi=[8, 8, 8]), TwoChannel())
+    with pytest.raises(InvalidModel, match=r"dry run failed.*\[1, 1, 8, 8, 8\]"):
+        validate_mmar(mmar, "m", allow_code=False, default_device="cpu")
+
+
+
+def test_custom_code_needs_allow_uploaded_code(tmp_path: Path) -> None:
+    pre = [*segmentation_config()["pre_transforms"], {"name": "custom.transforms.Identityd", "args": {}}]
+    mmar = write_mmar(tmp_path / "m", segmentation_config(pre=pre, roi=[16, 16, 16]), ThresholdNet())
+    (mmar / "custom").mkdir()
+    (mmar / "custom" / "transforms.py").write_text(
+        "class Identityd:\n    def __call__(self, data):\n        return data\n"
+    )
+    with pytest.raises(InvalidModel, match="--allow_uploaded_code"):
+        validate_mmar(mmar, "m", allow_code=False, default_device="cpu")
+    assert validate_mmar(mmar, "m", allow_code=True, default_device="cpu").name == "m"
