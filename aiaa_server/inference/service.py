@@ -9,7 +9,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiaa_server.errors import BadRequest, IncompatibleInput, ModelError, SessionExpired
 from aiaa_server.imaging.formats import ImageFormat
@@ -17,14 +17,27 @@ from aiaa_server.imaging.io import Volume, encode_volume, read_volume
 from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from aiaa_server.inference.interactive import MAX_CLICKS, prepare_params
 from aiaa_server.inference.params import ResultOptions
+from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.pool import InferencePool, Lane
 from aiaa_server.inference.tensors import volume_to_tensor
-from aiaa_server.mmar.config import ModelType
-from aiaa_server.mmar.loader import LoadedModel
-from aiaa_server.mmar.registry import ModelRegistry
+from aiaa_server.mmar.config import AIAAConfig, ModelType
 from aiaa_server.sessions import SessionNotFound, SessionStore
 
 log = logging.getLogger(__name__)
+
+
+class ServedModel(Protocol):
+    """What the service needs of a model (the loader's `LoadedModel` is one)."""
+
+    name: str
+    config: AIAAConfig
+    pipeline: ModelPipeline
+
+
+class ModelLookup(Protocol):
+    """Where the service finds models by name (the `ModelRegistry` is one); raises NotFound."""
+
+    def get(self, name: str | None) -> ServedModel: ...
 
 
 class Endpoint(str, enum.Enum):
@@ -69,7 +82,7 @@ class InferenceResult:
 INTERACTIVE_TYPES = {ModelType.ANNOTATION, ModelType.DEEPGROW}
 
 
-def _lane(request: InferenceRequest, model: LoadedModel) -> Lane:
+def _lane(request: InferenceRequest, model: ServedModel) -> Lane:
     """Clicks (deepgrow, dextr3d, anything on a session) go first; auto-segmentations queue behind them."""
     interactive = (
         request.session_id is not None
@@ -85,7 +98,7 @@ def _safe_stem(name: str) -> str:
 
 class InferenceService:
     def __init__(
-        self, registry: ModelRegistry, pool: InferencePool, gzip_level: int = 1,
+        self, registry: ModelLookup, pool: InferencePool, gzip_level: int = 1,
         sessions: SessionStore | None = None, max_clicks: int = MAX_CLICKS,
         limits: DecodeLimits = DEFAULT_LIMITS,
     ) -> None:
@@ -111,7 +124,7 @@ class InferenceService:
         return await self.pool.run(lane, self._run_sync, model, request, options, label=label)
 
     @staticmethod
-    def _check_endpoint(endpoint: Endpoint, model: LoadedModel) -> None:
+    def _check_endpoint(endpoint: Endpoint, model: ServedModel) -> None:
         if model.config.type not in ENDPOINT_TYPES[endpoint]:
             raise BadRequest(
                 f"model {model.name!r} is a {model.config.type.value} model; /v1/{endpoint.value} serves "
@@ -120,7 +133,7 @@ class InferenceService:
                 model=model.name,
             )
 
-    def _run_sync(self, model: LoadedModel, request: InferenceRequest, options: ResultOptions) -> InferenceResult:
+    def _run_sync(self, model: ServedModel, request: InferenceRequest, options: ResultOptions) -> InferenceResult:
         started = time.perf_counter()
         volume, image_data, source = self._prepared_image(model, request)
         pipeline = model.pipeline
@@ -133,7 +146,7 @@ class InferenceService:
         )
         return result
 
-    def _prepared_image(self, model: LoadedModel, request: InferenceRequest) -> tuple[Volume, dict[str, Any], str]:
+    def _prepared_image(self, model: ServedModel, request: InferenceRequest) -> tuple[Volume, dict[str, Any], str]:
         """The volume and its image-only pre-processing: from the session's cache (decoded and pre-processed
         once per session and model), else decoded from the upload. Returns (volume, data, source label)."""
         pipeline = model.pipeline
@@ -157,7 +170,7 @@ class InferenceService:
         return volume, pipeline.preprocess_image({pipeline.input_key: volume_to_tensor(volume)}), volume.name
 
     @staticmethod
-    def _check_dimensions(model: LoadedModel, volume: Volume) -> None:
+    def _check_dimensions(model: ServedModel, volume: Volume) -> None:
         wanted = model.config.spatial_dims
         shape = volume.spatial_shape
         effective = sum(1 for s in shape if s > 1)
@@ -175,7 +188,7 @@ class InferenceService:
             )
 
     def _encode(
-        self, model: LoadedModel, volume: Volume, image: Any, json_result: dict[str, Any], options: ResultOptions
+        self, model: ServedModel, volume: Volume, image: Any, json_result: dict[str, Any], options: ResultOptions
     ) -> InferenceResult:
         if image is None:
             return InferenceResult(params=json_result)

@@ -14,7 +14,7 @@ from aiaa_server.mmar.loader import CONFIG_PATH, LoadedModel, find_model_file, i
 from aiaa_server.mmar.registry import ModelRegistry
 from aiaa_server.mmar.sandbox import SandboxLimits, validate_isolated
 from aiaa_server.mmar.store import ModelStore, check_model_name
-from aiaa_server.mmar.validation import MODEL_TS, assemble_mmar, validate_mmar
+from aiaa_server.mmar.validation import MODEL_TS, assemble_mmar, precheck_mmar, validate_mmar
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class ModelAdmin:
         check_model_name(name)
         mmar = assemble_mmar(staging, config_part, data_part, self.store.limits)
         if self.sandbox is not None:
+            precheck_mmar(mmar, self.allow_code)  # refusals that need no process
             verdict = validate_isolated(mmar, name, self.allow_code, self.default_device, self.sandbox)
             log.info("model %s validated in a sandbox (network namespace: %s)", name,
                      "yes" if verdict.get("network_namespace") else "no; audit hook only")

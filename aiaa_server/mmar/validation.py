@@ -158,8 +158,9 @@ def config_is_dense(config: AIAAConfig) -> bool:
     return config.type in (ModelType.SEGMENTATION, ModelType.ANNOTATION, ModelType.DEEPGROW)
 
 
-def validate_mmar(mmar: Path, name: str, allow_code: bool, default_device: str) -> LoadedModel:
-    """Full check of a staged MMAR: schema, allowed code, TorchScript load, dry run. Returns the trial load."""
+def precheck_mmar(mmar: Path, allow_code: bool) -> AIAAConfig:
+    """The checks that need no code at all: schema, allowed components and arguments, network present.
+    Cheap, so the server runs them itself before it starts a sandbox for the rest."""
     if not is_mmar(mmar):
         raise InvalidModel(f"no {CONFIG_PATH.as_posix()} in the upload")
     config = parse_config(read_uploaded_config(mmar / CONFIG_PATH))
@@ -168,6 +169,12 @@ def validate_mmar(mmar: Path, name: str, allow_code: bool, default_device: str) 
     if config.type not in NETWORKLESS_TYPES and find_model_file(mmar) is None:
         raise InvalidModel(f"a {config.type.value} model needs its TorchScript network: send `data` "
                            "(models/model.ts)")
+    return config
+
+
+def validate_mmar(mmar: Path, name: str, allow_code: bool, default_device: str) -> LoadedModel:
+    """Full check of a staged MMAR: `precheck_mmar`, TorchScript load, dry run. Returns the trial load."""
+    precheck_mmar(mmar, allow_code)
     # A private pool: nothing is shared yet.
     model = load_mmar(mmar, TorchScriptPool(), default_device, name=name, trusted=allow_code)
     dry_run(model)
