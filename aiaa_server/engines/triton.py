@@ -77,7 +77,7 @@ class TritonClient:
     def _client(self) -> Any:
         if self.options.protocol == "grpc":  # gRPC channels are thread-safe
             if self._shared is None:
-                self._shared = self._module.InferenceServerClient(self.url)
+                self._shared = self._module.InferenceServerClient(self.url, channel_args=_grpc_channel_args())
             return self._shared
         client = getattr(self._local, "client", None)
         if client is None:  # the HTTP client is gevent based: one per thread
@@ -247,6 +247,29 @@ class TritonEngine:
             self.client.unload(self.name)
         except (TritonUnavailable, TritonModelMissing, RuntimeError) as exc:
             log.warning("could not unload model %s from Triton: %s", self.name, exc)
+
+
+def _grpc_channel_args() -> list[tuple[str, int]]:
+    """tritonclient's defaults, plus a channel-local subchannel pool and a short reconnect backoff.
+
+    gRPC shares subchannels between channels to the same address: without a local pool, the "fresh" client
+    made after a failure reuses the subchannel that is still backing off (up to minutes) from while Triton
+    was down, and keeps answering "connection refused" after Triton is back."""
+    from tritonclient.grpc import KeepAliveOptions
+    from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE
+
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.initial_reconnect_backoff_ms", 250),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
 
 
 def _unavailable(client: TritonClient, exc: Exception) -> ServiceUnavailable:
