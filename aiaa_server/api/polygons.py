@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
@@ -217,12 +216,10 @@ def _fix_3d(upload: ImageUpload, params: FixPolygonParams, limits: DecodeLimits)
 
 
 def _usable_volume(upload: ImageUpload, limits: DecodeLimits) -> Volume:
-    """A 3D volume the mask can be written on: non-empty, with a finite voxel-to-world affine."""
+    """A 3D volume the mask can be written on (`read_volume` already refused empty images and bad geometry)."""
     volume = read_volume(upload.path, upload.filename, limits=limits)
-    if volume.array.ndim != 3 or volume.array.size == 0:
-        raise InvalidImage(f"3D fixpolygon needs a non-empty 3D volume, got shape {list(volume.spatial_shape)}")
-    if not np.isfinite(volume.affine).all():
-        raise InvalidImage("the volume's geometry (spacing, origin or direction) is not finite")
+    if volume.array.ndim != 3:
+        raise InvalidImage(f"3D fixpolygon needs a 3D volume, got shape {list(volume.spatial_shape)}")
     return volume
 
 

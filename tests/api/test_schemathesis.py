@@ -38,4 +38,3 @@ def test_no_server_errors_and_no_schema_mismatch(fuzzed_server: LiveServer) -> N
     report = run.stdout + run.stderr
     assert run.returncode == 0, report[-8000:]
     assert "unexpected error" not in fuzzed_server.output()
-    assert " 0 failures" in report or "No issues found" in report or "passed" in report
