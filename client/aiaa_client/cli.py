@@ -14,9 +14,10 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from aiaa_client.client import DEFAULT_SERVER, AIAAClient
+from aiaa_client.client import DEFAULT_SERVER, AIAAClient, check_output_path
 from aiaa_client.errors import (
     AIAAConnectionError,
     AIAAError,
@@ -116,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("--model", "-m", required=True)
         sub.add_argument("image", nargs="?", help="input image (.nii.gz, .nii, .nrrd…); omit with --session")
-        sub.add_argument("-o", "--output", help="where to write the result image")
+        sub.add_argument("-o", "--output", help="where to write the result image (default: next to the input, "
+                                                   f"<name>_{name}.nii.gz); its folder must exist")
         sub.add_argument("--session", help="use the image stored in this session")
         sub.set_defaults(func=func)
         return sub
@@ -148,8 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image")
     s.add_argument("--expiry", type=int, default=0, help="seconds; 0 = server default")
     s.set_defaults(func=cmd_session_create)
-    for action, func in (("get", cmd_session_get), ("close", cmd_session_close)):
-        s = session.add_parser(action)
+    for action, func, text in (("get", cmd_session_get, "print a session's JSON (expiry, image info)"),
+                               ("close", cmd_session_close, "delete the session and its image on the server")):
+        s = session.add_parser(action, help=text)
         s.add_argument("session_id")
         s.set_defaults(func=func)
 
@@ -175,20 +178,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2))
+    """One compact JSON document per line (points stay `[x,y,z]`, easy to pipe into `jq`)."""
+    print(json.dumps(value, separators=(",", ":")))
 
 
 def check_image(args: argparse.Namespace, parser_error: Callable[[str], None]) -> None:
     if args.image is None and args.session is None:
         parser_error(f"{args.command}: give an input image or --session")
+    if args.output is None and args.image is None:
+        parser_error(f"{args.command}: with --session, give -o PATH for the result image")
+
+
+def default_output(image: str, command: str) -> str:
+    """`scans/ct.nii.gz` -> `scans/ct_segment.nii.gz`: results land next to the input unless -o says otherwise."""
+    path = Path(image)
+    stem = path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".dcm"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return str(path.with_name(f"{stem}_{command}.nii.gz"))
 
 
 def report_result(args: argparse.Namespace, result: Any) -> int:
     summary: dict[str, Any] = {"params": result.params}
     if result.path is not None:
         summary["output"] = str(result.path)
-    elif result.image_bytes is not None:
-        summary["note"] = "result image not saved (use -o PATH)"
     print_json(summary)
     return EXIT_OK
 
@@ -266,6 +281,19 @@ def cmd_logs(client: AIAAClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def available_models_hint(client: AIAAClient | None, args: argparse.Namespace, error: BaseException) -> str:
+    """For a 404 on a named model, the models the server does have (best effort: empty if listing fails too)."""
+    name = getattr(args, "model", None) or (getattr(args, "name", None) if args.command in ("config", "delete")
+                                            else None)
+    if client is None or not name or not isinstance(error, NotFoundError) or "session" in str(error).lower():
+        return ""
+    try:
+        names = sorted(m.name for m in client.models())
+    except AIAAError:
+        return ""
+    return f" (models on the server: {', '.join(names) or 'none'})"
+
+
 def exit_code_for(error: BaseException) -> int:
     if isinstance(error, SessionExpiredError):
         return EXIT_SESSION_EXPIRED
@@ -283,19 +311,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # exits 2 on usage errors
     if getattr(args, "func", None) in (cmd_segment, cmd_infer, cmd_deepgrow, cmd_dextr3d):
         check_image(args, parser.error)
+        args.output = args.output or default_output(args.image, args.command)
     if args.command == "dextr3d" and len(args.point) < 6:
         parser.error(f"dextr3d: give at least 6 --point values, got {len(args.point)}")
     if args.command == "upload" and args.path is None and args.config is None:
         parser.error("upload: give PATH, or --config [--model-file]")
     progress = None if args.quiet else ProgressPrinter()
+    client = None
     try:
         client = AIAAClient(args.server, timeout=args.timeout, admin_token=args.token,
                             verify_tls=not args.insecure, progress=progress)
+        if getattr(args, "output", None):
+            check_output_path(Path(args.output))
         return int(args.func(client, args))
     except (AIAAError, FileNotFoundError, ValueError) as error:
         if progress is not None and progress.active:
             sys.stderr.write("\n")
-        sys.stderr.write(f"aiaa: error: {error}\n")
+        sys.stderr.write(f"aiaa: error: {error}{available_models_hint(client, args, error)}\n")
         return exit_code_for(error)
     except KeyboardInterrupt:
         sys.stderr.write("aiaa: interrupted\n")

@@ -133,7 +133,10 @@ class AIAAClient:
         mask = crop.paste_back(np.asarray(answer.array), plan, array.shape)
         full = nifti_image(mask, affine)
         data = gzip.compress(full.to_bytes(), compresslevel=1)
-        result = InferenceResult(params=answer.params, image_bytes=data, filename="dextr3d.nii.gz",
+        params = dict(answer.params)
+        if "points" in params:
+            params["points"] = _points_in_full_image(params["points"], plan)
+        result = InferenceResult(params=params, image_bytes=data, filename="dextr3d.nii.gz",
                                  _decoded=(mask, affine))
         if output is not None:
             result.path = write_result(Path(output), data)
@@ -327,6 +330,19 @@ def _disposition_filename(header: str) -> str | None:
     message = Message()
     message["content-disposition"] = header
     return message.get_filename()
+
+
+def _points_in_full_image(returned: Any, plan: crop.CropPlan) -> Any:
+    """The server answers `points` in the voxels of the crop it was sent; map them to the caller's image."""
+    if not isinstance(returned, list) or not all(isinstance(p, list) and len(p) == 3 for p in returned):
+        return returned
+    return crop.unscale_points(returned, plan)
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse an output path whose folder does not exist (never create folders the user did not ask for)."""
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
 
 
 def write_result(path: Path, data: bytes) -> Path:

@@ -76,6 +76,15 @@ def scale_points(points: Sequence[Point], plan: CropPlan) -> list[list[int]]:
     return scaled
 
 
+def unscale_points(points: Sequence[Point], plan: CropPlan) -> list[list[int]]:
+    """Map points from the resampled crop grid back to voxels of the full image (inverse of `scale_points`)."""
+    return [
+        [min(max(round(plan.start[a] + int(point[a]) * plan.scale[a]), plan.start[a]), plan.stop[a] - 1)
+         for a in range(3)]
+        for point in points
+    ]
+
+
 def _linear_axis(array: np.ndarray, axis: int, coords: np.ndarray) -> np.ndarray:
     import numpy as np
 

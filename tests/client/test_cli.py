@@ -68,6 +68,44 @@ def test_segment_bad_file_exits_5(live, tmp_path):
     assert result.returncode == 5 and "aiaa: error:" in result.stderr
 
 
+def test_unknown_model_error_lists_the_models(live, cube, tmp_path):
+    path, _, _ = cube
+    result = run_cli("segment", "--model", "no_such_model", str(path), server=live.base_url)
+    assert result.returncode == 3
+    listed = result.stderr.split("models on the server:")[1]
+    assert all(name in listed for name in (SEG_MODEL, DEXTR3D_MODEL, DEEPGROW_MODEL))
+
+
+def test_segment_without_output_writes_next_to_the_input(live, cube, tmp_path):
+    path, mask, affine = cube
+    image = tmp_path / "scan.nii.gz"
+    image.write_bytes(path.read_bytes())
+    summary = cli_json(run_cli("segment", "--model", SEG_MODEL, str(image), server=live.base_url))
+    assert summary["output"] == str(tmp_path / "scan_segment.nii.gz")
+    assert_mask_file(tmp_path / "scan_segment.nii.gz", mask, affine)
+
+
+def test_output_folder_is_never_created(live, cube, tmp_path):
+    path, _, _ = cube
+    target = tmp_path / "no" / "such" / "dir" / "x.nii.gz"
+    result = run_cli("segment", "--model", SEG_MODEL, str(path), "-o", str(target), server=live.base_url)
+    assert result.returncode == 3 and "output folder does not exist" in result.stderr
+    assert not (tmp_path / "no").exists()
+
+
+def test_json_is_compact(live):
+    result = run_cli("models", server=live.base_url)
+    assert result.returncode == 0 and result.stdout.count("\n") == 1
+    assert isinstance(json.loads(result.stdout), list)
+
+
+def test_every_subcommand_help_lists_its_actions():
+    result = subprocess.run([sys.executable, "-m", "aiaa_client", "session", "--help"], capture_output=True,
+                            text=True, check=True)
+    for action in ("create", "get", "close"):
+        assert f"    {action} " in result.stdout
+
+
 def test_missing_input_file_exits_3(live, tmp_path):
     result = run_cli("segment", "--model", SEG_MODEL, str(tmp_path / "none.nii.gz"), server=live.base_url)
     assert result.returncode == 3 and "none.nii.gz" in result.stderr
@@ -85,9 +123,14 @@ def test_dextr3d_client_and_server_crop(live, cube, tmp_path):
     path, mask, affine = cube
     for extra, name in (([], "client.nii.gz"), (["--server-crop"], "server.nii.gz")):
         output = tmp_path / name
-        cli_json(run_cli("dextr3d", "--model", DEXTR3D_MODEL, *POINT_ARGS, *extra, str(path), "-o", str(output),
-                         server=live.base_url))
+        summary = cli_json(run_cli("dextr3d", "--model", DEXTR3D_MODEL, *POINT_ARGS, *extra, str(path),
+                                   "-o", str(output), server=live.base_url))
         assert_mask_file(output, mask, affine)
+        # the answer's extreme points are in the uploaded image's voxels, whichever side cropped
+        points = summary["params"]["points"]
+        assert len(points) == 6 and all(mask[tuple(p)] for p in points), (name, points)
+        extents = [sorted({p[axis] for p in points[2 * axis: 2 * axis + 2]}) for axis in range(3)]
+        assert extents == [[30, 59], [20, 49], [10, 29]], (name, points)
 
 
 def test_usage_errors_exit_2(live, cube):
@@ -111,7 +154,8 @@ def test_sessions(live, cube, tmp_path):
     assert_mask_file(output, mask, affine)
     cli_json(run_cli("session", "close", session_id, server=live.base_url))
     assert run_cli("session", "get", session_id, server=live.base_url).returncode == 3
-    expired = run_cli("segment", "--model", SEG_MODEL, "--session", session_id, server=live.base_url)
+    expired = run_cli("segment", "--model", SEG_MODEL, "--session", session_id, "-o", str(output),
+                      server=live.base_url)
     assert expired.returncode == 4 and "440" in expired.stderr
 
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from aiaa_client.crop import crop_affine, crop_and_resample, paste_back, plan_crop, resample_linear, scale_points
+from aiaa_client.crop import (
+    crop_affine,
+    crop_and_resample,
+    paste_back,
+    plan_crop,
+    resample_linear,
+    scale_points,
+    unscale_points,
+)
 
 POINTS = [[30, 35, 20], [59, 35, 20], [45, 20, 20], [45, 49, 20], [45, 35, 10], [45, 35, 29]]
 
@@ -71,3 +79,12 @@ def test_bad_inputs():
     plan = plan_crop(POINTS, (96, 80, 40), (1, 1, 1))
     with pytest.raises(ValueError, match="mask"):
         paste_back(np.zeros((10, 10, 10)), plan, (96, 80, 40))
+
+
+def test_unscaled_points_land_back_on_the_full_image_grid():
+    plan = plan_crop(POINTS, (96, 80, 40), (0.8, 0.9, 2.5), pad=20.0, roi=(64, 64, 64))
+    back = unscale_points(scale_points(POINTS, plan), plan)
+    for original, mapped in zip(POINTS, back):
+        # one crop-grid voxel spans `scale` full-image voxels: the round trip is exact to that resolution
+        assert all(abs(o - m) <= s for o, m, s in zip(original, mapped, plan.scale))
+        assert all(a <= m < b for m, a, b in zip(mapped, plan.start, plan.stop))
