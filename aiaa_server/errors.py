@@ -26,7 +26,8 @@ def format_validation_errors(
     for error in exc.errors():
         parts = tuple(error["loc"])[:depth]
         loc = ".".join(str(part) for part in parts) or empty_loc
-        problems.append(f"{loc_prefix}{loc}: {error['msg']}")
+        message = str(error["msg"]).removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+        problems.append(f"{loc_prefix}{loc}: {message}")
     return "; ".join(problems)
 
 

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface to listen on (0.0.0.0 for all)")
     port: int = Field(5000, ge=0, le=65535, description="TCP port")
     models: list[Path] = Field(
-        default_factory=list,
+        [],
         description="extra folders holding MMARs (each sub-folder with config/config_aiaa.json is a model)",
     )
     bundled_models: bool = Field(True, description="also serve the demo MMARs shipped in the repository's models/")
@@ -135,6 +135,14 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("models")
+    @classmethod
+    def _model_folders_exist(cls, value: list[Path]) -> list[Path]:
+        missing = [str(path) for path in value if not path.is_dir()]
+        if missing:
+            raise ValueError(f"not a folder: {', '.join(missing)}")
+        return value
 
     @field_validator("admin_hosts")
     @classmethod

@@ -68,5 +68,17 @@ def test_help_shows_plain_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         settings_from_cli(["--help"])
     text = capsys.readouterr().out
-    assert "lambda" not in text
+    assert "lambda" not in text and "default factory" not in text
     assert "(default: ['*'])" in text
+
+
+def test_a_models_folder_that_does_not_exist_stops_the_start(capsys: pytest.CaptureFixture[str],
+                                                              tmp_path: Path) -> None:
+    from aiaa_server.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--models", str(tmp_path / "typo"), "--workspace", str(tmp_path / "ws")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--models: not a folder:" in err and "typo" in err
+    assert not (tmp_path / "ws").exists()  # nothing started, nothing written
