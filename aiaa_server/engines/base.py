@@ -17,12 +17,18 @@ class Engine(Protocol):
     name: str
     device: torch.device
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor: ...
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Run the network on `batch` (N, C, *spatial); returns its first output, on `device` (CPU for Triton)."""
+        ...
 
 
 class EngineProvider(Protocol):
     """Builds each model's engine and forgets engines built from a file (what the model registry needs)."""
 
-    def create(self, name: str, model_file: Path, config: AIAAConfig, device: str | None = None) -> Engine: ...
+    def create(self, name: str, model_file: Path, config: AIAAConfig, device: str | None = None) -> Engine:
+        """The engine running model `name` from its TorchScript `model_file` (`device`: e.g. "cuda:0")."""
+        ...
 
-    def evict(self, path: Path) -> None: ...
+    def evict(self, path: Path) -> None:
+        """Forget every engine built from the model file `path` (deleted or replaced)."""
+        ...

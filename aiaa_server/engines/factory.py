@@ -52,7 +52,14 @@ class TritonSetup:
 
 
 class EngineFactory:
-    """The server's EngineProvider: the local TorchScript pool, or Triton where the model or server asks."""
+    """The server's EngineProvider: the local TorchScript pool, or Triton where the model or server asks.
+
+    Args:
+        pool: the shared cache of local TorchScript engines.
+        default_device: where local engines run when the model names no device ("cpu", "cuda", "cuda:1").
+        default_engine: the server's `--engine`, for models whose config does not force one.
+        triton: where Triton models are written and served; None runs every model locally.
+    """
 
     def __init__(
         self,
@@ -71,6 +78,11 @@ class EngineFactory:
         self._lock = threading.Lock()
 
     def kind_for(self, config: AIAAConfig) -> EngineKind:
+        """The engine that runs a model: its `inference.engine` if set, else the default; "local" without Triton.
+
+        Raises:
+            InvalidModel: `inference.engine` names no known engine.
+        """
         forced = (config.inference.model_extra or {}).get("engine")
         try:
             kind = self.default_engine if forced is None else engine_kind(forced)
@@ -79,6 +91,19 @@ class EngineFactory:
         return kind if self.triton is not None else "local"
 
     def create(self, name: str, model_file: Path, config: AIAAConfig, device: str | None = None) -> Engine:
+        """The engine for model `name`: a shared local TorchScript engine, or a Triton one (its repository
+        entry written and a load requested; a Triton that is down only delays the load).
+
+        Args:
+            name: the model name (also its Triton model name).
+            model_file: the MMAR's TorchScript file.
+            config: the MMAR's config (engine choice, Triton model config).
+            device: the local device the model asks for; None: `default_device`. CUDA falls back to CPU.
+
+        Raises:
+            InvalidModel: an unknown `inference.engine`, an unloadable TorchScript file, or a Triton model
+                config or load that fails.
+        """
         if self.kind_for(config) == "local":
             resolved: torch.device = resolve_device(device, self.default_device)
             return self.pool.get(model_file, resolved, name)

@@ -14,7 +14,12 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(requested: str | None, default: str) -> torch.device:
-    """The device to run on; CUDA requests fall back to CPU (with a warning) where no GPU is present."""
+    """The device to run on; CUDA requests fall back to CPU (with a warning) where no GPU is present.
+
+    Args:
+        requested: the model's device ("cpu", "cuda", "cuda:1", any case), or None.
+        default: the server's device, used when `requested` is empty.
+    """
     name = (requested or default or "cpu").lower()
     if name.startswith("cuda") and not torch.cuda.is_available():
         log.warning("device %s requested but CUDA is not available; using cpu", name)
@@ -23,12 +28,19 @@ def resolve_device(requested: str | None, default: str) -> torch.device:
 
 
 class TorchScriptEngine:
+    """The Engine protocol over a loaded TorchScript module on one device."""
+
     def __init__(self, module: torch.jit.ScriptModule, device: torch.device, name: str) -> None:
         self.module = module
         self.device = device
         self.name = name
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Run the module on `batch` (N, C, *spatial), moved to the device as float32, in inference mode.
+
+        Returns:
+            The output tensor on the device; of a tuple/list output its first item, of a dict its first value.
+        """
         with torch.inference_mode():
             output = self.module(batch.to(self.device, dtype=torch.float32))
         if isinstance(output, (tuple, list)):
@@ -39,7 +51,11 @@ class TorchScriptEngine:
 
 
 def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:
-    """Load a TorchScript file; pickled checkpoints are refused (TorchScript loading runs no pickle code)."""
+    """Load a TorchScript file in eval mode; pickled checkpoints are refused (TorchScript loading runs no pickle code).
+
+    Raises:
+        InvalidModel: the file is not loadable TorchScript.
+    """
     try:
         module = torch.jit.load(str(path), map_location=device)
     except Exception as exc:
@@ -56,6 +72,11 @@ class TorchScriptPool:
         self._lock = threading.Lock()
 
     def get(self, path: Path, device: torch.device, name: str) -> TorchScriptEngine:
+        """The engine for `path` on `device`, loaded on first use; a file rewritten since (new mtime) is reloaded.
+
+        Raises:
+            InvalidModel: the file is not loadable TorchScript.
+        """
         stat = path.stat()
         key = (str(path.resolve()), stat.st_mtime_ns, str(device))
         with self._lock:
@@ -66,6 +87,7 @@ class TorchScriptPool:
             return engine
 
     def evict(self, path: Path) -> None:
+        """Drop the engines loaded from `path`, on every device and of every mtime."""
         resolved = str(path.resolve())
         with self._lock:
             for key in [k for k in self._engines if k[0] == resolved]:

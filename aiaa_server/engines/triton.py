@@ -56,6 +56,14 @@ def _import_client(protocol: TritonProtocol) -> Any:
 
 @dataclass(frozen=True)
 class TritonOptions:
+    """How to reach Triton.
+
+    Args:
+        url: HOST:PORT, without a scheme (the gRPC port for "grpc", the HTTP port for "http").
+        protocol: "grpc" (needed for bodies over 64 MiB) or "http".
+        timeout: seconds one call may take.
+    """
+
     url: str
     protocol: TritonProtocol = "grpc"
     timeout: float = 60.0
@@ -72,6 +80,7 @@ class TritonClient:
 
     @property
     def url(self) -> str:
+        """Triton's HOST:PORT."""
         return self.options.url
 
     def _client(self) -> Any:
@@ -118,21 +127,44 @@ class TritonClient:
                 log.debug("closing the Triton client failed: %s", exc)
 
     def live(self) -> bool:
+        """Whether Triton says it is live; raises TritonUnavailable when it cannot be reached."""
         return bool(self._call("is_server_live", **self._timeout_kwargs()))
 
     def model_ready(self, name: str) -> bool:
+        """Whether Triton has model `name` loaded and ready (False when it does not know it).
+
+        Raises:
+            TritonUnavailable: Triton cannot be reached.
+            RuntimeError: any other failure Triton reports.
+        """
         try:
             return bool(self._call("is_model_ready", name, **self._timeout_kwargs()))
         except TritonModelMissing:
             return False
 
     def load(self, name: str) -> None:
+        """(Re)load model `name` from the repository; raises TritonUnavailable, TritonModelMissing or RuntimeError."""
         self._call("load_model", name, **self._timeout_kwargs())
 
     def unload(self, name: str) -> None:
+        """Unload model `name`; raises TritonUnavailable, TritonModelMissing or RuntimeError."""
         self._call("unload_model", name, **self._timeout_kwargs())
 
     def infer(self, spec: TritonModelSpec, batch: np.ndarray) -> np.ndarray:
+        """Run the model on `batch` (its declared input dtype, C-contiguous) and return its first output.
+
+        Args:
+            spec: the model's name, input and output tensor names, and input dtype.
+            batch: (N, C, *spatial), or whatever the declared input dims are when `max_batch_size` is 0.
+
+        Returns:
+            A writable array of the output tensor `spec.output_name`.
+
+        Raises:
+            TritonUnavailable: Triton cannot be reached or the call timed out.
+            TritonModelMissing: Triton does not have the model loaded.
+            RuntimeError: any other failure, or no output.
+        """
         module = self._module
         tensor = module.InferInput(spec.input_name, list(batch.shape), _TRITON_TYPES[spec.input_dtype])
         if self.options.protocol == "grpc":
@@ -172,6 +204,18 @@ class TritonEngine:
         self._lock = threading.Lock()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """Run the network in Triton on `batch` (N, C, *spatial), in requests of at most `spec.max_batch_size`
+        samples (one request when it is 0).
+
+        Loads the model first if needed, and again (once) when Triton lost it.
+
+        Returns:
+            The first output, (N, C_out, *spatial) on the CPU, in the model's output dtype.
+
+        Raises:
+            ServiceUnavailable: (503) Triton cannot be reached, also after one retry on a fresh connection.
+            ModelError: Triton could not load or run the model.
+        """
         array = batch.detach().cpu().numpy().astype(self.spec.input_dtype, copy=False)
         if self.spec.max_batch_size == 0:  # no batching in Triton: the batch dimension is part of the dims
             return torch.from_numpy(self._infer(array))
@@ -206,7 +250,12 @@ class TritonEngine:
             raise ModelError(f"Triton failed to run model {self.name!r}: {exc}") from exc
 
     def ensure_loaded(self) -> None:
-        """Load the model into Triton unless this engine already did since Triton was last seen down."""
+        """Load the model into Triton unless this engine already did since Triton was last seen down.
+
+        Raises:
+            ServiceUnavailable: (503) Triton cannot be reached.
+            ModelError: Triton refused to load the model.
+        """
         if self._loaded:
             return
         with self._lock:

@@ -93,7 +93,16 @@ class TritonPythonModel:
 
 @dataclass(frozen=True)
 class TritonModelSpec:
-    """What the engine needs to call a model written to the repository."""
+    """What the engine needs to call a model written to the repository.
+
+    Attributes:
+        name: the Triton model name (the aiaa-server model name).
+        max_batch_size: samples per request; 0: Triton does not batch (the batch axis is in the dims).
+        input_name: the (only) input tensor's name, e.g. `INPUT__0`.
+        input_dtype: the numpy type batches are sent as.
+        output_name: the first output tensor's name, e.g. `OUTPUT__0`.
+        folder: `<repository>/<name>`.
+    """
 
     name: str
     max_batch_size: int
@@ -104,6 +113,11 @@ class TritonModelSpec:
 
 
 def numpy_type(data_type: str) -> Any:
+    """The numpy type of a Triton `data_type` such as `TYPE_FP32` (any case).
+
+    Raises:
+        InvalidModel: a type not in FP16/32/64, INT8/16/32/64, UINT8, BOOL.
+    """
     try:
         return _NUMPY_TYPES[data_type.upper()]
     except KeyError:
@@ -112,7 +126,12 @@ def numpy_type(data_type: str) -> Any:
 
 
 def model_config(name: str, config: AIAAConfig, backend: TritonBackend) -> TritonModelConfig:
-    """The declared `triton_model_config` when it names inputs and outputs, else one derived from the MMAR."""
+    """The declared `triton_model_config` when it names inputs and outputs, else one derived from the MMAR.
+
+    Raises:
+        InvalidModel: a platform other than `pytorch_libtorch` for the pytorch backend, or a negative
+            `max_batch_size`.
+    """
     declared = config.inference.TRITON.triton_model_config if config.inference.TRITON else None
     if declared is not None and declared.input and declared.output:
         triton = declared.model_copy(deep=True)
@@ -154,7 +173,19 @@ def config_pbtxt(name: str, triton: TritonModelConfig, backend: TritonBackend) -
 def write_model(
     repository: Path, name: str, model_file: Path, config: AIAAConfig, backend: TritonBackend
 ) -> TritonModelSpec:
-    """Write (or refresh) `<repository>/<name>/` and describe it; raises InvalidModel for unusable configs."""
+    """Write (or refresh) `<repository>/<name>/` and describe it; raises InvalidModel for unusable configs.
+
+    Args:
+        repository: the Triton model repository (Triton must see it at the same path).
+        name: the model name.
+        model_file: the MMAR's TorchScript file, hard-linked (or copied) to `1/model.pt`.
+        config: the MMAR's config (`inference.TRITON.triton_model_config`, spatial dims, `sw_batch_size`).
+        backend: "pytorch" (Triton's libtorch backend) or "python" (a generated `1/model.py` runs the file).
+
+    Raises:
+        InvalidModel: not exactly one input and at least one output, an invalid `triton_model_config`, or an
+            unsupported platform or data type.
+    """
     triton = model_config(name, config, backend)
     if len(triton.input) != 1 or not triton.output:
         raise InvalidModel(f"model {name!r}: triton_model_config needs exactly one input and at least one output")
@@ -179,6 +210,7 @@ def write_model(
 
 
 def remove_model(repository: Path, name: str) -> None:
+    """Delete `<repository>/<name>/` if it exists (`EngineFactory.evict` unloads the model from Triton first)."""
     shutil.rmtree(repository / name, ignore_errors=True)
 
 

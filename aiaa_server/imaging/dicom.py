@@ -93,6 +93,7 @@ class _Budget:
                                   "(the limit max_dicom_files)", limit="max_dicom_files")
 
     def grow(self, chunk: int, member_total: int) -> None:
+        """Count `chunk` bytes just extracted; `member_total` is what the current member has given so far."""
         self.extracted += chunk
         if member_total > MAX_MEMBER_BYTES:
             raise PayloadTooLarge(f"a file in the zip archive expands past {MAX_MEMBER_BYTES // 2**20} MiB")

@@ -14,6 +14,8 @@ from aiaa_server.errors import InvalidImage
 
 
 class ImageFormat(str, enum.Enum):
+    """An upload or result file format; its value is the file suffix (`.nii.gz` for gzip-compressed NIfTI)."""
+
     NIFTI = ".nii"
     NIFTI_GZ = ".nii.gz"
     NRRD = ".nrrd"
@@ -23,10 +25,12 @@ class ImageFormat(str, enum.Enum):
 
     @property
     def media_type(self) -> str:
+        """The HTTP content type of a result in this format: `image/png`, else `application/octet-stream`."""
         return "image/png" if self is ImageFormat.PNG else "application/octet-stream"
 
     @property
     def is_volume_format(self) -> bool:
+        """Whether `read_volume` reads it and results can be written in it: NIfTI, NIfTI-gz or NRRD."""
         return self in (ImageFormat.NIFTI, ImageFormat.NIFTI_GZ, ImageFormat.NRRD)
 
 
@@ -54,6 +58,7 @@ def client_basename(filename: str | None) -> str:
 
 
 def format_from_name(filename: str | None) -> ImageFormat | None:
+    """The format the suffix of a client file name names (case-insensitive; `.dicom` counts as `.dcm`), else None."""
     name = client_basename(filename).lower()
     for suffix in sorted(_SUFFIXES, key=len, reverse=True):
         if name.endswith(suffix):
@@ -62,7 +67,11 @@ def format_from_name(filename: str | None) -> ImageFormat | None:
 
 
 def parse_extension(extension: str) -> ImageFormat:
-    """A `result_extension` value such as `.nrrd`, `nii.gz` or `.nii.gz`."""
+    """The format a `result_extension` value names, such as `.nrrd`, `nii.gz` or `.NII.GZ` (dot optional).
+
+    Raises:
+        InvalidImage: anything but `.nii.gz`, `.nii`, `.nrrd` or `.png`.
+    """
     ext = extension.strip().lower()
     if not ext.startswith("."):
         ext = "." + ext
@@ -112,7 +121,10 @@ def looks_like_dicom(head: bytes) -> bool:
 
 
 def sniff_format(head: bytes) -> ImageFormat | None:
-    """Guess the format from the first bytes of a file."""
+    """Guess the format from the first bytes of a file (`SNIFF_BYTES` suffice), None when none matches.
+
+    Any gzip stream counts as NIfTI-gz; DICOM is recognised only by the `DICM` marker after its preamble.
+    """
     if head.startswith(GZIP_MAGIC):
         return ImageFormat.NIFTI_GZ
     if head.startswith(b"NRRD000"):
@@ -129,7 +141,19 @@ def sniff_format(head: bytes) -> ImageFormat | None:
 
 
 def detect_format(path: Path, filename: str | None) -> ImageFormat:
-    """Format of an uploaded file: the name's suffix, confirmed (or replaced) by the bytes."""
+    """Format of an uploaded file: the name's suffix, confirmed (or replaced) by the bytes.
+
+    Args:
+        path: the uploaded file on disk.
+        filename: the name the client gave it, any path style; None or no known suffix: the bytes decide.
+
+    Returns:
+        The format. `.nii` and `.nii.gz` names are interchangeable (the bytes decide, as Slicer names
+        uncompressed files `.nii.gz`); a `.dcm` name is trusted without the `DICM` marker.
+
+    Raises:
+        InvalidImage: an empty file, bytes of no known format, or bytes contradicting the name's suffix.
+    """
     with open(path, "rb") as handle:
         head = handle.read(SNIFF_BYTES)
     shown = client_basename(filename) or "upload"

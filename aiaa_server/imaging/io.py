@@ -44,7 +44,17 @@ _NRRD_TYPES = {
 
 @dataclass
 class Volume:
-    """A decoded image: voxels in [i, j, k] order, its voxel→RAS affine, and where it came from."""
+    """A decoded image: voxels in [i, j, k] order, its voxel→RAS affine, and where it came from.
+
+    Attributes:
+        array: (X, Y, Z) or (X, Y) voxels in NIfTI index order, in the stored dtype (float for a scaled
+            NIfTI); an uncompressed NIfTI is a copy-on-write memory map of the file.
+        affine: 4 × 4 voxel index → RAS (mm) transform.
+        format: the format it was decoded from.
+        header: the NIfTI header (nibabel), the NRRD header fields (dict), or None (DICOM).
+        name: the client's file name without its image suffix.
+        extra: format-specific facts (DICOM: `slices`, `modality`).
+    """
 
     array: np.ndarray
     affine: np.ndarray
@@ -55,10 +65,12 @@ class Volume:
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
+        """The array's shape as Python ints: (X, Y, Z), or (X, Y) for a 2D image."""
         return tuple(int(s) for s in self.array.shape)
 
     @property
     def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along the array axes i, j, k: the column norms of the affine (always 3 values)."""
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
 
 
@@ -191,6 +203,7 @@ def gzip_compress(data: bytes | memoryview | list[bytes | memoryview], level: in
 
 
 def gzip_decompress(data: bytes) -> bytes:
+    """The whole decompressed stream, with igzip when installed: unbounded, so never used on uploads."""
     return _igzip.decompress(data) if _igzip is not None else gzip.decompress(data)
 
 
@@ -225,6 +238,11 @@ def _stem(name: str) -> str:
 
 
 def check_result_dtype(dtype: str | None) -> np.dtype:
+    """The numpy dtype a `result_dtype` parameter names; None gives uint8.
+
+    Raises:
+        InvalidParams: (400) a name not in `RESULT_DTYPES`.
+    """
     if dtype is None:
         return np.dtype(np.uint8)
     if str(dtype) not in RESULT_DTYPES:
@@ -240,7 +258,24 @@ def encode_volume(
     compress: bool | None = None,
     gzip_level: int = 1,
 ) -> bytes:
-    """Encode `array` (on `reference`'s grid) in `fmt`, carrying the reference geometry exactly."""
+    """Encode `array` (on `reference`'s grid) in `fmt`, carrying the reference geometry exactly.
+
+    Args:
+        array: (X, Y, Z) (or (X, Y)) values in NIfTI index order, of shape `reference.spatial_shape`.
+        reference: the input volume: its affine, and its NIfTI header when it has one (qform/sform codes kept;
+            scaling and cal_min/cal_max reset).
+        fmt: `ImageFormat.NIFTI`, `NIFTI_GZ` or `NRRD` (written little-endian in LPS space).
+        dtype: the stored voxel type, one of `RESULT_DTYPES`; values are cast, not rescaled.
+        compress: gzip the file (NRRD: gzip encoding); None: NIfTI-gz compressed, NIfTI and NRRD not.
+        gzip_level: 0-9 (igzip, when installed, maps 1-3 / 4-6 / 7-9 to its levels 1 / 2 / 3).
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        ValueError: `array` is not on the reference grid.
+        InvalidParams: `fmt` is not a volume format.
+    """
     if tuple(array.shape) != reference.spatial_shape:
         raise ValueError(f"result shape {array.shape} is not the input grid {reference.spatial_shape}")
     data = np.asarray(array).astype(dtype, copy=False)
@@ -314,7 +349,18 @@ def _nrrd_bytes(data: np.ndarray, reference: Volume, gzip_level: int | None) -> 
 
 
 def decode_result(payload: bytes, fmt: ImageFormat) -> tuple[np.ndarray, np.ndarray]:
-    """Decode result bytes (used by tests and the client): returns (array, affine)."""
+    """Decode result bytes (used by tests and the client): returns (array, affine).
+
+    Args:
+        payload: a NIfTI file, gzip-compressed or not (the bytes decide), or an NRRD file.
+        fmt: `ImageFormat.NIFTI`, `NIFTI_GZ` or `NRRD`.
+
+    Returns:
+        The (X, Y, Z) array in the stored dtype and its 4 × 4 voxel → RAS affine.
+
+    Raises:
+        ValueError: another format.
+    """
     if fmt in (ImageFormat.NIFTI, ImageFormat.NIFTI_GZ):
         raw = gzip_decompress(payload) if payload[:2] == b"\x1f\x8b" else payload
         image = nib.Nifti1Image.from_bytes(raw)

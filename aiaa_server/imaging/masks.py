@@ -17,7 +17,15 @@ def _point_on_face(mask: np.ndarray, axis: int, index: int) -> list[int]:
 
 
 def extreme_points(mask: np.ndarray) -> list[list[int]]:
-    """The 6 extreme points of the foreground: min and max along each axis, as [x, y, z] voxel indices."""
+    """The 6 extreme points of the foreground: min and max along each axis, as [x, y, z] voxel indices.
+
+    Args:
+        mask: (X, Y, Z) label mask in NIfTI index order (a 2D (X, Y) one gives 4 points); foreground is > 0.
+
+    Returns:
+        [min x, max x, min y, max y, min z, max z] points, each the foreground voxel on that face of the
+        bounding box nearest the face's foreground centroid; `[]` when the mask is empty.
+    """
     foreground = np.asarray(mask) > 0
     box = foreground_box(foreground)
     if box is None:
@@ -46,7 +54,8 @@ def foreground_box(mask: np.ndarray) -> tuple[slice, ...] | None:
 
 
 def bounding_box(mask: np.ndarray) -> list[list[int]]:
-    """`[[min x, y, z], [max x, y, z]]` (inclusive) of the foreground, `[]` when empty."""
+    """`[[min x, y, z], [max x, y, z]]` (inclusive voxel indices) of the voxels > 0 of an (X, Y, Z) mask, `[]` when
+    empty (a 2D (X, Y) mask gives `[[min x, y], [max x, y]]`)."""
     box = foreground_box(np.asarray(mask) > 0)
     if box is None:
         return []

@@ -144,7 +144,19 @@ def read_nrrd_header(handle: BinaryIO) -> NrrdHeader:
 
 
 def nrrd_affine(fields: dict[str, Any], ndim: int) -> np.ndarray:
-    """The voxel → RAS affine (4 × 4) from `space directions` (or `spacings`), `space origin` and `space`."""
+    """The voxel → RAS affine (4 × 4) from `space directions` (or `spacings`), `space origin` and `space`.
+
+    Args:
+        fields: the header fields as pynrrd parses them.
+        ndim: the image's dimensions (`dimension`).
+
+    Returns:
+        The affine, in mm; an LPS `space` is flipped to RAS, any other (or none) is taken as RAS.
+
+    Raises:
+        InvalidImage: a non-spatial axis (a `none` direction: components), more than 3 axes, or a space of
+            more than 3 dimensions.
+    """
     affine = np.eye(4)
     directions = fields.get("space directions")
     if directions is not None:

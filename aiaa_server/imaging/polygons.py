@@ -78,7 +78,16 @@ def slice_to_polygons(
     mask: np.ndarray, more_points: float = DEFAULT_MORE_POINTS, max_polygons: int = MAX_POLYGONS
 ) -> SlicePolygons:
     """Outer boundary polygons of each 8-connected foreground component of a 2D [x, y] mask (at most
-    `max_polygons` components: more raise PolygonError before any is traced)."""
+    `max_polygons` components: more raise PolygonError before any is traced).
+
+    Args:
+        mask: (X, Y) array; foreground is > 0.
+        more_points: vertex density, see `tolerance_for`.
+        max_polygons: most components traced.
+
+    Returns:
+        One polygon per component (holes filled), each a list of [x, y] boundary pixels; `[]` when empty.
+    """
     foreground = np.asarray(mask) > 0
     if not foreground.any():
         return []
@@ -97,7 +106,18 @@ def slice_to_polygons(
 
 
 def mask_to_polygons(mask: np.ndarray, more_points: float = DEFAULT_MORE_POINTS) -> list[SlicePolygons]:
-    """Per z slice of a 3D [x, y, z] mask (or a 2D [x, y] one), its polygons (`[]` for empty slices)."""
+    """Per z slice of a 3D [x, y, z] mask (or a 2D [x, y] one), its polygons (`[]` for empty slices).
+
+    Args:
+        mask: (X, Y, Z) or (X, Y) array; foreground is > 0.
+        more_points: vertex density, see `tolerance_for`.
+
+    Returns:
+        Z lists of `slice_to_polygons` polygons (one list for a 2D mask).
+
+    Raises:
+        PolygonError: not 2D or 3D, or more than MAX_POLYGONS objects over all slices.
+    """
     volume = np.asarray(mask)
     if volume.ndim not in (2, 3):
         raise PolygonError(f"a mask must be 2D or 3D, got shape {list(volume.shape)}")
@@ -114,13 +134,35 @@ def mask_to_polygons(mask: np.ndarray, more_points: float = DEFAULT_MORE_POINTS)
 def polygons_to_slice(polygons: Sequence[Sequence[Sequence[int]]], shape: tuple[int, int]) -> np.ndarray:
     """Rasterise polygons onto an [x, y] grid: interior plus the edges themselves (vertices are mask pixels).
     Vertices may lie at most one image size outside the grid and the edges may not be longer than
-    MAX_RASTER_PIXELS in all (PolygonError otherwise)."""
+    MAX_RASTER_PIXELS in all (PolygonError otherwise).
+
+    Args:
+        polygons: polygons of [x, y] vertices (pixels); polygons of 1-2 vertices draw only their edges.
+        shape: (X, Y) of the grid, i.e. (columns, rows) of a PNG.
+
+    Returns:
+        (X, Y) uint8 mask of 0 and 1 (even-odd fill, union over polygons); parts outside the grid are clipped.
+    """
     outlines = _Outlines.of(polygons)
     _check_raster([outlines], shape)
     return outlines.rasterise(shape)
 
 
 def polygons_to_mask(slices: Sequence[Sequence[Sequence[Sequence[int]]]], shape: tuple[int, int, int]) -> np.ndarray:
+    """`polygons_to_slice` for every z slice of a volume.
+
+    Args:
+        slices: per z slice, its polygons of [x, y] vertices; slices past `shape[2]` are ignored, missing
+            ones left empty.
+        shape: (X, Y, Z) of the volume.
+
+    Returns:
+        (X, Y, Z) uint8 mask of 0 and 1, Fortran order (what the NIfTI writer stores without a copy).
+
+    Raises:
+        PolygonError: a vertex more than one image size outside a slice, or edges over MAX_RASTER_PIXELS
+            over all slices.
+    """
     per_slice = [_Outlines.of(polygons) for polygons in slices[: shape[2]]]
     _check_raster(per_slice, shape[:2])
     mask = np.zeros(shape, dtype=np.uint8, order="F")  # slices contiguous; the NIfTI writer wants F order
@@ -151,6 +193,7 @@ class _Outlines:
         return cls(points, points[following], np.repeat(np.arange(len(counts)), counts))
 
     def edge_pixels(self) -> np.ndarray:
+        """(E,) pixels of each edge's line: what rasterising it costs."""
         return np.abs(np.round(self.end) - np.round(self.start)).max(axis=1).astype(np.int64) + 1
 
     def rasterise(self, shape: tuple[int, int]) -> np.ndarray:
@@ -295,7 +338,20 @@ def move_vertex(
     weight: float = 1.0,
 ) -> SlicePolygons:
     """Move one vertex by `offset` ([dx, dy]) and drag up to `neighbours` vertices on each side along,
-    each by a linearly smaller share. Returns new polygons (the input is not modified)."""
+    each by a linearly smaller share. Returns new polygons (the input is not modified).
+
+    Args:
+        polygons: polygons of [x, y] vertices (pixels).
+        polygon_index: the polygon of the moved vertex (the caller checks the indices).
+        vertex_index: the moved vertex in that polygon.
+        offset: [dx, dy] in pixels.
+        neighbours: vertices dragged on each side, at most (vertices - 1) // 2; vertex k steps away moves
+            by 1 - k / (neighbours + 1) of the offset.
+        weight: share of `offset` applied to the whole drag (`move_vertex_3d`'s slice falloff).
+
+    Returns:
+        The polygons with the moved vertices rounded to integer pixels.
+    """
     updated = [[[int(c) for c in v] for v in polygon] for polygon in polygons]
     polygon = updated[polygon_index]
     count = len(polygon)
@@ -328,7 +384,21 @@ def move_vertex_3d(
     neighbours_3d: int = 0,
 ) -> list[SlicePolygons]:
     """`move_vertex` on one slice, and on up to `neighbours_3d` slices either side the vertex nearest to the
-    dragged vertex's original position follows with a share falling off linearly with slice distance."""
+    dragged vertex's original position follows with a share falling off linearly with slice distance.
+
+    Args:
+        slices: per z slice, its polygons of [x, y] vertices.
+        slice_index: the z slice of the moved vertex.
+        polygon_index: the polygon of the moved vertex in that slice.
+        vertex_index: the moved vertex in that polygon.
+        offset: [dx, dy] in pixels.
+        neighbours: vertices dragged on each side within each slice (see `move_vertex`).
+        neighbours_3d: slices on each side that follow; the one d slices away moves by
+            1 - d / (neighbours_3d + 1) of the offset. Empty slices are left as they are.
+
+    Returns:
+        New per-slice polygons (the input is not modified).
+    """
     updated = [[[[int(c) for c in v] for v in polygon] for polygon in polygons] for polygons in slices]
     anchor = list(updated[slice_index][polygon_index][vertex_index])
     updated[slice_index] = move_vertex(updated[slice_index], polygon_index, vertex_index, offset, neighbours)

@@ -23,7 +23,17 @@ PADDING_MODES = ("border", "zeros")
 def sample_grid(source: torch.Tensor, matrix: np.ndarray, grid_shape: Sequence[int],
                 padding_mode: str = "border") -> torch.Tensor:
     """Linear interpolation of `source` (C, *S) at the voxels of a `grid_shape` grid; `matrix`
-    ((n+1)×(n+1), homogeneous) maps grid indices to source indices.  Returns (C, *grid_shape) float32."""
+    ((n+1)×(n+1), homogeneous) maps grid indices to source indices.  Returns (C, *grid_shape) float32.
+
+    Args:
+        source: (C, *S) tensor of n spatial axes, any dtype.
+        matrix: (n+1) × (n+1) homogeneous map from grid voxel indices to source voxel indices.
+        grid_shape: the n spatial sizes of the output.
+        padding_mode: "border" (clamp to the source) or "zeros" (zero outside it).
+
+    Raises:
+        ValueError: another padding_mode.
+    """
     if padding_mode not in PADDING_MODES:
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     m = np.asarray(matrix, dtype=np.float64)

@@ -37,7 +37,18 @@ def _apply(transforms: Sequence[Transform], data: dict[str, Any], stage: str, er
 
 @dataclass
 class ModelPipeline:
-    """Everything needed to run one model; built once per model and shared by all requests."""
+    """Everything needed to run one model; built once per model and shared by all requests.
+
+    Attributes:
+        name: the model name.
+        config: the MMAR's config.
+        pre_transforms: built from `pre_transforms`, run in order on the request's data dict.
+        post_transforms: built from `post_transforms`.
+        writer: picks the result image and JSON out of the data.
+        engine: runs the network; None for a pipeline model without one.
+        args: `inference.AIAA.args` (sliding window, device).
+        cache_index: see the field's comment and `preprocess_image`.
+    """
 
     name: str
     config: AIAAConfig
@@ -50,20 +61,40 @@ class ModelPipeline:
 
     @property
     def input_key(self) -> str:
+        """The data key the network reads (`inference.input`, "image" by default)."""
         return self.config.inference.input
 
     @property
     def output_key(self) -> str:
+        """The data key the network output is stored under (`inference.output`, "model" by default)."""
         return self.config.inference.output
 
     def preprocess_image(self, data: dict[str, Any]) -> dict[str, Any]:
-        """The image-only part of pre-processing (up to and including `cache_until`)."""
+        """The image-only part of pre-processing: the pre-transforms before the one `cache_until` names (all
+        of them for "ALL", none without it); sessions cache its result.
+
+        Raises:
+            IncompatibleInput: (422) a transform fails on this input.
+        """
         return _apply(self.pre_transforms[: self.cache_index], data, "pre-transform", IncompatibleInput)
 
     def preprocess_request(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The rest of pre-processing (what reads the request: clicks, parameters), after `preprocess_image`.
+
+        Raises:
+            IncompatibleInput: (422) a transform fails on this input.
+        """
         return _apply(self.pre_transforms[self.cache_index :], data, "pre-transform", IncompatibleInput)
 
     def infer(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Run the network on `data[input_key]`, a (C, *spatial) image, as a batch of one (by sliding window
+        when `args.scanning_window`), and store its (C_out, *spatial) output on the CPU under `output_key`
+        (a MetaTensor with the input's meta, affine included, when the input is one).
+
+        Raises:
+            ModelError: (500) no network, or the network failed.
+            ServiceUnavailable: (503) the engine's server (Triton) cannot be reached.
+        """
         if self.engine is None:
             raise ModelError(f"model {self.name!r} has no network to run")
         image = data[self.input_key]
@@ -98,6 +129,11 @@ class ModelPipeline:
             )
 
     def postprocess(self, data: dict[str, Any]) -> WriterOutput:
+        """Run the post-transforms, then the writer.
+
+        Raises:
+            ModelError: (500) a post-transform or the writer failed.
+        """
         data = _apply(self.post_transforms, data, "post-transform", ModelError)
         try:
             return self.writer(data)
@@ -107,5 +143,6 @@ class ModelPipeline:
             raise ModelError(f"writer failed for model {self.name!r}: {exc}") from exc
 
     def run(self, data: dict[str, Any]) -> WriterOutput:
+        """The whole pipeline on one request's data, nothing cached: pre-transforms, network, post, writer."""
         data = self.preprocess_request(self.preprocess_image(data))
         return self.postprocess(self.infer(data))

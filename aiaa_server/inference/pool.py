@@ -48,6 +48,8 @@ T = TypeVar("T")
 
 
 class Lane(str, enum.Enum):
+    """The queue a job waits in: INTERACTIVE (clicks, sessions) or BATCH (automatic segmentations, uploads)."""
+
     INTERACTIVE = "interactive"
     BATCH = "batch"
 
@@ -83,6 +85,21 @@ class _PoolMetrics:
 
 
 class InferencePool:
+    """Worker threads that run inference jobs from two lanes (see the module docstring).
+
+    Args:
+        workers: worker threads, >= 1 (`--workers`).
+        max_queue: most jobs that may wait for a worker, >= 0 (`--max_queue`); every job waits in the queue
+            first, so 0 refuses them all.
+        batch_max_wait: seconds the oldest batch job may be overtaken by clicks before it goes first.
+        reserve_interactive: with 2 or more workers, keep worker 0 for interactive jobs.
+        registry: where queue and run metrics are reported; None: nowhere.
+        name: prefix of the worker thread names.
+
+    Raises:
+        ValueError: workers < 1 or max_queue < 0.
+    """
+
     def __init__(
         self,
         workers: int = 1,
@@ -117,7 +134,19 @@ class InferencePool:
     # -- submitting -----------------------------------------------------------------------------------
 
     def submit(self, lane: Lane, fn: Callable[..., T], *args: Any, label: str = "") -> Future[T]:
-        """Queue `fn(*args)`; raises `ServiceUnavailable` at once when `max_queue` jobs already wait."""
+        """Queue `fn(*args)`; raises `ServiceUnavailable` at once when `max_queue` jobs already wait.
+
+        Args:
+            lane: the lane the job waits in.
+            fn: run on a worker thread with `args`.
+            label: the endpoint named in metrics; empty: the lane's name.
+
+        Returns:
+            A future of `fn`'s result or exception; cancelling it while queued drops the job.
+
+        Raises:
+            ServiceUnavailable: (503, with Retry-After) the queue is full or the pool is shutting down.
+        """
         job = _Job(lane=lane, label=label or lane.value, fn=lambda: fn(*args))
         with self._cond:
             if self._closed:
@@ -141,18 +170,22 @@ class InferencePool:
     # -- introspection --------------------------------------------------------------------------------
 
     def depth(self, lane: Lane | None = None) -> int:
+        """Jobs waiting in `lane`, or in both lanes for None."""
         with self._cond:
             return self._queued() if lane is None else len(self._lanes[lane])
 
     def in_flight(self, lane: Lane | None = None) -> int:
+        """Jobs of `lane` being run by a worker, or of both lanes for None."""
         with self._cond:
             return sum(self._running.values()) if lane is None else self._running[lane]
 
     def depth_samples(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        """`((lane,), waiting jobs)` per lane, for the queue-depth gauge."""
         with self._cond:
             return [((lane.value,), float(len(self._lanes[lane]))) for lane in Lane]
 
     def in_flight_samples(self) -> Iterable[tuple[tuple[str, ...], float]]:
+        """`((lane,), running jobs)` per lane, for the in-flight gauge."""
         with self._cond:
             return [((lane.value,), float(self._running[lane])) for lane in Lane]
 
@@ -232,7 +265,11 @@ class InferencePool:
     # -- shutdown -------------------------------------------------------------------------------------
 
     def shutdown(self, wait: bool = False) -> None:
-        """Refuse new jobs, cancel queued ones; running ones finish (threads are daemons)."""
+        """Refuse new jobs, cancel queued ones; running ones finish (threads are daemons).
+
+        Args:
+            wait: block until every worker thread has finished its running job and exited.
+        """
         with self._cond:
             self._closed = True
             pending = [job for lane in self._lanes.values() for job in lane]

@@ -13,7 +13,13 @@ ORIGINAL_SHAPE = "aiaa_original_shape"
 
 
 def volume_to_tensor(volume: Volume) -> MetaTensor:
-    """Float32 MetaTensor, no channel, carrying the input affine and shape for restoring results later."""
+    """Float32 MetaTensor, no channel, carrying the input affine and shape for restoring results later.
+
+    Returns:
+        (X, Y, Z) (or (X, Y)) float32 MetaTensor in NIfTI index order (a C-order copy), whose affine is the
+        volume's voxel → RAS affine (float64) and whose meta keeps it and the shape under ORIGINAL_AFFINE /
+        ORIGINAL_SHAPE for `Restored`.
+    """
     array = np.asarray(volume.array, dtype=np.float32, order="C")  # at most one copy
     affine = torch.as_tensor(volume.affine, dtype=torch.float64)
     meta = {
@@ -28,6 +34,7 @@ def volume_to_tensor(volume: Volume) -> MetaTensor:
 
 
 def plain_tensor(value: object) -> torch.Tensor:
+    """`value` as a plain torch.Tensor: a MetaTensor without its meta, an array converted, a tensor as is."""
     if isinstance(value, MetaTensor):
         return value.as_tensor()
     if isinstance(value, torch.Tensor):

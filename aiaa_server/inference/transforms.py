@@ -24,9 +24,11 @@ class LoadImaged(MapTransform):
     """Loads a path, or passes through an image the server already decoded (uploads, sessions)."""
 
     def __init__(self, keys: Any, allow_missing_keys: bool = False, **_ignored: Any) -> None:
+        """`keys`: the data keys to load; Clara's other arguments (reader, ...) are ignored."""
         super().__init__(keys, allow_missing_keys)
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `data` with paths under `keys` decoded by `volume_to_tensor`; other values unchanged."""
         d = dict(data)
         for key in self.key_iterator(d):
             if isinstance(d[key], (str, Path)):
@@ -44,7 +46,19 @@ def _original_grid(reference: Any, ref_key: str) -> tuple[np.ndarray, np.ndarray
 def restore_to_grid(
     value: Any, source_affine: np.ndarray, target_affine: np.ndarray, target_shape: tuple[int, ...], mode: str
 ) -> np.ndarray:
-    """Resample `value` (channel-first or not) from the model grid back onto the client's grid."""
+    """Resample `value` (channel-first or not) from the model grid back onto the client's grid.
+
+    Args:
+        value: (C, *spatial) or (*spatial) tensor or array on the model grid.
+        source_affine: the model grid's voxel → RAS affine.
+        target_affine: the client grid's voxel → RAS affine.
+        target_shape: the client grid's spatial shape, e.g. (X, Y, Z).
+        mode: "nearest" (labels), or an interpolation mode of MONAI's `SpatialResample` such as "bilinear".
+
+    Returns:
+        A numpy array of `target_shape` (with the channel axis if `value` had one), zero outside the model
+        grid; integer values stay integers (rounded after interpolation).
+    """
     array = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
     if isinstance(array, MetaTensor):
         array = array.as_tensor()
@@ -107,11 +121,18 @@ class Restored(MapTransform):
 
     def __init__(self, keys: Any, ref_image: str = "image", mode: str = "nearest", allow_missing_keys: bool = False,
                  **_ignored: Any) -> None:
+        """`keys`: the results to restore; `ref_image`: the key of the model-grid image whose meta holds the
+        input's geometry (see `volume_to_tensor`); `mode`: see `restore_to_grid`."""
         super().__init__(keys, allow_missing_keys)
         self.ref_image = ref_image
         self.mode = mode
 
     def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `data` with each key's value as a numpy array on the input's grid.
+
+        Raises:
+            ModelError: (500) `ref_image` is no longer a MetaTensor carrying the input's geometry.
+        """
         d = dict(data)
         source_affine, target_affine, target_shape = _original_grid(d[self.ref_image], self.ref_image)
         for key in self.key_iterator(d):
@@ -131,6 +152,8 @@ class ExtremePointsd(MapTransform):
 
     def __init__(self, keys: Any, result: str = "result", points: str = "points", allow_missing_keys: bool = False,
                  **_ignored: Any) -> None:
+        """`keys`: the mask ((X, Y, Z), leading singleton axes of a 4D one dropped); `result`: the data key of
+        the result dict; `points`: the key of the points in it."""
         super().__init__(keys, allow_missing_keys)
         self.result = result
         self.points = points
@@ -147,6 +170,8 @@ class BoundingBoxd(MapTransform):
 
     def __init__(self, keys: Any, result: str = "result", bbox: str = "bbox", allow_missing_keys: bool = False,
                  **_ignored: Any) -> None:
+        """`keys`: the mask ((X, Y, Z), leading singleton axes of a 4D one dropped); `result`: the data key of
+        the result dict; `bbox`: the key of the box in it."""
         super().__init__(keys, allow_missing_keys)
         self.result = result
         self.bbox = bbox
@@ -160,6 +185,8 @@ class BoundingBoxd(MapTransform):
 
 @dataclass
 class WriterOutput:
+    """A model's result: the result image as a numpy array (or None), and JSON-ready data."""
+
     image: np.ndarray | None
     json: dict[str, Any] = field(default_factory=dict)
 
@@ -168,10 +195,14 @@ class Writer:
     """Picks the result image and result JSON out of the data; the service encodes them for the client."""
 
     def __init__(self, image: str | None = "pred", json: str = "result", **_ignored: Any) -> None:
+        """`image`: the data key of the result image (None or empty: no image); `json`: the data key of the
+        result dict. Clara's other writer arguments are ignored."""
         self.image_key = image
         self.json_key = json
 
     def __call__(self, data: dict[str, Any]) -> WriterOutput:
+        """The result: the image (leading singleton axes of a 4D+ array dropped, as numpy), and the JSON value
+        with tensors and arrays as lists (a non-dict value `v` becomes `{json: v}`)."""
         image = None
         if self.image_key and data.get(self.image_key) is not None:
             image = _spatial_mask(data[self.image_key])

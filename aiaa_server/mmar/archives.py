@@ -22,6 +22,9 @@ COPY_CHUNK = 2**20
 
 @dataclass(frozen=True)
 class ArchiveLimits:
+    """Bounds on one uploaded archive: entries (files and folders; `--max_archive_files`) and extracted bytes
+    (`--max_archive_mb`)."""
+
     max_files: int = 10000
     max_bytes: int = 8192 * 2**20
 
@@ -30,6 +33,7 @@ ArchiveKind = Literal["zip", "tar"]
 
 
 def sniff_archive(path: Path) -> ArchiveKind | None:
+    """The archive kind from the first bytes: "zip", "tar" (also any gzip, bzip2 or xz stream), or None."""
     with open(path, "rb") as f:
         head = f.read(512)
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
@@ -42,7 +46,11 @@ def sniff_archive(path: Path) -> ArchiveKind | None:
 
 
 def member_path(raw: str) -> PurePosixPath | None:
-    """The safe relative path of an archive entry, None for the root entry; refuses anything escaping."""
+    """The safe relative path of an archive entry, None for the root entry; refuses anything escaping.
+
+    Raises:
+        InvalidArchive: (400) a NUL byte, an absolute or drive path, or a `..` part.
+    """
     if "\x00" in raw:
         raise InvalidArchive(f"archive entry {raw!r} has a NUL byte in its name", entry=raw)
     name = raw.replace("\\", "/")
@@ -168,6 +176,13 @@ def _extract_tar(path: Path, extractor: _Extractor) -> None:
 
 
 def extract_archive(path: Path, dest: Path, limits: ArchiveLimits) -> None:
+    """Extract a zip or (compressed) tar under `dest`, entry paths checked, regular files and folders only.
+
+    Raises:
+        InvalidArchive: (400) not a zip or tar, a corrupt archive, an escaping or duplicate entry, a link,
+            device or other special entry, or an encrypted zip entry.
+        ArchiveTooLarge: (413) more entries or extracted bytes than `limits` (counted as written).
+    """
     kind = sniff_archive(path)
     if kind is None:
         raise InvalidArchive("data is not a zip or tar(.gz) archive of an MMAR")
@@ -185,7 +200,13 @@ def extract_archive(path: Path, dest: Path, limits: ArchiveLimits) -> None:
 
 
 def locate_mmar_root(extracted: Path) -> Path:
-    """The MMAR inside an extracted archive: at the root, or inside one single top folder."""
+    """The MMAR inside an extracted archive: at the root, or inside one single top folder.
+
+    `__MACOSX` and `.DS_Store` entries at the root are removed first.
+
+    Raises:
+        InvalidArchive: (400) no `config/config_aiaa.json` in either place.
+    """
     for junk in ARCHIVE_JUNK:
         target = extracted / junk
         if target.is_dir():

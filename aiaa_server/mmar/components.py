@@ -82,9 +82,11 @@ class CustomCode:
 
     @property
     def exists(self) -> bool:
+        """Whether the MMAR has a `custom/` folder."""
         return self.folder.is_dir()
 
     def module_names(self) -> list[str]:
+        """The top-level modules of `custom/`: its `*.py` files, then its packages (folders with `__init__.py`)."""
         if not self.exists:
             return []
         return sorted(p.stem for p in self.folder.glob("*.py") if p.stem != "__init__") + sorted(
@@ -110,7 +112,13 @@ class CustomCode:
         self._registered = True
 
     def find(self, dotted: str) -> type | None:
-        """Resolve `custom.X`, `custom.module.X` or `module.X` against the custom folder."""
+        """Resolve `custom.X`, `custom.module.X` or `module.X` against the custom folder.
+
+        Imports (so runs) the folder's code: a bare `X` is looked up in `__init__.py`, then in every module.
+
+        Returns:
+            The object found, or None (no `custom/` folder, or no such module or name).
+        """
         if not self.exists:
             return None
         parts = dotted.split(".")
@@ -169,7 +177,11 @@ def _lookup(name: str, short: str, custom: CustomCode | None) -> Any | None:
 
 
 def translate_legacy(name: str, args: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(name, args) with Clara-era names translated to their current equivalents; others unchanged."""
+    """(name, args) with Clara-era names translated to their current equivalents; others unchanged.
+
+    Applies to short, `monai.*` and `aiaa.*` names whose last part is in COMPAT_TRANSLATIONS (`AddChanneld`,
+    `AsChannelFirstd`, `AsDiscreted`, `LargestCCd`, `LoadImaged`).
+    """
     short = name.rsplit(".", 1)[-1]
     if ("." not in name or name.startswith(("monai.", "aiaa."))) and short in COMPAT_TRANSLATIONS:
         return COMPAT_TRANSLATIONS[short](args)
@@ -177,7 +189,18 @@ def translate_legacy(name: str, args: dict[str, Any]) -> tuple[str, dict[str, An
 
 
 def resolve_component(name: str, args: dict[str, Any], custom: CustomCode | None = None) -> tuple[Any, dict[str, Any]]:
-    """Find the class a config names and the arguments to build it with (after compat translation)."""
+    """Find the class a config names and the arguments to build it with (after compat translation).
+
+    Args:
+        name: a short name (searched in our transforms, then MONAI's, then `custom/`), an `aiaa.*` name
+            (searched by its last part the same way, without `custom/`), a `custom.*` name, or a dotted path
+            (a `custom/` module first, then any importable module).
+        args: the constructor arguments from the config.
+        custom: the MMAR's `custom/` code; None: not searched.
+
+    Raises:
+        InvalidModel: nothing of that name is found.
+    """
     name, args = translate_legacy(name, args)
     short = name.rsplit(".", 1)[-1]
     found = _lookup(name, short, custom)
@@ -191,6 +214,11 @@ def resolve_component(name: str, args: dict[str, Any], custom: CustomCode | None
 
 
 def build_component(config: ComponentConfig, custom: CustomCode | None = None) -> Any:
+    """Instantiate the component a config entry names with its `args` (see `resolve_component`).
+
+    Raises:
+        InvalidModel: an unknown name, or a constructor that fails with these arguments.
+    """
     cls, args = resolve_component(config.name, dict(config.args), custom)
     try:
         return cls(**args)

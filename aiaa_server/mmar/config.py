@@ -12,6 +12,8 @@ MAX_ROI_SIZE = 1024
 
 
 class ModelType(str, enum.Enum):
+    """A model's `type` in config_aiaa.json, matched case-insensitively (`"Segmentation"` is accepted)."""
+
     SEGMENTATION = "segmentation"
     ANNOTATION = "annotation"
     DEEPGROW = "deepgrow"
@@ -30,7 +32,10 @@ class ModelType(str, enum.Enum):
 
 
 class ComponentConfig(BaseModel):
-    """`{"name": ..., "args": {...}}`: a transform, inference backend or writer named by class."""
+    """`{"name": ..., "args": {...}}`: a transform, inference backend or writer named by class.
+
+    `name` is stripped and must not be empty (see `mmar.components` for the names accepted); other keys are kept.
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -46,6 +51,9 @@ class ComponentConfig(BaseModel):
 
 
 class TensorConfig(BaseModel):
+    """One input or output of `triton_model_config`: its `name`, Triton `data_type` (`TYPE_FP32`, ...) and
+    `dims` (-1: any size; without the batch axis when `max_batch_size` > 0)."""
+
     model_config = ConfigDict(extra="allow")
 
     name: str
@@ -54,6 +62,9 @@ class TensorConfig(BaseModel):
 
 
 class TritonModelConfig(BaseModel):
+    """`inference.TRITON.triton_model_config`: Triton's model configuration as JSON; keys not declared here
+    (`instance_group`, `parameters`, ...) pass through to the generated `config.pbtxt`."""
+
     model_config = ConfigDict(extra="allow")
 
     platform: str = "pytorch_libtorch"
@@ -70,7 +81,17 @@ class BackendConfig(ComponentConfig):
 
 
 class InferenceArgs(BaseModel):
-    """The arguments our inference step understands (`inference.AIAA.args`)."""
+    """The arguments our inference step understands (`inference.AIAA.args`).
+
+    Attributes:
+        scanning_window: run the network by sliding window (MONAI `sliding_window_inference`).
+        roi: window size in voxels per spatial axis, 1 to 1024 each, at most 3; required with scanning_window.
+        overlap: fraction of a window overlapping its neighbours, in [0, 1).
+        sw_batch_size: windows per network call, 1 to 64 (also Triton's derived `max_batch_size`).
+        mode: how overlapping windows blend: "constant" or "gaussian".
+        device: the device the network runs on: "cpu", "cuda", "cuda:N" or "mps"; None: the server's.
+        sw_device: as `device`, and takes precedence over it.
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -90,6 +111,9 @@ class InferenceArgs(BaseModel):
 
 
 class InferenceConfig(BaseModel):
+    """The `inference` section: the network's input and output data keys, `meta_data` shown by
+    `GET /v1/models`, and the `AIAA` (local) and optional `TRITON` backend sections."""
+
     model_config = ConfigDict(extra="allow")
 
     input: str = "image"
@@ -105,11 +129,25 @@ class InferenceConfig(BaseModel):
 
     @property
     def args(self) -> InferenceArgs:
+        """`AIAA.args` validated (already checked when the config was parsed)."""
         return InferenceArgs.model_validate(self.AIAA.args)
 
 
 class AIAAConfig(BaseModel):
-    """`config_aiaa.json`."""
+    """`config_aiaa.json`.
+
+    Attributes:
+        version: the model version, as a string (4.x configs give a number).
+        type: what kind of model it is.
+        labels: label names in label-value order; a dict `{"1": "spleen"}` or `{"spleen": 1}` is accepted.
+        description: free text shown by `GET /v1/models`.
+        pre_transforms: run on the request data before the network.
+        inference: the network's keys and arguments.
+        post_transforms: run on the network output.
+        writer: picks the result; None: `aiaa.transforms.Writer` of `inference.output`.
+        cache_until: the pre-transforms before the one named here depend on the image only and are cached
+            per session ("ALL": all of them); None: none are.
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -141,7 +179,7 @@ class AIAAConfig(BaseModel):
 
     @property
     def spatial_dims(self) -> int:
-        """2 for 2D deepgrow models, else 3."""
+        """2 for deepgrow models unless `meta_data.deepgrow` says 3D, else `meta_data.spatial_dims` (default 3)."""
         deepgrow = str(self.inference.meta_data.get("deepgrow", "")).upper()
         if self.type is ModelType.DEEPGROW and "3D" not in deepgrow:
             return 2

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries, so that renames and new files in it survive a crash."""
     fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)

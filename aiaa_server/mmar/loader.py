@@ -41,6 +41,9 @@ class ModelInfo(BaseModel):
 
 @dataclass
 class LoadedModel:
+    """A model ready to serve: its name, MMAR folder, config, built pipeline and TorchScript file (None for
+    a pipeline model without a network)."""
+
     name: str
     path: Path
     config: AIAAConfig
@@ -49,6 +52,8 @@ class LoadedModel:
 
     @property
     def info(self) -> ModelInfo:
+        """The model as `GET /v1/models` lists it: name, type, labels, description, version, and the keys of
+        `inference.meta_data` that do not clash with those."""
         extra: dict[str, Any] = dict(self.config.inference.meta_data)
         return ModelInfo(
             name=self.name,
@@ -61,10 +66,16 @@ class LoadedModel:
 
 
 def is_mmar(folder: Path) -> bool:
+    """Whether `folder` holds `config/config_aiaa.json`."""
     return (folder / CONFIG_PATH).is_file()
 
 
 def read_config(path: Path) -> AIAAConfig:
+    """Read and validate a `config_aiaa.json` file (JSON nesting and number literals bounded).
+
+    Raises:
+        InvalidModel: an unreadable file, invalid JSON, or a config that does not fit the schema.
+    """
     try:
         raw = loads_bounded(path.read_bytes(), what=path.name, error=InvalidModel)
     except OSError as exc:
@@ -73,6 +84,11 @@ def read_config(path: Path) -> AIAAConfig:
 
 
 def parse_config(raw: Any) -> AIAAConfig:
+    """Validate decoded `config_aiaa.json` JSON against the schema.
+
+    Raises:
+        InvalidModel: not a JSON object, or invalid fields (all of them listed).
+    """
     if not isinstance(raw, dict):
         raise InvalidModel("config_aiaa.json must hold a JSON object")
     try:
@@ -82,6 +98,7 @@ def parse_config(raw: Any) -> AIAAConfig:
 
 
 def find_model_file(folder: Path) -> Path | None:
+    """The MMAR's TorchScript network: `models/model.ts`, else `models/model.pt`; None when neither exists."""
     for relative in MODEL_FILES:
         if (folder / relative).is_file():
             return folder / relative
@@ -115,6 +132,17 @@ def load_mmar(
     `engines` picks the model's engine (local or Triton); a bare TorchScriptPool runs it locally.
     `trusted=False` (uploaded models without --allow_uploaded_code) checks the config against the upload
     allow-list (`mmar.safety`) before any component is imported or built.
+
+    Args:
+        folder: the MMAR folder.
+        engines: builds the model's engine.
+        default_device: the device when the config names none ("cpu", "cuda", "cuda:N").
+        name: the model name; None: the folder's name.
+        trusted: False for uploads held to the allow-list (no `custom/` code, allowed components only).
+
+    Raises:
+        InvalidModel: (422) no config or network, an invalid or disallowed config, a component that cannot be
+            built, an unknown `cache_until`, or an engine that cannot be created.
     """
     if isinstance(engines, TorchScriptPool):
         engines = EngineFactory(engines, default_device)

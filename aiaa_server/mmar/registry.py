@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class ModelRegistry:
+    """The models being served, by name (thread-safe), and why the others failed to load (`load_errors`)."""
+
     def __init__(self, engines: EngineProvider | TorchScriptPool, default_device: str = "cpu") -> None:
         """`engines` builds each model's engine (e.g. an EngineFactory); a bare TorchScriptPool runs all locally."""
         if isinstance(engines, TorchScriptPool):
@@ -44,6 +46,11 @@ class ModelRegistry:
                     self.load(candidate, trusted=folder not in untrusted)
 
     def load(self, folder: Path, name: str | None = None, trusted: bool = True) -> LoadedModel | None:
+        """Load the MMAR in `folder` as `name` (default: the folder's name) and serve it, replacing a model of
+        that name; on failure log it, keep the message in `load_errors` and return None (nothing raised).
+
+        `trusted=False` holds the MMAR to the upload allow-list (see `load_mmar`).
+        """
         model_name = name or folder.name
         try:
             model = load_mmar(folder, self.engines, self.default_device, name=model_name, trusted=trusted)
@@ -56,11 +63,17 @@ class ModelRegistry:
         return model
 
     def put(self, model: LoadedModel) -> None:
+        """Serve `model` under its name, replacing any model of that name and forgetting its load error."""
         with self._lock:
             self._models[model.name] = model
             self.load_errors.pop(model.name, None)
 
     def remove(self, name: str) -> LoadedModel:
+        """Stop serving `name` and return it.
+
+        Raises:
+            NotFound: (404) no model of that name is served.
+        """
         with self._lock:
             model = self._models.pop(name, None)
         if model is None:
@@ -68,6 +81,7 @@ class ModelRegistry:
         return model
 
     def find(self, name: str) -> LoadedModel | None:
+        """The model served as `name`, or None."""
         with self._lock:
             return self._models.get(name)
 
@@ -78,6 +92,11 @@ class ModelRegistry:
             return self._models.pop(name, None)
 
     def get(self, name: str | None) -> LoadedModel:
+        """The model served as `name` (a request's `?model=`).
+
+        Raises:
+            NotFound: (404) no name given, or no model of that name.
+        """
         if not name:
             raise NotFound("no model given: add ?model=NAME (see GET /v1/models)")
         with self._lock:
@@ -87,11 +106,20 @@ class ModelRegistry:
         return model
 
     def names(self) -> list[str]:
+        """The served models' names, sorted."""
         with self._lock:
             return sorted(self._models)
 
     def infos(self, label: str | None = None, model_type: str | None = None) -> list[ModelInfo]:
-        """Models filtered by label (case-insensitive exact) and type, AND-combined."""
+        """Models filtered by label (case-insensitive exact) and type, AND-combined.
+
+        Args:
+            label: keep models with this label (any case); None or empty: no filter.
+            model_type: keep models of this `type` (any case, e.g. "segmentation"); None or empty: no filter.
+
+        Returns:
+            `GET /v1/models` entries, sorted by model name.
+        """
         with self._lock:
             models = [self._models[n] for n in sorted(self._models)]
         infos = [m.info for m in models]

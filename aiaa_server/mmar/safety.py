@@ -101,7 +101,15 @@ def _our_transform(short: str) -> bool:
 
 
 def check_component_name(name: str) -> None:
-    """Refuse a component an upload may not use, from its name alone (nothing is imported for it)."""
+    """Refuse a component an upload may not use, from its name alone (nothing is imported for it).
+
+    Allowed: our transform classes (as `aiaa.transforms.X`, `aiaa.apps.X` or short name), and the entries of
+    MONAI_TRANSFORMS (with a d / D / Dict suffix too) by short name or under `monai.transforms.` /
+    `monai.apps.deepgrow.transforms.`; legacy names are translated first.
+
+    Raises:
+        InvalidModel: (422) any other name.
+    """
     name, _ = translate_legacy(name, {})
     short = name.rsplit(".", 1)[-1]
     if name.startswith("aiaa."):
@@ -127,7 +135,13 @@ def _is_importable_root(name: str) -> bool:
 
 
 def string_names_code(value: str) -> str | None:
-    """Why a string argument could reach code or the file system, or None when it is plain data."""
+    """Why a string argument could reach code or the file system, or None when it is plain data.
+
+    Returns:
+        A reason for the message ("a dunder name", "a file system path", ...) for expressions and references
+        (`$`, `@`, `%`), dunders, dotted names of importable modules, names of builtin callables outside
+        HARMLESS_BUILTINS, and absolute, home, drive or `..` paths; else None.
+    """
     text = value.strip()
     if text[:1] in ("$", "@", "%"):
         return "an expression or reference ($, @, %)"
@@ -158,7 +172,16 @@ def _walk(value: Any, where: str, depth: int = 0) -> Iterator[tuple[str, Any, bo
 
 
 def check_arguments(component: ComponentConfig, where: str) -> None:
-    """Refuse argument values an upload may not pass (see the module docstring)."""
+    """Refuse argument values an upload may not pass (see the module docstring).
+
+    Args:
+        component: the config entry; its `args` and its extra keys are checked, recursively.
+        where: the entry's location for messages, e.g. `pre_transforms[2](Spacingd)`.
+
+    Raises:
+        InvalidModel: (422) a dtype outside SAFE_DTYPES, a path-like argument, a config keyword key
+            (`_target_`, ...), a string that names code or a path, or nesting deeper than MAX_ARG_DEPTH.
+    """
     args = {**component.args, **(component.model_extra or {})}
     for key, value in args.items():
         location = f"{where}.{key}"
@@ -177,7 +200,14 @@ def check_arguments(component: ComponentConfig, where: str) -> None:
 
 
 def check_upload_config(config: AIAAConfig) -> None:
-    """Every component and argument of an uploaded config, before anything is imported or built."""
+    """Every component and argument of an uploaded config, before anything is imported or built.
+
+    Checks the pre/post-transforms, the writer (only `aiaa.transforms.Writer`), the inference backends (only
+    `aiaa.inference.*`) and `$` expressions anywhere among the config's extra keys.
+
+    Raises:
+        InvalidModel: (422) the first thing an upload may not use, naming where it is.
+    """
     sections = {"pre_transforms": config.pre_transforms, "post_transforms": config.post_transforms}
     for section, components in sections.items():
         for index, component in enumerate(components):
@@ -202,7 +232,11 @@ def check_upload_config(config: AIAAConfig) -> None:
 
 
 def check_untrusted_mmar(folder: Path, config: AIAAConfig) -> None:
-    """An uploaded MMAR: no `custom/` code, and a config that passes `check_upload_config`."""
+    """An uploaded MMAR: no `custom/` code, and a config that passes `check_upload_config`.
+
+    Raises:
+        InvalidModel: (422) a `custom/` folder holding any file, or a config `check_upload_config` refuses.
+    """
     custom = folder / "custom"
     if custom.is_dir() and any(p.is_file() for p in custom.rglob("*")):
         raise _refuse("the MMAR has a custom/ folder (Python code)", folder="custom/")

@@ -70,7 +70,19 @@ def validate_isolated(mmar: Path, name: str, allow_code: bool, default_device: s
                       limits: SandboxLimits | None = None) -> dict[str, Any]:
     """Run `validation.validate_mmar` on `mmar` in a confined child process; raise what it refused.
 
-    Returns the child's verdict (`network_namespace`: whether it ran without any network interface)."""
+    Returns the child's verdict (`network_namespace`: whether it ran without any network interface).
+
+    Args:
+        mmar: the staged MMAR folder: the child's working and temporary folder, and all it may write.
+        name: the model name to validate it as.
+        allow_code: `--allow_uploaded_code`: import `custom/` code, skip the upload allow-list.
+        default_device: the device when the config names none.
+        limits: the child's resource limits; None: `SandboxLimits()`.
+
+    Raises:
+        AIAAError: the child's refusal, as the same error class (status and code), e.g. InvalidModel (422).
+        InvalidModel: (422) the child ran out of time, crashed or was killed (e.g. by a resource limit).
+    """
     limits = limits or SandboxLimits()
     request = {"mmar": str(mmar.resolve()), "name": name, "allow_code": allow_code, "device": default_device,
                "limits": asdict(limits)}

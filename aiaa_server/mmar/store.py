@@ -59,6 +59,11 @@ STAGING_DIR = ".staging"
 
 
 def check_model_name(name: str) -> str:
+    """`name`, if it can name a model folder: 1-128 letters, digits, `.`, `_` or `-`, starting with a letter or digit.
+
+    Raises:
+        InvalidModelName: (400) any other name.
+    """
     if not MODEL_NAME.match(name):
         raise InvalidModelName(
             f"invalid model name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a letter "
@@ -68,7 +73,12 @@ def check_model_name(name: str) -> str:
 
 
 class ModelStore:
-    """The on-disk folder of uploaded models (no registry knowledge)."""
+    """The on-disk folder of uploaded models (no registry knowledge).
+
+    Args:
+        root: `<workspace>/models`; `.staging` below it holds transient folders.
+        limits: bounds on uploaded archives; None: `ArchiveLimits()`.
+    """
 
     def __init__(self, root: Path, limits: ArchiveLimits | None = None) -> None:
         self.root = root
@@ -76,12 +86,15 @@ class ModelStore:
         self.staging_root = root / STAGING_DIR
 
     def path(self, name: str) -> Path:
+        """Where model `name` is installed (it may not exist); raises InvalidModelName for a bad name."""
         return self.root / check_model_name(name)
 
     def has(self, name: str) -> bool:
+        """Whether a folder (an MMAR or not) of that name is installed."""
         return is_mmar(self.path(name)) or self.path(name).is_dir()
 
     def names(self) -> list[str]:
+        """The installed folders with valid model names, sorted (`.staging` is never one)."""
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and MODEL_NAME.match(p.name))
@@ -114,10 +127,12 @@ class ModelStore:
         return Path(tempfile.mkdtemp(prefix="up-", dir=self.staging_root))
 
     def discard_staging(self, folder: Path) -> None:
+        """Delete a staging folder and whatever is left in it."""
         shutil.rmtree(folder, ignore_errors=True)
 
     @contextmanager
     def staging(self) -> Iterator[Path]:
+        """A private staging folder for the `with` block, deleted when it ends."""
         folder = self.new_staging()
         try:
             yield folder
@@ -135,7 +150,11 @@ class ModelStore:
         return aside
 
     def swap_in(self, name: str, mmar: Path) -> Path | None:
-        """Atomically publish `mmar` as `name`; returns where the previous version was moved (or None)."""
+        """Atomically publish `mmar` as `name`; returns where the previous version was moved (or None).
+
+        `mmar` must be on the same file system (a staging folder). Pass the returned path to `drop_aside`
+        once the new version serves, or to `roll_back` if it does not.
+        """
         fsync_tree(mmar)
         aside = self._move_aside(name, "aside-")
         os.rename(mmar, self.path(name))
@@ -145,6 +164,7 @@ class ModelStore:
         return aside
 
     def drop_aside(self, aside: Path | None) -> None:
+        """Delete the previous version `swap_in` moved aside (nothing for None)."""
         if aside is not None:
             shutil.rmtree(aside.parent, ignore_errors=True)
 
@@ -159,6 +179,12 @@ class ModelStore:
             shutil.rmtree(doomed.parent, ignore_errors=True)
 
     def delete(self, name: str) -> None:
+        """Uninstall model `name`: moved into staging at once (so never served again), then deleted.
+
+        Raises:
+            NotFound: (404) nothing is installed under that name.
+            InvalidModelName: (400) a name that cannot name a model.
+        """
         # "trash-" folders are never restored by recover(): a crash after this rename still deletes.
         doomed = self._move_aside(name, "trash-")
         if doomed is None:

@@ -54,6 +54,12 @@ def _looks_like_torchscript(path: Path) -> bool:
 
 
 def read_uploaded_config(path: Path) -> dict[str, Any]:
+    """The uploaded `config_aiaa.json` as decoded JSON, once it has passed the schema.
+
+    Raises:
+        InvalidModel: (422) over MAX_CONFIG_BYTES, not UTF-8, invalid or too deeply nested JSON, or a config
+            that does not fit the schema.
+    """
     if path.stat().st_size > MAX_CONFIG_BYTES:
         raise InvalidModel(f"config_aiaa.json is larger than {MAX_CONFIG_BYTES // 2**20} MiB")
     try:
@@ -65,7 +71,26 @@ def read_uploaded_config(path: Path) -> dict[str, Any]:
 
 
 def assemble_mmar(staging: Path, config_part: Path | None, data_part: Path | None, limits: ArchiveLimits) -> Path:
-    """Turn the uploaded parts into an MMAR folder inside `staging` (forms a, b and c of the protocol)."""
+    """Turn the uploaded parts into an MMAR folder inside `staging` (forms a, b and c of the protocol).
+
+    The forms: `config` alone, `config` + `data` (a TorchScript file), or `data` alone (a zip or tar of an
+    MMAR). The parts are moved into the MMAR (an archive is deleted once extracted).
+
+    Args:
+        staging: the upload's private staging folder.
+        config_part: the uploaded `config_aiaa.json`, or None.
+        data_part: the uploaded network or MMAR archive, or None.
+        limits: bounds on the archive's entries and extracted bytes.
+
+    Returns:
+        The MMAR folder, inside `staging`.
+
+    Raises:
+        BadRequest: (400) nothing uploaded, a TorchScript `data` without `config`, or a zipped MMAR with one.
+        InvalidModel: (422) an invalid config, or a `data` beside it that is a pickle or not TorchScript.
+        InvalidArchive: (400) an unreadable or unsafe archive, or one holding no MMAR.
+        ArchiveTooLarge: (413) an archive over `limits`.
+    """
     if config_part is None and data_part is None:
         raise BadRequest("nothing uploaded: send multipart `config` (config_aiaa.json) and/or `data` "
                          "(model.ts, or a zipped MMAR)")
@@ -109,7 +134,11 @@ def _dims_known(dims: list[int]) -> bool:
 
 
 def dry_run_shapes(config: AIAAConfig) -> tuple[tuple[int, ...], tuple[int, ...] | None] | None:
-    """(input shape, expected output shape or None) the config declares, or None where it declares none."""
+    """(input shape, expected output shape or None) the config declares, or None where it declares none.
+
+    The first `triton_model_config` (TRITON, then AIAA) whose first input has fixed dims gives them (with a
+    batch axis of 1 when `max_batch_size` > 0); else a segmentation model's `roi` gives (1, 1, *roi).
+    """
     for backend in (config.inference.TRITON, config.inference.AIAA):
         tmc = backend.triton_model_config if backend is not None else None
         if tmc is None or not tmc.input or not _dims_known(tmc.input[0].dims):
@@ -124,7 +153,14 @@ def dry_run_shapes(config: AIAAConfig) -> tuple[tuple[int, ...], tuple[int, ...]
 
 
 def dry_run(model: LoadedModel) -> None:
-    """Run the network once on zeros of the declared input shape; refuse models that fail or mis-shape."""
+    """Run the network once on zeros of the declared input shape; refuse models that fail or mis-shape.
+
+    Skipped for models without a network or a declared shape, and inputs over MAX_DRY_RUN_VOXELS.
+
+    Raises:
+        InvalidModel: (422) the network fails or returns no tensor, its output differs from the declared
+            output shape, or (none declared) a dense model changes the spatial size.
+    """
     engine = model.pipeline.engine
     shapes = dry_run_shapes(model.config)
     if engine is None or shapes is None:
@@ -155,12 +191,25 @@ def dry_run(model: LoadedModel) -> None:
 
 
 def config_is_dense(config: AIAAConfig) -> bool:
+    """Whether the network outputs a voxel map of its input's spatial size (segmentation, annotation, deepgrow)."""
     return config.type in (ModelType.SEGMENTATION, ModelType.ANNOTATION, ModelType.DEEPGROW)
 
 
 def precheck_mmar(mmar: Path, allow_code: bool) -> AIAAConfig:
     """The checks that need no code at all: schema, allowed components and arguments, network present.
-    Cheap, so the server runs them itself before it starts a sandbox for the rest."""
+    Cheap, so the server runs them itself before it starts a sandbox for the rest.
+
+    Args:
+        mmar: the staged MMAR folder.
+        allow_code: `--allow_uploaded_code`: skip the upload allow-list.
+
+    Returns:
+        The parsed config.
+
+    Raises:
+        InvalidModel: (422) no or an invalid config, a disallowed component or argument, or no TorchScript
+            network for a model type that needs one.
+    """
     if not is_mmar(mmar):
         raise InvalidModel(f"no {CONFIG_PATH.as_posix()} in the upload")
     config = parse_config(read_uploaded_config(mmar / CONFIG_PATH))
@@ -173,7 +222,17 @@ def precheck_mmar(mmar: Path, allow_code: bool) -> AIAAConfig:
 
 
 def validate_mmar(mmar: Path, name: str, allow_code: bool, default_device: str) -> LoadedModel:
-    """Full check of a staged MMAR: `precheck_mmar`, TorchScript load, dry run. Returns the trial load."""
+    """Full check of a staged MMAR: `precheck_mmar`, TorchScript load, dry run. Returns the trial load.
+
+    Args:
+        mmar: the staged MMAR folder.
+        name: the model name.
+        allow_code: `--allow_uploaded_code`: `custom/` code and any component are allowed.
+        default_device: the device when the config names none.
+
+    Raises:
+        InvalidModel: (422) whatever check fails first, naming it.
+    """
     precheck_mmar(mmar, allow_code)
     # A private pool: nothing is shared yet.
     model = load_mmar(mmar, TorchScriptPool(), default_device, name=name, trusted=allow_code)
