@@ -1,4 +1,7 @@
-"""Router access to the shared services, and the admin access check (`/admin/*`, `/logs`)."""
+"""Router access to the shared services as typed dependencies, and the admin access check (`/admin/*`, `/logs`).
+
+Routers declare what they need by type: `services: ServicesDep`, `settings: SettingsDep`, `_admin: AdminDep`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,8 @@ from starlette.requests import ClientDisconnect, Request
 
 from aiaa_server.api.body_timeout import BodyTimeout
 from aiaa_server.errors import Forbidden, Unauthorized
-from aiaa_server.services import Services
+from aiaa_server.services import PolygonService, Services, SystemService
+from aiaa_server.settings import Settings
 
 # A refused upload is read (and dropped) up to this size before the answer, so that clients that send the
 # whole body before reading see the 401/403 instead of a reset connection; larger ones are cut off.
@@ -17,10 +21,35 @@ REFUSED_BODY_DRAIN = 64 * 2**20
 
 
 def get_services(request: Request) -> Services:
+    """The app's one `Services` container (built in `create_app`)."""
     return request.app.state.services
 
 
-async def require_admin(request: Request, services: Annotated[Services, Depends(get_services)]) -> None:
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def get_settings(services: ServicesDep) -> Settings:
+    """The settings the services were built from."""
+    return services.settings
+
+
+def get_polygons(services: ServicesDep) -> PolygonService:
+    """mask2polygon and fixpolygon."""
+    return services.polygons
+
+
+def get_system(services: ServicesDep) -> SystemService:
+    """Health, readiness, logs and the model overview."""
+    return services.system
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+PolygonsDep = Annotated[PolygonService, Depends(get_polygons)]
+SystemDep = Annotated[SystemService, Depends(get_system)]
+
+
+async def require_admin(request: Request, services: ServicesDep) -> None:
+    """Admin access (`--admin_token`, `--admin_hosts`), else 401/403; a refused body is drained first."""
     host = request.client.host if request.client is not None else None
     try:
         services.admin_policy.authorize(host, request.headers.get("authorization"))
@@ -30,7 +59,8 @@ async def require_admin(request: Request, services: Annotated[Services, Depends(
         raise
 
 
-AdminAccess = Annotated[None, Depends(require_admin)]
+AdminDep = Annotated[None, Depends(require_admin)]
+AdminAccess = AdminDep  # the earlier name
 
 
 async def drain_body(request: Request, limit: int) -> bool:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aiaa_server.api.deps import get_services
+from aiaa_server.api.deps import ServicesDep
 from aiaa_server.metrics import CONTENT_TYPE, HttpMetrics
-from aiaa_server.services import Services
 
 router = APIRouter(tags=["system"])
 
@@ -22,7 +20,7 @@ UNMATCHED = "(unmatched)"  # one label for every 404 path, so scanners cannot bl
             response_class=Response,
             responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}},
                              "description": "Prometheus text exposition format"}})
-def metrics(services: Annotated[Services, Depends(get_services)]) -> Response:
+def metrics(services: ServicesDep) -> Response:
     return Response(services.metrics.render(), media_type=CONTENT_TYPE)
 
 

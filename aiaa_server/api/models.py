@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from aiaa_server.api.deps import get_services
+from aiaa_server.api.deps import ServicesDep
 from aiaa_server.mmar.loader import ModelInfo
-from aiaa_server.services import Services
 
 router = APIRouter(tags=["models"])
 
@@ -20,7 +19,7 @@ router = APIRouter(tags=["models"])
 )
 @router.get("/v1/models/", response_model=list[ModelInfo] | ModelInfo, include_in_schema=False)
 def list_models(
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
     label: Annotated[str | None, Query(description="keep models whose labels contain this organ name")] = None,
     type: Annotated[str | None, Query(description="keep models of this type, e.g. segmentation")] = None,
     model: Annotated[str | None, Query(description="return just this model, as one object")] = None,

@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from aiaa_server.api.polygons import MAX_POLYGON_POINTS, parse_polygon_slices, parse_polygons
-from aiaa_server.errors import InvalidParams
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import decode_result
 from aiaa_server.imaging.png import decode_png, encode_png
@@ -140,17 +138,10 @@ def test_fixpolygon_drag_past_the_image_border(server: LiveServer, tmp_path: Pat
     assert mask.shape == (40, 50) and mask[29, 49] == 1 and mask[5, 5] == 0
 
 
-def test_parse_polygons_converts_and_bounds() -> None:
-    assert parse_polygons([[[1, 2.9], [3, 4]]]) == [[[1, 2], [3, 4]]]
-    assert parse_polygon_slices([[], [[[1, 2]]]]) == [[], [[[1, 2]]]]
-    for bad, word in [
-        ([[[1, float("nan")]]], "finite"), ([[[1, float("inf")]]], "finite"), ([[[1, 2**40]]], "finite"),
-        ([[[1, "2"]]], "numbers"), ([[[1, True]]], "numbers"), ([[[1, 2, 3]]], r"\[x, y\]"), ([[1, 2]], r"\[x, y\]"),
-        (["square"], "polygon"), ("square", "list of polygons"),
-    ]:
-        with pytest.raises(InvalidParams, match=word):
-            parse_polygons(bad)
-    with pytest.raises(InvalidParams, match=f"more than {MAX_POLYGON_POINTS} vertices"):
-        parse_polygons([[["not a vertex"]] * (MAX_POLYGON_POINTS + 1)])  # counted before converting
-    with pytest.raises(InvalidParams, match="polygons"):
-        parse_polygon_slices([[]] * (MAX_POLYGON_POINTS + 1))
+@pytest.mark.parametrize("path", ["/v1/mask2polygon", "/v1/fixpolygon"])
+def test_no_image_is_400(server: LiveServer, path: str) -> None:
+    params = {"poly": [[[1, 1], [1, 5], [5, 5]]], "dimension": 2}
+    with server.client() as client:
+        response = client.post(path, data={"params": json.dumps(params)})
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"] == "no image uploaded: send the image as a multipart file part"

@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from aiaa_server import __version__
 from tests.support.server import LiveServer, start_server
 
 
@@ -87,7 +88,7 @@ def test_health_and_ready(server: LiveServer) -> None:
     with server.client() as client:
         health = client.get("/health").json()
         ready = client.get("/ready").json()
-    assert health["status"] == "ok"
+    assert health == {"status": "ok", "version": __version__}
     assert ready["ready"] is True
     assert ready["models"]["test_threshold"] == "ready"
 
