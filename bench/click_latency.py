@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """DeepGrow 3D click latency through a real aiaa-server process, compared with the bare network forward.
 
-1. Generates a 512×512×120 CT-like abdomen phantom (aiaa_server.phantoms, spacing 0.8×0.8×2.5 mm).
-2. Starts `python -m aiaa_server` on a free loopback port, uploads the volume once (PUT /session/).
+1. Generates a 512×512×120 CT-like abdomen phantom (aiaa_demo.phantoms, spacing 0.8×0.8×2.5 mm).
+2. Starts `python -m aiaa_server` on a free loopback port (tests/support/server.py), uploads the volume
+   once (PUT /session/).
 3. Performs --clicks DeepGrow clicks (POST /v1/deepgrow?model=demo_deepgrow_3d&session_id=…) like a user:
    first click inside an organ, then corrective clicks on the largest error region of the previous result;
    after 5 clicks (or when nothing is left to correct) the next organ is started.  Only the HTTP round trip
@@ -20,9 +21,7 @@ import argparse
 import json
 import os
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,45 +34,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from aiaa_server.imaging.formats import ImageFormat  # noqa: E402
-from aiaa_server.imaging.io import decode_result  # noqa: E402
-from aiaa_server.phantoms import ORGAN_LABELS, make_abdomen_phantom, save_nifti  # noqa: E402
-from aiaa_server.synthetic_shapes import Clicks, first_click, next_click  # noqa: E402
+from aiaa_demo.phantoms import ORGAN_LABELS, Phantom, make_abdomen_phantom, save_nifti
+from aiaa_demo.synthetic_shapes import Clicks, first_click, next_click
+from aiaa_server.imaging.formats import ImageFormat
+from aiaa_server.imaging.io import decode_result
+from tests.support.server import LiveServer, start_server
 
 MODEL = "demo_deepgrow_3d"
 ORGANS = ("spleen", "liver", "left_kidney", "right_kidney", "stomach")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_server(workspace: Path, threads: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "aiaa_server", "--host", "127.0.0.1", "--port", str(port),
-               "--workspace", str(workspace)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if threads:
-        command += ["--torch_threads", str(threads)]
-    log = open(workspace.parent / "server.log", "wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError((workspace.parent / "server.log").read_text())
-        try:
-            if httpx.get(base + "/health", timeout=2).status_code == 200:
-                ready = httpx.get(base + "/ready", timeout=2)
-                if ready.status_code == 200 and ready.json().get("ready", True):
-                    return process, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    process.terminate()
-    raise RuntimeError("server did not start")
+def start(workspace: Path, threads: int) -> LiveServer:
+    args = ["--torch_threads", str(threads)] if threads else []
+    return start_server(workspace, args, startup_timeout=180, log_path=workspace.parent / "server.log", cwd=REPO)
 
 
 def decode(response: httpx.Response) -> np.ndarray:
@@ -104,6 +77,31 @@ def bare_forward_seconds(repeats: int = 10) -> tuple[float, list[int]]:
     return statistics.median(times), list(size)
 
 
+def click_through_organs(client: httpx.Client, session_id: str, phantom: Phantom, count: int) -> list[float]:
+    """`count` clicks, each timed (HTTP round trip only): a first click per organ, then up to 4 corrections."""
+    spacing = phantom.spacing
+    latencies: list[float] = []
+    organ_index, clicks, truth = -1, Clicks(), np.zeros(phantom.shape, bool)
+    while len(latencies) < count:
+        if clicks.count == 0 or clicks.count >= 5:
+            organ_index += 1
+            truth = phantom.labels == ORGAN_LABELS[ORGANS[organ_index % len(ORGANS)]]
+            point = first_click(truth, spacing=spacing)
+            clicks = Clicks(foreground=[point], current=point)
+        started = time.perf_counter()
+        response = client.post("/v1/deepgrow", params={"model": MODEL, "session_id": session_id},
+                               data={"params": json.dumps(clicks.params())})
+        latencies.append(time.perf_counter() - started)
+        response.raise_for_status()
+        correction = next_click(truth, decode(response), spacing=spacing)
+        if correction is None:
+            clicks = Clicks()
+            continue
+        (clicks.foreground if correction[0] else clicks.background).append(correction[1])
+        clicks.current = correction[1]
+    return latencies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clicks", type=int, default=24)
@@ -115,42 +113,16 @@ def main() -> None:
 
     rng = np.random.default_rng(args.seed)
     phantom = make_abdomen_phantom(rng, shape=(512, 512, 120), spacing=(0.8, 0.8, 2.5))
-    spacing = phantom.spacing
     with tempfile.TemporaryDirectory() as tmp:
         image_path = Path(tmp) / "abdomen.nii.gz"
         save_nifti(phantom, image_path)
-        process, base = start_server(Path(tmp) / "workspace", args.threads)
-        latencies: list[float] = []
-        try:
-            with httpx.Client(base_url=base, timeout=120) as client:
-                with open(image_path, "rb") as handle:
-                    created = client.put("/session/", params={"expiry": "600"},
-                                         files={"image": (image_path.name, handle)})
-                created.raise_for_status()
-                session_id = created.json()["session_id"]
-                organ_index, clicks, truth = -1, Clicks(), np.zeros(phantom.shape, bool)
-                while len(latencies) < args.clicks:
-                    if clicks.count == 0 or clicks.count >= 5:
-                        organ_index += 1
-                        truth = phantom.labels == ORGAN_LABELS[ORGANS[organ_index % len(ORGANS)]]
-                        point = first_click(truth, spacing=spacing)
-                        clicks = Clicks(foreground=[point], current=point)
-                    started = time.perf_counter()
-                    response = client.post("/v1/deepgrow", params={"model": MODEL, "session_id": session_id},
-                                           data={"params": json.dumps(clicks.params())})
-                    latencies.append(time.perf_counter() - started)
-                    response.raise_for_status()
-                    correction = next_click(truth, decode(response), spacing=spacing)
-                    if correction is None:
-                        clicks = Clicks()
-                        continue
-                    (clicks.foreground if correction[0] else clicks.background).append(correction[1])
-                    clicks.current = correction[1]
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+        with start(Path(tmp) / "workspace", args.threads) as server, server.client(timeout=120) as client:
+            with open(image_path, "rb") as handle:
+                created = client.put("/session/", params={"expiry": "600"}, files={"image": (image_path.name, handle)})
+            created.raise_for_status()
+            latencies = click_through_organs(client, created.json()["session_id"], phantom, args.clicks)
         server_times = [float(t) for t in re.findall(r"deepgrow \S+ on session \S+ \(.*?\): ([0-9.]+) s",
-                                                      (Path(tmp) / "server.log").read_text())]
+                                                      server.output())]
     forward, size = bare_forward_seconds()
     ordered = sorted(latencies)
     median = statistics.median(ordered)

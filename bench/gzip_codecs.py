@@ -11,13 +11,17 @@ from __future__ import annotations
 import argparse
 import gzip
 import importlib
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nibabel as nib
 import numpy as np
 
-from aiaa_server.phantoms import make_abdomen_phantom
+from aiaa_demo.phantoms import make_abdomen_phantom
 
 Codec = tuple[str, Callable[[bytes, int], bytes], Callable[[bytes], bytes], tuple[int, ...]]
 

@@ -8,6 +8,7 @@ grew, then whether `/v1/models` still answers. Prints a Markdown table (the "aft
 
 from __future__ import annotations
 
+import argparse
 import bz2
 import gzip
 import io
@@ -139,20 +140,18 @@ def measure(server: LiveServer, client: httpx.Client, send: Request) -> tuple[st
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="aiaa-hostile-") as tmp:
-        server = start_server(Path(tmp) / "workspace", ["--log_level", "warning"], startup_timeout=300)
-        try:
-            with server.client(timeout=300) as client:
-                print("| vector | status | time | server peak RSS growth | /v1/models after |")
-                print("|---|---|---|---|---|")
-                for name, send in vectors(Path(tmp)).items():
-                    status, seconds, grown, alive = measure(server, client, send)
-                    print(f"| {name} | {status} | {seconds:.2f} s | {grown:+.0f} MiB | {'200' if alive else 'DOWN'} |",
-                          flush=True)
-            errors = [line for line in server.output().splitlines() if "unexpected error" in line]
-            print(f"\nserver log lines with 'unexpected error': {len(errors)}")
-        finally:
-            server.stop()
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    with tempfile.TemporaryDirectory(prefix="aiaa-hostile-") as tmp, \
+            start_server(Path(tmp) / "workspace", ["--log_level", "warning"], startup_timeout=300) as server:
+        with server.client(timeout=300) as client:
+            print("| vector | status | time | server peak RSS growth | /v1/models after |")
+            print("|---|---|---|---|---|")
+            for name, send in vectors(Path(tmp)).items():
+                status, seconds, grown, alive = measure(server, client, send)
+                print(f"| {name} | {status} | {seconds:.2f} s | {grown:+.0f} MiB | {'200' if alive else 'DOWN'} |",
+                      flush=True)
+        errors = [line for line in server.output().splitlines() if "unexpected error" in line]
+        print(f"\nserver log lines with 'unexpected error': {len(errors)}")
 
 
 if __name__ == "__main__":

@@ -26,12 +26,12 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from aiaa_demo.phantoms import Phantom, make_abdomen_phantom
 from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import encode_volume, gzip_compress, read_volume
 from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.registry import ModelRegistry
-from aiaa_server.phantoms import Phantom, make_abdomen_phantom
 from tests.support.server import LiveServer, start_server
 
 SPLEEN = "demo_spleen_ct_segmentation"

@@ -1,24 +1,27 @@
 """`/admin/model/{name}`: upload (PUT), read (GET) and delete (DELETE) models (protocol sec. 2 rows 11-13, 9).
 
 Every route requires the admin policy (client address allow-list, optional bearer token). Upload bodies are
-streamed through python-multipart straight into a staging folder in the workspace, never held in memory.
+streamed through `api.multipart` straight into a staging folder in the workspace, never held in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
-from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect
 
 from aiaa_server.api.deps import get_services, require_admin
+from aiaa_server.api.multipart import (
+    MultipartForm,
+    MultipartLimits,
+    UnexpectedField,
+    read_multipart,
+    refuse_declared_overflow,
+)
 from aiaa_server.api.openapi import BINARY, multipart_request
 from aiaa_server.errors import BadRequest, NotImplementedOnServer, PayloadTooLarge
 from aiaa_server.mmar.loader import ModelInfo
@@ -27,7 +30,6 @@ from aiaa_server.services import Services
 
 UPLOAD_PARTS = ("config", "data")
 MAX_JSON_BODY = 2**20
-WRITE_BATCH = 2**20  # body bytes handed to the parser thread at once
 NGC_REFUSAL = "NGC download not supported: this server never downloads; upload the MMAR"
 
 
@@ -52,107 +54,26 @@ class DeleteResponse(BaseModel):
 # ------------------------------------------------------------------------------------ body streaming
 
 
-@dataclass
-class _Parts:
-    """Receives python-multipart callbacks and writes each accepted part to its own file."""
-
-    folder: Path
-    files: dict[str, Path] = field(default_factory=dict)
-    finished: bool = False
-    _headers: dict[str, bytes] = field(default_factory=dict)
-    _field: bytes = b""
-    _value: bytes = b""
-    _out: IO[bytes] | None = None
-
-    def callbacks(self) -> dict[str, Any]:
-        return {
-            "on_part_begin": self._begin,
-            "on_header_field": lambda data, start, end: self._add("_field", data[start:end]),
-            "on_header_value": lambda data, start, end: self._add("_value", data[start:end]),
-            "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished,
-            "on_part_data": self._data,
-            "on_part_end": self._part_end,
-            "on_end": self._end,
-        }
-
-    def _add(self, attr: str, data: bytes) -> None:
-        setattr(self, attr, getattr(self, attr) + data)
-
-    def _begin(self) -> None:
-        self._headers = {}
-
-    def _header_end(self) -> None:
-        self._headers[self._field.decode("latin-1").lower()] = self._value
-        self._field, self._value = b"", b""
-
-    def _headers_finished(self) -> None:
-        _, options = parse_options_header(self._headers.get("content-disposition", b""))
-        name = options.get(b"name", b"").decode("utf-8", "replace")
-        if name == "ngc":
-            raise NotImplementedOnServer(NGC_REFUSAL)
-        if name not in UPLOAD_PARTS:
-            raise BadRequest(f"unexpected form field {name!r}: send `config` (config_aiaa.json) and/or `data` "
-                             "(model.ts or a zipped MMAR)", field=name)
-        if name in self.files:
-            raise BadRequest(f"form field {name!r} sent twice", field=name)
-        self.files[name] = self.folder / f"{name}.part"
-        self._out = open(self.files[name], "wb")  # noqa: SIM115 - stays open across parser callbacks
-
-    def _data(self, data: bytes, start: int, end: int) -> None:
-        assert self._out is not None
-        self._out.write(data[start:end])
-
-    def _part_end(self) -> None:
-        self.close()
-
-    def _end(self) -> None:
-        self.finished = True
-
-    def close(self) -> None:
-        if self._out is not None:
-            self._out.close()
-            self._out = None
+def _upload_too_large(limit: int, declared: int | None) -> PayloadTooLarge:
+    if declared is None:
+        return PayloadTooLarge(f"upload larger than {limit // 2**20} MiB (see --max_upload_mb)")
+    return PayloadTooLarge(f"upload of {declared} bytes is larger than {limit // 2**20} MiB (see --max_upload_mb)")
 
 
-def _declared_length(request: Request) -> int | None:
-    value = request.headers.get("content-length")
+def _upload_limits(max_upload_mb: int) -> MultipartLimits:
+    """`config` and/or `data`, each once, each spooled to `<name>.part` in the staging folder."""
+    return MultipartLimits(max_body_bytes=max_upload_mb * 2**20, too_large=_upload_too_large,
+                           file_fields=UPLOAD_PARTS)
+
+
+async def _read_upload(request: Request, staging: Path, limits: MultipartLimits) -> MultipartForm:
     try:
-        return int(value) if value is not None else None
-    except ValueError:
-        raise BadRequest(f"invalid Content-Length {value!r}") from None
-
-
-async def _stream_parts(request: Request, folder: Path, limit: int) -> _Parts:
-    _, options = parse_options_header(request.headers.get("content-type", ""))
-    boundary = options.get(b"boundary")
-    if not boundary:
-        raise BadRequest("multipart body without a boundary")
-    parts = _Parts(folder)
-    parser = MultipartParser(boundary, parts.callbacks())  # type: ignore[arg-type]
-    received = 0
-    batch = bytearray()
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise PayloadTooLarge(f"upload larger than {limit // 2**20} MiB (see --max_upload_mb)")
-            batch += chunk
-            if len(batch) >= WRITE_BATCH:
-                await asyncio.to_thread(parser.write, bytes(batch))
-                batch.clear()
-        if batch:
-            await asyncio.to_thread(parser.write, bytes(batch))
-        parser.finalize()
-    except MultipartParseError as exc:
-        raise BadRequest(f"could not parse the multipart body: {exc}") from exc
-    except ClientDisconnect as exc:
-        raise BadRequest("the client disconnected during the upload") from exc
-    finally:
-        parts.close()
-    if not parts.finished:
-        raise BadRequest("the multipart body ended before its closing boundary")
-    return parts
+        return await read_multipart(request, staging, limits)
+    except UnexpectedField as exc:
+        if exc.field == "ngc":
+            raise NotImplementedOnServer(NGC_REFUSAL) from None
+        raise BadRequest(f"unexpected form field {exc.field!r}: send `config` (config_aiaa.json) and/or `data` "
+                         "(model.ts or a zipped MMAR)", field=exc.field) from None
 
 
 async def _refuse_json_body(request: Request) -> None:
@@ -189,11 +110,8 @@ async def put_model(
     name: str, request: Request, services: Annotated[Services, Depends(get_services)]
 ) -> AdminModelResponse:
     name = _name(name)
-    limit = services.settings.max_upload_mb * 2**20
-    declared = _declared_length(request)
-    if declared is not None and declared > limit:
-        raise PayloadTooLarge(f"upload of {declared} bytes is larger than {limit // 2**20} MiB "
-                              "(see --max_upload_mb)")
+    limits = _upload_limits(services.settings.max_upload_mb)
+    refuse_declared_overflow(request, limits.max_body_bytes, limits.too_large)  # whatever the content type
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("application/json"):
         await _refuse_json_body(request)
@@ -203,10 +121,8 @@ async def put_model(
     admin = services.model_admin
     staging = await asyncio.to_thread(admin.store.new_staging)
     try:
-        parts = await _stream_parts(request, staging, limit)
-        result = await asyncio.to_thread(
-            admin.install, name, staging, parts.files.get("config"), parts.files.get("data")
-        )
+        parts = {part.name: part.path for part in (await _read_upload(request, staging, limits)).files}
+        result = await asyncio.to_thread(admin.install, name, staging, parts.get("config"), parts.get("data"))
     finally:
         await asyncio.to_thread(admin.store.discard_staging, staging)
     model = result.model
