@@ -4,6 +4,10 @@ A backend stores one JSON record per session id. The session files always live i
 (`<workspace>/sessions/<id>/`); with Redis that workspace must be shared by every replica (e.g. a ReadWriteMany
 volume), so any replica can serve any call. Records in Redis carry a TTL equal to the time left until the
 session expires and it is renewed on every touch, so Redis itself forgets expired sessions.
+
+A touch may be marked not `durable` (the store decides which; see `aiaa_server.sessions`): the disk backend
+then changes only its record in memory and writes `meta.json` later, with the next durable touch of that
+session or on `close`. Redis records are the live ones: every touch is written there.
 """
 
 from __future__ import annotations
@@ -57,8 +61,9 @@ class SessionBackend(Protocol):
 
     def load(self, session_id: str) -> str | None: ...
 
-    def refresh(self, session_id: str, record: str, ttl_s: float) -> bool:
-        """Replace an existing record; False when it is gone (never re-creates a deleted session)."""
+    def refresh(self, session_id: str, record: str, ttl_s: float, durable: bool = True) -> bool:
+        """Replace an existing record; False when it is gone (never re-creates a deleted session).
+        `durable=False` lets a backend that keeps a durable copy beside the live record write it later."""
         ...
 
     def remove(self, session_id: str) -> bool:
@@ -80,14 +85,19 @@ class DiskSessionBackend:
     """One server process: records in memory, persisted as `<root>/<id>/meta.json` so a restart finds them.
 
     Expiry is checked by the store (TTLs are ignored here). `add` does not write `meta.json`: the store writes
-    it into the session's folder before publishing the folder."""
+    it into the session's folder before publishing the folder. A refresh that is not `durable` leaves
+    `meta.json` behind the record until the session's next durable refresh or `close`."""
 
     shared = False
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._records: dict[str, str] = {}
+        self._unwritten: set[str] = set()  # sessions whose meta.json is older than their record
         self._guard = threading.Lock()
+        # One meta.json writer at a time (taken before _guard): a file never goes back to an older record,
+        # and `remove` never returns while a write into the folder the caller is about to delete is running.
+        self._writing = threading.Lock()
 
     def add(self, session_id: str, record: str, ttl_s: float) -> None:
         with self._guard:
@@ -97,17 +107,20 @@ class DiskSessionBackend:
         with self._guard:
             return self._records.get(session_id)
 
-    def refresh(self, session_id: str, record: str, ttl_s: float) -> bool:
+    def refresh(self, session_id: str, record: str, ttl_s: float, durable: bool = True) -> bool:
         with self._guard:
             if session_id not in self._records:
                 return False
             self._records[session_id] = record
-        # In-memory state is already right if this fails; only a restart would see the older record.
-        write_json_atomically(self.root / session_id / META_FILE, record)
+            self._unwritten.add(session_id)
+        if durable:
+            # In-memory state is already right if this fails; only a restart would see the older record.
+            self._write(session_id)
         return True
 
     def remove(self, session_id: str) -> bool:
-        with self._guard:
+        with self._writing, self._guard:
+            self._unwritten.discard(session_id)
             return self._records.pop(session_id, None) is not None
 
     def records(self) -> dict[str, str]:
@@ -115,7 +128,30 @@ class DiskSessionBackend:
             return dict(self._records)
 
     def close(self) -> None:
-        pass
+        """Write every record that is ahead of its meta.json."""
+        with self._guard:
+            unwritten = sorted(self._unwritten)
+        for session_id in unwritten:
+            try:
+                self._write(session_id)
+            except OSError as exc:
+                log.warning("session %s: could not persist access time: %s", short_id(session_id), exc)
+
+    def _write(self, session_id: str) -> None:
+        """Write the session's current record to its meta.json, unless it is gone or already written."""
+        with self._writing:
+            with self._guard:
+                record = self._records.get(session_id)
+                if record is None or session_id not in self._unwritten:
+                    return
+                self._unwritten.discard(session_id)
+            try:
+                write_json_atomically(self.root / session_id / META_FILE, record)
+            except OSError:
+                with self._guard:
+                    if session_id in self._records:
+                        self._unwritten.add(session_id)
+                raise
 
 
 class RedisSessionBackend:
@@ -142,7 +178,8 @@ class RedisSessionBackend:
     def load(self, session_id: str) -> str | None:
         return self._call(self._redis.get, self._key(session_id))
 
-    def refresh(self, session_id: str, record: str, ttl_s: float) -> bool:
+    def refresh(self, session_id: str, record: str, ttl_s: float, durable: bool = True) -> bool:
+        """Every refresh is written: the Redis record is the live one, shared by every replica."""
         return bool(self._call(self._redis.set, self._key(session_id), record, px=_ttl_ms(ttl_s), xx=True))
 
     def remove(self, session_id: str) -> bool:

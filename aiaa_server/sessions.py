@@ -1,17 +1,25 @@
 """Sessions (protocol section 5): an uploaded image stored once and reused by many interactive calls.
 
 Each session lives on disk as `<root>/<id>/` holding the image and `meta.json` (written atomically), so
-sessions survive a restart. Its metadata is kept by a backend (`session_backends`): this process (disk), or
-Redis so that replicas sharing the workspace serve each other's sessions. The store keeps the sessions under a byte budget (least recently accessed
-evicted first) and expires idle ones. Decoded volumes and the models' image-only pre-processing results
-are kept in a bounded in-memory LRU (`aiaa_server.cache`) so that clicks on a session neither re-read nor
-re-preprocess it. The records are the models of `aiaa_server.session_models`.
+sessions survive a restart (`aiaa_server.session_files`). Its metadata is kept by a backend
+(`session_backends`): this process (disk), or Redis so that replicas sharing the workspace serve each other's
+sessions. The store keeps the sessions under a byte budget (least recently accessed evicted first) and
+expires idle ones. Decoded volumes and the models' image-only pre-processing results are kept in a bounded
+in-memory LRU (`aiaa_server.cache`) so that clicks on a session neither re-read nor re-preprocess it. The
+records are the models of `aiaa_server.session_models`.
+
+Every use renews a session's expiry in the backend's live record, but only the first use in each window of
+PERSIST_FRACTION × expiry seconds (counted from the session's creation) is `durable`: with the disk backend,
+the others stay in memory until the next durable use or `close`. So `meta.json` lags the live record by
+less than PERSIST_FRACTION × expiry (6 minutes of the default hour): after a crash a session expires at most
+that much earlier than it would have, after a clean shutdown not at all. Redis writes every use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import shutil
 import threading
@@ -19,12 +27,10 @@ import time
 import weakref
 from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from aiaa_server.cache import ByteLRU, _nbytes, _Preprocessed  # noqa: F401 (ByteLRU, _nbytes re-exported)
-from aiaa_server.errors import AIAAError, InvalidImage, InvalidParams, NotFound, PayloadTooLarge
-from aiaa_server.imaging.dicom_volume import dicom_series_to_file
-from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
+from aiaa_server.errors import AIAAError, InvalidImage, NotFound, PayloadTooLarge
 from aiaa_server.imaging.io import Volume, read_volume
 from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from aiaa_server.session_backends import (
@@ -35,6 +41,15 @@ from aiaa_server.session_backends import (
     new_session_id,
     short_id,
     write_json_atomically,
+)
+from aiaa_server.session_files import (
+    PARTIAL_SUFFIX,
+    SessionUpload,
+    folder_bytes,
+    orphan_folders,
+    save_format,
+    saved_sessions,
+    store_image,
 )
 from aiaa_server.session_models import (  # noqa: F401 (the models are re-exported)
     ImageMeta,
@@ -47,8 +62,7 @@ from aiaa_server.session_models import (  # noqa: F401 (the models are re-export
 
 log = logging.getLogger(__name__)
 
-PARTIAL_SUFFIX = ".partial"
-SAVE_AS_FORMATS = {fmt.value: fmt for fmt in (ImageFormat.NIFTI, ImageFormat.NIFTI_GZ, ImageFormat.NRRD)}
+PERSIST_FRACTION = 0.1  # meta.json may lag the live expiry by this fraction of the session's expiry (module doc)
 
 
 class SessionNotFound(NotFound):
@@ -58,13 +72,6 @@ class SessionNotFound(NotFound):
 class NotSupported(AIAAError):
     status = 501
     code = "not_supported"
-
-
-class SessionUpload(Protocol):
-    """One uploaded file part (`api.forms` gives `ImageUpload`s)."""
-
-    path: Path
-    filename: str
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -77,13 +84,6 @@ def _for_session(session_id: str) -> Callable[[Hashable], bool]:
 
 # --------------------------------------------------------------------------------------------------------
 # The store
-
-
-PARTIAL_GRACE_S = 3600.0  # a replica may still be writing a younger `.partial` folder in a shared workspace
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def _parse(record: str | None) -> SessionInfo | None:
@@ -141,13 +141,13 @@ class SessionStore:
         """Store one volume (NIfTI/NRRD) or a DICOM series (several files or a zip) as a new session."""
         if not uploads:
             raise InvalidImage("no image uploaded: send the volume (or the DICOM files) as multipart file parts")
-        save_fmt = self._save_format(save_as)
+        save_fmt = save_format(save_as)
         session_id = new_session_id()
         partial = self.root / f"{session_id}{PARTIAL_SUFFIX}"
         partial.mkdir(parents=True)
         try:
-            name, image_name, volume, source, fmt = self._store_image(uploads, partial, save_fmt)
-            size = _folder_bytes(partial)
+            stored = store_image(uploads, partial, save_fmt, self.limits, self.gzip_level)
+            size = folder_bytes(partial)
             if size > self.budget_bytes:
                 raise PayloadTooLarge(
                     f"the session image takes {size / 2**20:.1f} MB, more than the server's whole session budget "
@@ -155,8 +155,8 @@ class SessionStore:
                 )
             now = self._clock()
             info = SessionInfo(
-                session_id=session_id, name=name, image=image_name,
-                meta=image_meta(volume, source, size, fmt),
+                session_id=session_id, name=stored.name, image=stored.image,
+                meta=image_meta(stored.volume, stored.source, size, stored.format),
                 create_ts=now, last_access_ts=now, expiry=self.effective_expiry(expiry),
             )
             write_json_atomically(partial / META_FILE, to_record(info))
@@ -166,9 +166,9 @@ class SessionStore:
             raise
         self._remove_folders(evicted, "evicted (session budget)")
         self._count(session_id, lambda stats: setattr(stats, "decodes", stats.decodes + 1))
-        self.cache.put(("volume", session_id), volume)
-        log.info("session %s created: %s %s, %.1f MB, expiry %d s", short_id(session_id), source, info.meta.shape,
-                 size / 2**20, info.expiry)
+        self.cache.put(("volume", session_id), stored.volume)
+        log.info("session %s created: %s %s, %.1f MB, expiry %d s", short_id(session_id), stored.source,
+                 info.meta.shape, size / 2**20, info.expiry)
         return self._with_stats(session_id, info)
 
     def get(self, session_id: str, touch: bool = False) -> SessionInfo:
@@ -202,7 +202,7 @@ class SessionStore:
             expired = [i.session_id for i in infos if i.expires_at() < now and self.backend.remove(i.session_id)]
             alive = {i.session_id for i in infos} - set(expired)
         self._remove_folders(expired, "expired")
-        orphans = self._orphan_folders(alive, now) if self.backend.shared else []
+        orphans = orphan_folders(self.root, alive, now, self.backend.load) if self.backend.shared else []
         self._remove_folders(orphans, "removed (expired or deleted through another replica)")
         self._forget_all_but(alive)
         return expired + orphans
@@ -217,6 +217,7 @@ class SessionStore:
                 log.exception("session sweep failed")
 
     def close(self) -> None:
+        """Close the backend (the disk backend writes the access times it kept in memory)."""
         self.backend.close()
 
     @property
@@ -262,40 +263,6 @@ class SessionStore:
         return entry.data
 
     # -- internals -------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _save_format(save_as: str | None) -> ImageFormat:
-        if save_as is None or not save_as.strip():
-            return ImageFormat.NIFTI_GZ
-        wanted = save_as.strip().lower()
-        wanted = wanted if wanted.startswith(".") else "." + wanted
-        if wanted not in SAVE_AS_FORMATS:
-            raise InvalidParams(f"unsupported save_as {save_as!r}; use one of {', '.join(SAVE_AS_FORMATS)}")
-        return SAVE_AS_FORMATS[wanted]
-
-    def _store_image(
-        self, uploads: Sequence[SessionUpload], folder: Path, save_fmt: ImageFormat
-    ) -> tuple[str, str, Volume, str, ImageFormat]:
-        """Put the image into `folder`; returns (name, image file name, its decoded volume, source, format)."""
-        formats = [detect_format(u.path, u.filename) for u in uploads]
-        if len(uploads) == 1 and formats[0].is_volume_format:
-            upload, fmt = uploads[0], formats[0]
-            # Refuse undecodable files now, not at the first click.
-            volume = read_volume(upload.path, upload.filename, limits=self.limits)
-            image_name = "image" + fmt.value
-            shutil.move(str(upload.path), folder / image_name)
-            return client_basename(upload.filename) or image_name, image_name, volume, fmt.name.lower(), fmt
-        if all(f in (ImageFormat.DICOM, ImageFormat.ZIP) for f in formats):
-            image_name = "image" + save_fmt.value
-            volume, slices = dicom_series_to_file([u.path for u in uploads], folder / "dicom-unpacked",
-                                                  folder / image_name, save_fmt, self.gzip_level, self.limits)
-            return "dicom_series", image_name, volume, f"dicom series ({slices} slices)", save_fmt
-        if len(uploads) == 1:
-            raise InvalidImage(f"sessions hold 3D volumes (NIfTI, NRRD or DICOM); got a {formats[0].value} file")
-        raise InvalidImage(
-            "several files were uploaded but they are not all DICOM: send one NIfTI/NRRD volume, or the DICOM "
-            f"files of one series (got {', '.join(sorted({f.value for f in formats}))})"
-        )
 
     def _infos(self) -> list[SessionInfo]:
         parsed = (_parse(record) for record in self.backend.records().values())
@@ -350,16 +317,17 @@ class SessionStore:
 
     def _touch(self, info: SessionInfo) -> SessionInfo:
         session_id = info.session_id
-        info = info.model_copy(update={"last_access_ts": self._clock()})
+        touched = info.model_copy(update={"last_access_ts": self._clock()})
+        durable = _persist_window(touched) != _persist_window(info)
         try:
-            alive = self.backend.refresh(session_id, to_record(info), self._ttl(info))
+            alive = self.backend.refresh(session_id, to_record(touched), self._ttl(touched), durable=durable)
         except OSError as exc:  # the in-memory state stays right; only a restart would see an older time
             log.warning("session %s: could not persist access time: %s", short_id(session_id), exc)
-            return info
+            return touched
         if not alive:
             self._forget(session_id)
             raise SessionNotFound(f"session {session_id!r} does not exist or has expired", session_id=session_id)
-        return info
+        return touched
 
     def _image_path(self, session_id: str) -> Path:
         with self._guard:
@@ -396,40 +364,9 @@ class SessionStore:
             shutil.rmtree(self.root / session_id, ignore_errors=True)
             log.info("session %s %s", short_id(session_id), why)
 
-    def _orphan_folders(self, alive: set[str], now: float) -> list[str]:
-        """Folders (shared workspace) whose session the backend no longer holds; stale `.partial` ones go too."""
-        orphans: list[str] = []
-        for folder in self.root.iterdir():
-            if not folder.is_dir():
-                continue
-            if folder.name.endswith(PARTIAL_SUFFIX):
-                if _age(folder, now) > PARTIAL_GRACE_S:
-                    shutil.rmtree(folder, ignore_errors=True)
-                continue
-            # Re-check: a replica may have created this session after `alive` was listed.
-            if folder.name not in alive and self.backend.load(folder.name) is None:
-                orphans.append(folder.name)
-        return orphans
-
     def _reload(self) -> None:
-        """Pick up the sessions a previous run left on disk; drop half-written and expired ones."""
-        now = self._clock()
-        for folder in sorted(self.root.iterdir()):
-            if not folder.is_dir():
-                continue
-            if folder.name.endswith(PARTIAL_SUFFIX):
-                shutil.rmtree(folder, ignore_errors=True)
-                continue
-            try:
-                info = SessionInfo.model_validate_json((folder / META_FILE).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                log.warning("dropping unreadable session folder %s: %s", short_id(folder.name), exc)
-                shutil.rmtree(folder, ignore_errors=True)
-                continue
-            if (info.session_id != folder.name or not is_session_id(folder.name) or info.expires_at() < now
-                    or not (folder / info.image).is_file()):
-                shutil.rmtree(folder, ignore_errors=True)
-                continue
+        """Pick up the sessions a previous run left on disk (`session_files.saved_sessions`)."""
+        for info in saved_sessions(self.root, self._clock()):
             self.backend.add(info.session_id, to_record(info), self._ttl(info))
             self._stats[info.session_id] = SessionStats()
         with self._guard:
@@ -440,8 +377,6 @@ class SessionStore:
             log.info("reloaded %d session(s) from %s", count, self.root)
 
 
-def _age(folder: Path, now: float) -> float:
-    try:
-        return now - folder.stat().st_mtime
-    except OSError:
-        return 0.0
+def _persist_window(info: SessionInfo) -> int:
+    """Which window of PERSIST_FRACTION × expiry seconds since the session's creation its last access is in."""
+    return math.floor((info.last_access_ts - info.create_ts) / (PERSIST_FRACTION * max(info.expiry, 1)))

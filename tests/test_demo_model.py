@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from aiaa_demo.phantoms import ORGAN_LABELS, make_abdomen_phantom, save_nifti
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import decode_result
-from aiaa_server.phantoms import ORGAN_LABELS, make_abdomen_phantom, save_nifti
 from tests.support.multipart import parse_multipart
 from tests.support.server import LiveServer
 from tests.support.volumes import dice

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from tests.support.mmars import write_threshold_mmar
 from tests.support.redis import RedisServer, redis_server_binary, start_redis
 from tests.support.server import LiveServer, free_port, start_server
 from tests.support.waiting import until
-from tests.test_sessions import upload_of
+from tests.test_sessions import Clock, upload_of
 
 assert redis_server_binary() is not None, "redis-server is not installed: run .ci/deploy-deps.sh"
 
@@ -42,7 +43,7 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.close()
 
 
-def replica(root: Path, url: str, **kwargs: int) -> SessionStore:
+def replica(root: Path, url: str, **kwargs: Any) -> SessionStore:
     kwargs.setdefault("default_expiry", 100)
     return SessionStore(root, backend=session_backend(url, root), **kwargs)
 
@@ -96,6 +97,18 @@ def test_touch_renews_the_ttl_and_never_resurrects(tmp_path: Path, redis_url: st
     a.delete(info.session_id)
     assert not b.backend.refresh(info.session_id, touched.model_dump_json(exclude={"stats"}), 60)
     assert b.backend.load(info.session_id) is None
+
+
+def test_every_touch_reaches_redis_even_within_a_persist_window(tmp_path: Path, redis_url: str) -> None:
+    """The disk backend keeps most touches in memory; Redis is the live record every replica reads."""
+    root = tmp_path / "sessions"
+    clock = Clock()
+    a, b = replica(root, redis_url, clock=clock), replica(root, redis_url, clock=clock)
+    info = a.create([upload_of(tmp_path)], expiry=60)  # a persist window of 6 s
+    for _ in range(3):
+        clock.now += 1
+        touched = b.touch(info.session_id)
+        assert a.get(info.session_id).last_access_ts == touched.last_access_ts == clock.now
 
 
 def test_redis_ttl_expires_sessions_and_sweep_removes_their_files(tmp_path: Path, redis_url: str) -> None:

@@ -14,9 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aiaa_server import session_backends
 from aiaa_server.errors import InvalidImage, PayloadTooLarge
 from aiaa_server.session_backends import META_FILE
-from aiaa_server.sessions import SessionNotFound, SessionStore
+from aiaa_server.session_models import SessionInfo
+from aiaa_server.sessions import PERSIST_FRACTION, SessionNotFound, SessionStore
 from tests.support.volumes import cube_volume, lps_affine, save_nifti
 
 
@@ -136,6 +138,78 @@ def test_reload_after_restart(tmp_path: Path, clock: Clock) -> None:
     assert sorted(p.name for p in again.root.iterdir()) == [alive.session_id]
     assert again.volume(alive.session_id).spatial_shape == (40, 30, 20)
     assert again.get(alive.session_id).stats.decodes == 1
+
+
+def meta_writes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The records the disk backend writes to meta.json from now on (creation writes it elsewhere)."""
+    written: list[str] = []
+    write = session_backends.write_json_atomically
+
+    def counting(path: Path, payload: str) -> None:
+        written.append(payload)
+        write(path, payload)
+
+    monkeypatch.setattr(session_backends, "write_json_atomically", counting)
+    return written
+
+
+def saved_info(store: SessionStore, session_id: str) -> SessionInfo:
+    return SessionInfo.model_validate_json((store.root / session_id / META_FILE).read_text())
+
+
+def test_touches_within_a_window_stay_in_memory(
+    store: SessionStore, tmp_path: Path, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    info = store.create([upload_of(tmp_path)])  # expiry 100 s: a window of 10 s
+    meta = store.root / info.session_id / META_FILE
+    before, stamp = meta.read_bytes(), meta.stat().st_mtime_ns
+    written = meta_writes(monkeypatch)
+    for _ in range(6):
+        clock.now += 1.5
+        assert store.touch(info.session_id).last_access_ts == clock.now
+    assert store.get(info.session_id).expires_at() == clock.now + 100  # the live expiry is renewed
+    assert written == [] and meta.read_bytes() == before and meta.stat().st_mtime_ns == stamp
+    clock.now += 1.5  # 10.5 s after creation: the first touch of the next window is written
+    store.touch(info.session_id)
+    assert len(written) == 1 and saved_info(store, info.session_id).last_access_ts == clock.now
+
+
+def test_meta_json_lags_the_live_expiry_by_less_than_a_window(store: SessionStore, tmp_path: Path,
+                                                               clock: Clock) -> None:
+    info = store.create([upload_of(tmp_path)])
+    window = PERSIST_FRACTION * info.expiry
+    for _ in range(60):
+        clock.now += 0.7
+        live = store.touch(info.session_id).expires_at()
+        assert live - window < saved_info(store, info.session_id).expires_at() <= live
+
+
+def test_restart_after_a_crash_sees_a_touched_session_alive(tmp_path: Path, clock: Clock) -> None:
+    store = SessionStore(tmp_path / "sessions", default_expiry=100, clock=clock)
+    info = store.create([upload_of(tmp_path)])
+    for _ in range(11):
+        clock.now += 2.5
+        live = store.touch(info.session_id).expires_at()
+    clock.now += 90  # 117.5 s after creation, 90 s after the last touch; the store was never closed
+    again = SessionStore(tmp_path / "sessions", default_expiry=100, clock=clock)
+    reloaded = again.get(info.session_id).expires_at()
+    assert live - PERSIST_FRACTION * 100 < reloaded < live  # the touch at 20 s was written, the later ones not
+
+
+def test_close_writes_the_access_times_kept_in_memory(tmp_path: Path, clock: Clock) -> None:
+    store = SessionStore(tmp_path / "sessions", default_expiry=100, clock=clock)
+    info = store.create([upload_of(tmp_path)])
+    gone = store.create([upload_of(tmp_path)])
+    clock.now += 5
+    touched = store.touch(info.session_id)
+    store.touch(gone.session_id)
+    store.delete(gone.session_id)
+    store.close()
+    assert saved_info(store, info.session_id).last_access_ts == touched.last_access_ts
+    assert not (store.root / gone.session_id).exists()  # a deleted session is not written back
+    clock.now += 98  # past the creation-time expiry, within the touched one
+    again = SessionStore(tmp_path / "sessions", default_expiry=100, clock=clock)
+    assert again.get(info.session_id).last_access_ts == touched.last_access_ts
 
 
 def test_volume_is_decoded_once_even_concurrently(tmp_path: Path, clock: Clock) -> None:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 
-from aiaa_server.api.deps import get_services, require_admin
+from aiaa_server.api.deps import ServicesDep, require_admin
 from aiaa_server.api.multipart import (
     MultipartForm,
     MultipartLimits,
@@ -26,7 +26,6 @@ from aiaa_server.api.openapi import BINARY, multipart_request
 from aiaa_server.errors import BadRequest, NotImplementedOnServer, PayloadTooLarge
 from aiaa_server.mmar.loader import ModelInfo
 from aiaa_server.mmar.store import check_model_name
-from aiaa_server.services import Services
 
 UPLOAD_PARTS = ("config", "data")
 MAX_JSON_BODY = 2**20
@@ -107,7 +106,7 @@ UPLOAD_DOC = multipart_request({
 @router.put("/admin/model/{name:path}", response_model=AdminModelResponse, openapi_extra=UPLOAD_DOC,
             summary="Upload or replace a model")
 async def put_model(
-    name: str, request: Request, services: Annotated[Services, Depends(get_services)]
+    name: str, request: Request, services: ServicesDep
 ) -> AdminModelResponse:
     name = _name(name)
     limits = _upload_limits(services.settings.max_upload_mb)
@@ -131,11 +130,11 @@ async def put_model(
 
 
 @router.get("/admin/model/{name:path}", summary="The model's stored config_aiaa.json (+ server keys)")
-def get_model(name: str, services: Annotated[Services, Depends(get_services)]) -> dict[str, Any]:
+def get_model(name: str, services: ServicesDep) -> dict[str, Any]:
     return services.model_admin.stored_config(_name(name))
 
 
 @router.delete("/admin/model/{name:path}", response_model=DeleteResponse, summary="Delete an uploaded model")
-async def delete_model(name: str, services: Annotated[Services, Depends(get_services)]) -> DeleteResponse:
+async def delete_model(name: str, services: ServicesDep) -> DeleteResponse:
     result = await asyncio.to_thread(services.model_admin.delete, _name(name))
     return DeleteResponse(name=result.name, now_serving=str(result.now_serving) if result.now_serving else None)

@@ -30,7 +30,7 @@ from aiaa_server.api.multipart import (
     read_multipart,
 )
 from aiaa_server.errors import BadRequest
-from aiaa_server.inference.params import normalise_params, parse_params
+from aiaa_server.inference.params import parse_params
 from aiaa_server.inference.service import ImageUpload
 
 MAX_FORM_FIELDS = MAX_FIELDS  # of a urlencoded body
@@ -78,7 +78,6 @@ async def _parse(request: Request, folder: Path, max_bytes: int) -> ParsedBody:
         body.params = parse_params(raw) if raw.strip() else {}
     else:
         await _refuse_other_body(request, max_bytes, content_type)
-    body.params = normalise_params(body.params)
     return body
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from aiaa_server.api.deps import get_services
+from aiaa_server.api.deps import ServicesDep
 from aiaa_server.api.forms import read_body
 from aiaa_server.api.openapi import PARAMS_AND_IMAGE
 from aiaa_server.api.responses import check_output_mode, inference_response
@@ -42,7 +42,7 @@ OutputQuery = Annotated[str | None, Query(description="all (multipart, default) 
 
 @router.post("/v1/segmentation", openapi_extra=MULTIPART_DOC, summary="Automatic segmentation")
 async def segmentation(
-    request: Request, services: Annotated[Services, Depends(get_services)],
+    request: Request, services: ServicesDep,
     model: ModelQuery = None, session_id: SessionQuery = None, output: OutputQuery = None,
 ) -> Response:
     return await _run(Endpoint.SEGMENTATION, request, services, model, session_id, output)
@@ -50,7 +50,7 @@ async def segmentation(
 
 @router.post("/v1/inference", openapi_extra=MULTIPART_DOC, summary="Run any model (params passed through)")
 async def inference(
-    request: Request, services: Annotated[Services, Depends(get_services)],
+    request: Request, services: ServicesDep,
     model: ModelQuery = None, session_id: SessionQuery = None, output: OutputQuery = None,
 ) -> Response:
     return await _run(Endpoint.INFERENCE, request, services, model, session_id, output)
@@ -58,7 +58,7 @@ async def inference(
 
 @router.post("/v1/dextr3d", openapi_extra=MULTIPART_DOC, summary="DExtr3D annotation from >= 6 extreme points")
 async def dextr3d(
-    request: Request, services: Annotated[Services, Depends(get_services)],
+    request: Request, services: ServicesDep,
     model: ModelQuery = None, session_id: SessionQuery = None, output: OutputQuery = None,
 ) -> Response:
     return await _run(Endpoint.DEXTR3D, request, services, model, session_id, output)
@@ -66,7 +66,7 @@ async def dextr3d(
 
 @router.post("/v1/deepgrow", openapi_extra=MULTIPART_DOC, summary="DeepGrow from foreground/background clicks")
 async def deepgrow(
-    request: Request, services: Annotated[Services, Depends(get_services)],
+    request: Request, services: ServicesDep,
     model: ModelQuery = None, session_id: SessionQuery = None, output: OutputQuery = None,
 ) -> Response:
     return await _run(Endpoint.DEEPGROW, request, services, model, session_id, output)

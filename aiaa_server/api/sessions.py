@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 
-from aiaa_server.api.deps import get_services
+from aiaa_server.api.deps import ServicesDep
 from aiaa_server.api.forms import read_body
 from aiaa_server.api.openapi import BINARY, multipart_request
-from aiaa_server.services import Services
 from aiaa_server.sessions import NotSupported, SessionCreated, SessionInfo
 
 router = APIRouter(tags=["sessions"])
@@ -30,7 +29,7 @@ SESSION_UPLOAD_DOC = multipart_request(
 @router.put("/session", response_model=SessionCreated, include_in_schema=False)
 async def create_session(
     request: Request,
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
     expiry: Annotated[int | None, Query(description="seconds; 0 or absent: server default (also the maximum)")] = None,
     save_as: Annotated[str | None, Query(description="format a DICOM series is stored in (.nii.gz default)")] = None,
     uncompress: Annotated[str | None, Query(description="accepted for compatibility; ignored")] = None,
@@ -45,12 +44,12 @@ async def create_session(
 @router.get("/session/{session_id}", response_model=SessionInfo, summary="Session details (404 once expired)")
 def get_session(
     session_id: str,
-    services: Annotated[Services, Depends(get_services)],
+    services: ServicesDep,
     update_ts: Annotated[bool, Query(description="also refresh last_access_ts (keeps the session alive)")] = False,
 ) -> SessionInfo:
     return services.sessions.get(session_id, touch=update_ts)
 
 
 @router.delete("/session/{session_id}", response_model=SessionInfo, summary="Close a session and delete its files")
-def delete_session(session_id: str, services: Annotated[Services, Depends(get_services)]) -> SessionInfo:
+def delete_session(session_id: str, services: ServicesDep) -> SessionInfo:
     return services.sessions.delete(session_id)

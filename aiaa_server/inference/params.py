@@ -1,10 +1,15 @@
-"""Request `params`: lenient parsing (what real clients send) and typed options that change the result."""
+"""Request `params`: lenient parsing (what real clients send) and typed options that change the result.
+
+The inference service turns a request's params into one `RequestParams` before anything runs: the result
+options and the clicks are parsed and checked there, once, and every later step reads that object.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from aiaa_server.errors import AIAAError, InvalidParams, format_validation_errors
 from aiaa_server.imaging.formats import ImageFormat, parse_extension
 from aiaa_server.imaging.io import check_result_dtype
+from aiaa_server.inference.interactive import MAX_CLICKS, Clicks, parse_clicks, with_clicks
+from aiaa_server.mmar.config import ModelType
 
 MAX_JSON_DEPTH = 64  # params nest 5 deep at most (3D polygons); the admin config reader shares this bound
 MAX_NUMBER_CHARS = 100  # Python refuses int() of > 4300 digits with a ValueError; no client needs 100
@@ -175,3 +182,33 @@ class ResultOptions(BaseModel):
         if fmt is ImageFormat.NRRD:
             return self.result_compress is not False
         return fmt is ImageFormat.NIFTI_GZ
+
+
+@dataclass(frozen=True)
+class RequestParams:
+    """A request's params for one model, parsed once: the result options, the clicks the model needs (None
+    for non-interactive models), and the params as sent (JSON-decoded), which the pipeline also sees."""
+
+    values: dict[str, Any]
+    result: ResultOptions
+    clicks: Clicks | None = None
+
+    @classmethod
+    def parse(cls, values: dict[str, Any], model_type: ModelType, max_clicks: int = MAX_CLICKS) -> RequestParams:
+        """Check the params for a model of `model_type`.
+
+        Args:
+            values: the request's params (as `parse_params` returns them).
+            model_type: which clicks to parse (see `interactive.parse_clicks`).
+            max_clicks: the most points in one request (`--max_clicks`).
+
+        Raises:
+            InvalidParams: bad result options or clicks (400).
+            InvalidImage: a `result_extension` the server cannot write (400).
+        """
+        result = ResultOptions.from_params(values)
+        return cls(values, result, parse_clicks(model_type, values, max_clicks))
+
+    def pipeline_data(self) -> dict[str, Any]:
+        """A fresh dict for the model's transforms: the params, with the clicks normalised."""
+        return with_clicks(self.values, self.clicks)

@@ -89,8 +89,8 @@ class InferencePool:
 
     Args:
         workers: worker threads, >= 1 (`--workers`).
-        max_queue: most jobs that may wait for a worker, >= 0 (`--max_queue`); every job waits in the queue
-            first, so 0 refuses them all.
+        max_queue: most jobs that may wait for a worker, >= 0 (`--max_queue`); a job an idle worker takes at
+            once does not wait, so 0 means "run now or 503".
         batch_max_wait: seconds the oldest batch job may be overtaken by clicks before it goes first.
         reserve_interactive: with 2 or more workers, keep worker 0 for interactive jobs.
         registry: where queue and run metrics are reported; None: nowhere.
@@ -119,6 +119,7 @@ class InferencePool:
         self.batch_slots = workers - self.reserved
         self._lanes: dict[Lane, deque[_Job]] = {lane: deque() for lane in Lane}
         self._running: dict[Lane, int] = {lane: 0 for lane in Lane}
+        self._busy_workers = {True: 0, False: 0}  # by "reserved for clicks"
         self._cond = threading.Condition()
         self._closed = False
         self._owed_clicks = 0  # clicks an aged batch job went ahead of: they run before the next aged one
@@ -151,7 +152,7 @@ class InferencePool:
         with self._cond:
             if self._closed:
                 raise ServiceUnavailable("the inference pool is shutting down", retry_after=5)
-            if self._queued() >= self.max_queue:
+            if self._queued() + 1 - self._idle_workers(lane) > self.max_queue:
                 retry_after = self._retry_after()
                 self._count(job, "rejected")
                 raise ServiceUnavailable(
@@ -194,6 +195,13 @@ class InferencePool:
     def _queued(self) -> int:
         return sum(len(q) for q in self._lanes.values())
 
+    def _idle_workers(self, lane: Lane) -> int:
+        """Workers free to start a `lane` job now (the reserved one takes clicks only)."""
+        idle = self.batch_slots - self._busy_workers[False]
+        if lane is Lane.INTERACTIVE:
+            idle += self.reserved - self._busy_workers[True]
+        return idle
+
     def _retry_after(self) -> int:
         """Seconds until a queue slot is likely free: the next job starts when a running one ends."""
         mean = max(self._mean_run.values())
@@ -227,11 +235,13 @@ class InferencePool:
                 if job is None:
                     return
                 self._running[job.lane] += 1
+                self._busy_workers[reserved] += 1
             try:
                 self._execute(job)
             finally:
                 with self._cond:
                     self._running[job.lane] -= 1
+                    self._busy_workers[reserved] -= 1
                     self._cond.notify_all()
 
     def _execute(self, job: _Job) -> None:

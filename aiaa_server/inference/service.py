@@ -15,8 +15,8 @@ from aiaa_server.errors import BadRequest, IncompatibleInput, ModelError, Sessio
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
 from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits
-from aiaa_server.inference.interactive import MAX_CLICKS, prepare_params
-from aiaa_server.inference.params import ResultOptions
+from aiaa_server.inference.interactive import MAX_CLICKS
+from aiaa_server.inference.params import RequestParams, ResultOptions
 from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.pool import InferencePool, Lane
 from aiaa_server.inference.tensors import volume_to_tensor
@@ -64,6 +64,8 @@ class ImageUpload:
 
 @dataclass
 class InferenceRequest:
+    """One call; `params` as the client sent them (JSON-decoded), parsed by the service into `RequestParams`."""
+
     endpoint: Endpoint
     model: str | None
     params: dict[str, Any]
@@ -112,8 +114,7 @@ class InferenceService:
     async def run(self, request: InferenceRequest) -> InferenceResult:
         model = self.registry.get(request.model)
         self._check_endpoint(request.endpoint, model)
-        options = ResultOptions.from_params(request.params)
-        request.params = prepare_params(model.config, request.params, max_clicks=self.max_clicks)
+        params = RequestParams.parse(request.params, model.config.type, max_clicks=self.max_clicks)
         lane = _lane(request, model)
         label = request.endpoint.value
         if request.session_id:  # the session image wins over an uploaded file (protocol section 5)
@@ -121,7 +122,7 @@ class InferenceService:
                 raise SessionExpired("Session Expired", session_id=request.session_id)
         elif request.upload is None:
             raise BadRequest("no image uploaded: send the image as a multipart file part, or use session_id")
-        return await self.pool.run(lane, self._run_sync, model, request, options, label=label)
+        return await self.pool.run(lane, self._run_sync, model, request, params, label=label)
 
     @staticmethod
     def _check_endpoint(endpoint: Endpoint, model: ServedModel) -> None:
@@ -133,13 +134,13 @@ class InferenceService:
                 model=model.name,
             )
 
-    def _run_sync(self, model: ServedModel, request: InferenceRequest, options: ResultOptions) -> InferenceResult:
+    def _run_sync(self, model: ServedModel, request: InferenceRequest, params: RequestParams) -> InferenceResult:
         started = time.perf_counter()
         volume, image_data, source = self._prepared_image(model, request)
         pipeline = model.pipeline
-        data = {**request.params, **image_data}  # a fresh dict per request: cached image data is never mutated
+        data = {**params.pipeline_data(), **image_data}  # a fresh dict per request: cached image data is never mutated
         output = pipeline.postprocess(pipeline.infer(pipeline.preprocess_request(data)))
-        result = self._encode(model, volume, output.image, output.json, options)
+        result = self._encode(model, volume, output.image, output.json, params.result)
         log.info(
             "%s %s on %s %s: %.3f s",
             request.endpoint.value, model.name, source, volume.spatial_shape, time.perf_counter() - started,

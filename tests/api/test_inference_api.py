@@ -25,7 +25,7 @@ def _post(server: LiveServer, path: str, file_path: Path, part: str = "datapoint
 
 
 def test_default_response_is_fixed_length_multipart(server: LiveServer, cube_nifti) -> None:
-    path, mask, affine = cube_nifti
+    path, mask, _affine = cube_nifti
     response = _post(server, "/v1/segmentation", path, model="test_threshold")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("multipart/form-data; boundary=")
@@ -96,7 +96,7 @@ def test_output_json_and_image_modes(server: LiveServer, cube_nifti) -> None:
 
 
 def test_result_options_give_gzip_nrrd_uint16(server: LiveServer, cube_nifti) -> None:
-    path, mask, affine = cube_nifti
+    path, mask, _affine = cube_nifti
     params = {"result_extension": ".nrrd", "result_dtype": "uint16", "result_compress": True}
     response = _post(server, "/v1/segmentation", path, params=params, model="test_threshold_native", output="image")
     assert response.status_code == 200

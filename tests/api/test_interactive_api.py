@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from aiaa_server.imaging.formats import ImageFormat
-from aiaa_server.imaging.io import decode_result
-from aiaa_server.synthetic_shapes import (
+from aiaa_demo.synthetic_shapes import (
     HELDOUT_FAMILIES,
     TRAIN_FAMILIES,
     Clicks,
@@ -24,6 +22,8 @@ from aiaa_server.synthetic_shapes import (
     make_scene,
     next_click,
 )
+from aiaa_server.imaging.formats import ImageFormat
+from aiaa_server.imaging.io import decode_result
 from tests.support.multipart import parse_multipart
 from tests.support.server import LiveServer
 from tests.support.volumes import dice, save_nifti
@@ -238,3 +238,25 @@ def test_deepgrow_3d_finds_a_heldout_shape_via_a_session(server, heldout_scene) 
     path, scene = heldout_scene
     scores = three_click_scores(server, path, scene)
     assert scores[-1] >= 0.7, scores
+
+
+def test_clicks_on_a_session_do_not_rewrite_its_meta_json(server, heldout_scene) -> None:
+    """Each click renews the session's expiry in memory; meta.json is written again only once a tenth of the
+    expiry (here 6 minutes) has passed since creation, or at shutdown (tests/api/test_sessions_api.py)."""
+    path, scene = heldout_scene
+    with server.client() as client, open(path, "rb") as handle:
+        created = client.put("/session/", files={"image": (path.name, handle)}).json()
+    meta = server.workspace / "sessions" / created["session_id"] / "meta.json"
+    written, stamp = meta.read_bytes(), meta.stat().st_mtime_ns
+    click = first_click(pick(scene))
+    for endpoint, model, params in [
+        ("/v1/deepgrow", DEEPGROW_3D, {"foreground": [click], "current_point": click}),
+        ("/v1/deepgrow", DEEPGROW_2D, {"foreground": [click], "current_point": [click]}),
+        ("/v1/dextr3d", DEXTR3D, {"points": extreme_points(pick(scene))}),
+    ]:
+        response = post(server, endpoint, model, params, session_id=created["session_id"])
+        assert response.status_code == 200, response.text
+    with server.client() as client:
+        last_access = client.get(f"/session/{created['session_id']}").json()["last_access_ts"]
+    assert last_access > created["session_info"]["last_access_ts"]  # the clicks did renew the session
+    assert meta.read_bytes() == written and meta.stat().st_mtime_ns == stamp

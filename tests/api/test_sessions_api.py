@@ -292,6 +292,33 @@ def test_budget_eviction_then_restart_keeps_sessions(tmp_path: Path, session_mod
         restarted.stop()
 
 
+def test_access_times_kept_in_memory_are_written_at_shutdown(tmp_path: Path, session_models: Path,
+                                                              cube_nifti) -> None:
+    path, _, _ = cube_nifti
+    workspace = tmp_path / "workspace"
+    args = ["--models", str(session_models)]
+    live = start_server(workspace, args)
+    try:
+        session_id = put_session(live, [("image", "cube.nii.gz", path)]).json()["session_id"]
+        meta = workspace / "sessions" / session_id / "meta.json"
+        created = meta.read_bytes()
+        assert segment(live, "test_threshold_native", session_id=session_id).status_code == 200
+        with live.client() as client:
+            last_access = client.get(f"/session/{session_id}").json()["last_access_ts"]
+        assert meta.read_bytes() == created  # the click's access time is in memory only
+    finally:
+        live.stop()
+    assert json.loads(meta.read_text())["last_access_ts"] == last_access
+
+    restarted = start_server(workspace, args)
+    try:
+        with restarted.client() as client:
+            info = client.get(f"/session/{session_id}")
+        assert info.status_code == 200 and info.json()["last_access_ts"] == last_access
+    finally:
+        restarted.stop()
+
+
 def test_session_affine_matches_nibabel(server: LiveServer, tmp_path: Path) -> None:
     image, _ = cube_volume()
     affine = lps_affine((0.5, 0.6, 3.0), origin=(10.0, -20.0, 5.0))

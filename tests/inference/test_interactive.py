@@ -11,6 +11,7 @@ import pytest
 import torch
 from monai.transforms import EnsureChannelFirstd, Orientationd, Spacingd
 
+from aiaa_demo.synthetic_shapes import dice, extreme_points, first_click, make_scene, pick_object
 from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.errors import InvalidParams
 from aiaa_server.imaging.formats import ImageFormat
@@ -30,11 +31,17 @@ from aiaa_server.inference.click_transforms import (
     paste_to_input,
     sample_grid,
 )
-from aiaa_server.inference.interactive import MAX_COORDINATE, parse_points, prepare_params
+from aiaa_server.inference.interactive import (
+    CLICKS_KEY,
+    MAX_COORDINATE,
+    DeepgrowClicks,
+    ExtremePoints,
+    parse_points,
+    prepare_params,
+)
 from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.components import resolve_component
 from aiaa_server.mmar.loader import load_mmar, parse_config
-from aiaa_server.synthetic_shapes import dice, extreme_points, first_click, make_scene, pick_object
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 DEEPGROW = parse_config({"type": "deepgrow", "inference": {"meta_data": {"deepgrow": "3D"}}})
@@ -188,6 +195,32 @@ def test_points_outside_the_image_are_named(scene_and_mask) -> None:
         ExtremePointsCropd("image")(_data(scene, points=points))
     with pytest.raises(InvalidParams, match=r"\[-1, 0, 0\]"):
         DeepgrowCropd("image")(_data(scene, foreground=[[-1, 0, 0]], background=[], current_point=[]))
+
+
+def test_crops_without_any_click_are_refused(scene_and_mask) -> None:
+    scene, _ = scene_and_mask
+    with pytest.raises(InvalidParams, match="at least one click"):
+        DeepgrowClicks([], [], [])
+    for crop in (DeepgrowCropd("image"), DeepgrowSliced("image")):
+        with pytest.raises(InvalidParams, match="at least one click"):
+            crop(_data(scene, foreground=[], background=[]))
+
+
+def test_crops_read_the_parsed_clicks_unless_configured_with_other_keys(scene_and_mask) -> None:
+    scene, mask = scene_and_mask
+    click = first_click(mask)
+    parsed = _data(scene, **{CLICKS_KEY: DeepgrowClicks([click], [], [click])})  # no lists under the keys
+    out = DeepgrowCropd("image", spatial_size=(32, 32, 32))(parsed)
+    np.testing.assert_allclose(out[GUIDANCE_KEY]["foreground"], [[15.5, 15.5, 15.5]], atol=1e-6)
+    renamed = DeepgrowCropd("image", spatial_size=(32, 32, 32), foreground="fg", background="bg",
+                            current_point="cp")
+    with pytest.raises(InvalidParams, match="at least one click"):
+        renamed(parsed)
+    out = renamed({**parsed, "fg": [click]})
+    np.testing.assert_allclose(out[GUIDANCE_KEY]["foreground"], [[15.5, 15.5, 15.5]], atol=1e-6)
+    points = extreme_points(mask)
+    out = ExtremePointsCropd("image", spatial_size=(16, 16, 16))(_data(scene, **{CLICKS_KEY: ExtremePoints(points)}))
+    assert out[GUIDANCE_KEY]["points"].shape == (6, 3)
 
 
 def test_guidance_heatmaps() -> None:

@@ -8,8 +8,9 @@ import pytest
 
 from aiaa_server.errors import InvalidImage, InvalidModel, InvalidParams
 from aiaa_server.imaging.formats import ImageFormat
-from aiaa_server.inference.interactive import parse_points, prepare_params
-from aiaa_server.inference.params import ResultOptions, loads_bounded, parse_params
+from aiaa_server.inference.interactive import CLICKS_KEY, DeepgrowClicks, ExtremePoints, parse_points, prepare_params
+from aiaa_server.inference.params import RequestParams, ResultOptions, loads_bounded, parse_params
+from aiaa_server.mmar.config import ModelType
 from aiaa_server.mmar.loader import parse_config
 
 
@@ -30,14 +31,17 @@ def test_bad_params(raw: str, word: str) -> None:
 
 
 def test_result_options() -> None:
-    options = ResultOptions.from_params({"result_extension": "nrrd", "result_dtype": "uint16", "result_compress": "true"})
+    options = ResultOptions.from_params(
+        {"result_extension": "nrrd", "result_dtype": "uint16", "result_compress": "true"}
+    )
     assert options.output_format(ImageFormat.NIFTI_GZ) is ImageFormat.NRRD
     assert options.compress(ImageFormat.NRRD) is True
     assert options.dtype.name == "uint16"
     default = ResultOptions.from_params({})
     assert default.output_format(ImageFormat.NIFTI) is ImageFormat.NIFTI
     assert default.output_format(ImageFormat.DICOM) is ImageFormat.NIFTI_GZ
-    assert ResultOptions.from_params({"result_compress": False}).output_format(ImageFormat.NIFTI_GZ) is ImageFormat.NIFTI
+    uncompressed = ResultOptions.from_params({"result_compress": False})
+    assert uncompressed.output_format(ImageFormat.NIFTI_GZ) is ImageFormat.NIFTI
     with pytest.raises(InvalidImage, match="result_extension"):
         ResultOptions.from_params({"result_extension": ".jpg"})
     with pytest.raises(InvalidParams, match="result_compress"):
@@ -63,6 +67,30 @@ def test_prepare_params_for_interactive_types() -> None:
     deepgrow = parse_config({"type": "deepgrow", "inference": {"meta_data": {"deepgrow": "3D"}}})
     prepared = prepare_params(deepgrow, {"foreground": [[1, 2, 3]], "current_point": [1, 2, 3]})
     assert prepared["background"] == [] and prepared["current_point"] == [[1, 2, 3]]
+
+
+def test_request_params_are_parsed_once_into_one_object() -> None:
+    sent = parse_params('{"foreground": "[[1, 2, 3]]", "current_point": [4, 5, 6], "result_dtype": "uint16", '
+                        '"label": "spleen"}')
+    params = RequestParams.parse(sent, ModelType.DEEPGROW)
+    assert params.result.dtype.name == "uint16"
+    assert params.clicks == DeepgrowClicks([[1, 2, 3]], [], [[4, 5, 6]])
+    data = params.pipeline_data()
+    assert data["current_point"] == [[4, 5, 6]] and data["background"] == [] and data["label"] == "spleen"
+    assert data[CLICKS_KEY] is params.clicks
+    assert sent["current_point"] == [4, 5, 6] and "background" not in sent  # what the client sent is kept as is
+    assert data is not params.pipeline_data()  # a fresh dict per call: the pipeline may change it
+
+
+def test_request_params_parse_only_the_clicks_the_model_takes() -> None:
+    sent = {"foreground": "not points", "points": [[1, 2, 3]] * 6}
+    segmentation = RequestParams.parse(sent, ModelType.SEGMENTATION)
+    assert segmentation.clicks is None and segmentation.pipeline_data() == sent  # passed through unparsed
+    assert RequestParams.parse(sent, ModelType.ANNOTATION).clicks == ExtremePoints([[1, 2, 3]] * 6)
+    with pytest.raises(InvalidParams, match="foreground must be a list"):
+        RequestParams.parse(sent, ModelType.DEEPGROW)
+    with pytest.raises(InvalidParams, match="result_compress"):
+        RequestParams.parse({"result_compress": "perhaps", "foreground": [[1, 2, 3]]}, ModelType.DEEPGROW)
 
 
 # ------------------------------------------------------------------ bounded JSON

@@ -54,6 +54,20 @@ def test_full_queue_is_refused_with_retry_after() -> None:
     pool.shutdown(wait=True)
 
 
+def test_max_queue_zero_runs_on_idle_workers_and_refuses_the_rest() -> None:
+    pool = InferencePool(workers=2, max_queue=0, reserve_interactive=True)
+    assert pool.submit(Lane.BATCH, lambda: "idle worker").result(5) == "idle worker"
+    gate = _occupy(pool, Lane.BATCH)  # the batch worker is busy; the reserved one is free for clicks only
+    with pytest.raises(ServiceUnavailable):
+        pool.submit(Lane.BATCH, lambda: 1)
+    click = _occupy(pool, Lane.INTERACTIVE)
+    with pytest.raises(ServiceUnavailable):
+        pool.submit(Lane.INTERACTIVE, lambda: 1)
+    gate.release.set()
+    click.release.set()
+    pool.shutdown(wait=True)
+
+
 def test_interactive_jobs_overtake_queued_batch_jobs() -> None:
     pool = InferencePool(workers=1, max_queue=10)
     gate = _occupy(pool)

@@ -24,9 +24,9 @@ REPO_ROOT = MMAR_DIR.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(MMAR_DIR / "commands"))
 
-from aiaa_server.demo_training import evaluate_cases, run_model  # noqa: E402
-from aiaa_server.mmar.loader import LoadedModel  # noqa: E402
-from aiaa_server.synthetic_shapes import Clicks, Scene, dice, first_click, next_click  # noqa: E402
+from aiaa_demo.evaluation import evaluate_cases, run_model
+from aiaa_demo.synthetic_shapes import Clicks, Scene, dice, first_click, next_click
+from aiaa_server.mmar.loader import LoadedModel
 
 
 def click_session(model: LoadedModel, scene: Scene, mask: np.ndarray, clicks: int = 5) -> dict[str, float]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the DEMO DeepGrow 3D model on synthetic shapes (aiaa_server.synthetic_shapes).
+"""Train the DEMO DeepGrow 3D model on synthetic shapes (aiaa_demo.synthetic_shapes).
 
 Every training sample goes through the MMAR's own pre-transforms, built from config/config_aiaa.json with
 the server's component loader (only the crop size is smaller: 64³ instead of 96³, the network is fully
@@ -33,7 +33,8 @@ import torch
 MMAR_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(MMAR_DIR.parents[1]))
 
-from aiaa_server.demo_training import (  # noqa: E402
+from aiaa_demo.synthetic_shapes import Scene, first_click
+from aiaa_demo.training import (
     config_pre_transforms,
     deepgrow_batch,
     scene_objects,
@@ -41,13 +42,11 @@ from aiaa_server.demo_training import (  # noqa: E402
     train_for,
     training_arguments,
 )
-from aiaa_server.imaging.formats import ImageFormat  # noqa: E402
-from aiaa_server.imaging.io import Volume  # noqa: E402
-from aiaa_server.inference.click_transforms import GEOMETRY_KEY, GUIDANCE_KEY, sample_grid  # noqa: E402
-from aiaa_server.inference.tensors import volume_to_tensor  # noqa: E402
-from aiaa_server.synthetic_shapes import Scene, first_click  # noqa: E402
+from aiaa_server.imaging.formats import ImageFormat
+from aiaa_server.imaging.io import Volume
+from aiaa_server.inference.click_transforms import GEOMETRY_KEY, GUIDANCE_KEY, sample_grid
+from aiaa_server.inference.tensors import volume_to_tensor
 
-CONFIG = MMAR_DIR / "config" / "config_aiaa.json"
 MIN_OBJECT_MM3 = 2000.0
 Sample = list[Any]  # [image crop (1, S, S, S), truth crop, fg clicks, bg clicks] in crop voxel coordinates
 
@@ -84,14 +83,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="training crop size (voxels per side)")
     args = parser.parse_args()
     crop = {"DeepgrowCropd": {"spatial_size": [args.size] * 3}}
-    transforms, guidance = split_guidance(config_pre_transforms(CONFIG, crop))
+    transforms, guidance = split_guidance(config_pre_transforms(args.config, crop))
 
     def step_batch(step: int, net: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, str]:
         rngs = [np.random.default_rng((args.seed, 0, step, i)) for i in range(args.batch // 2)]
         samples = [sample for rng in rngs for sample in make_samples(rng, transforms)]
         return deepgrow_batch(net, samples, rngs[0], guidance.sigma)
 
-    train_for(build_network(), args, step_batch, (1, 3, args.size, args.size, args.size))
+    train_for(build_network, args, step_batch, (1, 3, args.size, args.size, args.size))
 
 
 if __name__ == "__main__":

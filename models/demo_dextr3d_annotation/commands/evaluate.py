@@ -22,11 +22,11 @@ REPO_ROOT = MMAR_DIR.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(MMAR_DIR / "commands"))
 
-from train import MIN_OBJECT_MM3, client_crop  # noqa: E402
+from train import MIN_OBJECT_MM3, client_crop
 
-from aiaa_server.demo_training import evaluate_cases, run_model  # noqa: E402
-from aiaa_server.mmar.loader import LoadedModel  # noqa: E402
-from aiaa_server.synthetic_shapes import Scene, dice, extreme_points  # noqa: E402
+from aiaa_demo.evaluation import evaluate_cases, run_model
+from aiaa_demo.synthetic_shapes import Scene, dice, extreme_points
+from aiaa_server.mmar.loader import LoadedModel
 
 
 def annotate_both_ways(model: LoadedModel, scene: Scene, mask: np.ndarray) -> dict[str, float]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train the DEMO DExtr3D annotation model on synthetic shapes (aiaa_server.synthetic_shapes).
+"""Train the DEMO DExtr3D annotation model on synthetic shapes (aiaa_demo.synthetic_shapes).
 
 Every training sample goes through the MMAR's own pre-transforms, built from config/config_aiaa.json with
 the server's component loader, so training sees exactly what serving sees:
@@ -34,20 +34,19 @@ import torch
 MMAR_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(MMAR_DIR.parents[1]))
 
-from aiaa_server.demo_training import config_pre_transforms, scene_objects, targets, train_for, training_arguments  # noqa: E402,E501
-from aiaa_server.imaging.formats import ImageFormat  # noqa: E402
-from aiaa_server.imaging.io import Volume  # noqa: E402
-from aiaa_server.inference.click_transforms import (  # noqa: E402
+from aiaa_demo.synthetic_shapes import Scene, extreme_points
+from aiaa_demo.training import config_pre_transforms, scene_objects, targets, train_for, training_arguments
+from aiaa_server.imaging.formats import ImageFormat
+from aiaa_server.imaging.io import Volume
+from aiaa_server.inference.click_transforms import (
     GEOMETRY_KEY,
     box_matrix,
     dextr_box,
     sample_grid,
     spacing_of,
 )
-from aiaa_server.inference.tensors import volume_to_tensor  # noqa: E402
-from aiaa_server.synthetic_shapes import Scene, extreme_points  # noqa: E402
+from aiaa_server.inference.tensors import volume_to_tensor
 
-CONFIG = MMAR_DIR / "config" / "config_aiaa.json"
 CLIENT_ROI = 128
 CLIENT_PAD_MM = 20.0
 MIN_OBJECT_MM3 = 1500.0
@@ -69,7 +68,7 @@ def client_crop(scene: Scene, mask: np.ndarray, points: list[list[int]]) -> tupl
     image = sample_grid(torch.from_numpy(scene.image)[None], matrix, (CLIENT_ROI,) * 3)[0].numpy()
     cropped = sample_grid(torch.from_numpy(mask.astype(np.float32))[None], matrix, (CLIENT_ROI,) * 3)[0].numpy()
     inverse = np.linalg.inv(matrix)
-    scaled = [[int(round(v)) for v in inverse[:3, :3] @ np.asarray(p, dtype=np.float64) + inverse[:3, 3]]
+    scaled = [[round(v) for v in inverse[:3, :3] @ np.asarray(p, dtype=np.float64) + inverse[:3, 3]]
               for p in points]
     crop_scene = Scene(image=image, labels=(cropped >= 0.5).astype(np.int16), affine=scene.affine @ matrix,
                        families=scene.families[:1])
@@ -101,14 +100,14 @@ def make_sample(rng: np.random.Generator, transforms: list[Any], scene: Scene, m
 
 def main() -> None:
     args = training_arguments(__doc__.split("\n")[0], MMAR_DIR, batch=4).parse_args()
-    transforms = config_pre_transforms(CONFIG)
+    transforms = config_pre_transforms(args.config)
 
     def step_batch(step: int, net: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, str]:
         rngs = [np.random.default_rng((args.seed, 0, step, i)) for i in range(args.batch // 2)]
         samples = [sample for rng in rngs for sample in make_samples(rng, transforms)]
         return torch.stack([s[0] for s in samples]), targets(samples), ""
 
-    train_for(build_network(), args, step_batch, (1, 2, NETWORK_SIZE, NETWORK_SIZE, NETWORK_SIZE))
+    train_for(build_network, args, step_batch, (1, 2, NETWORK_SIZE, NETWORK_SIZE, NETWORK_SIZE))
 
 
 if __name__ == "__main__":

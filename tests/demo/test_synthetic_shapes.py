@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from aiaa_server.synthetic_shapes import (
+from aiaa_demo.synthetic_shapes import (
     ALL_FAMILIES,
     HELDOUT_FAMILIES,
     TRAIN_FAMILIES,
@@ -82,7 +82,7 @@ def test_extreme_points_lie_on_the_bounding_faces() -> None:
     points = extreme_points(mask)
     assert len(points) == 6
     assert all(mask[tuple(p)] for p in points)
-    assert sorted(p[0] for p in points)[0] == 12 and sorted(p[0] for p in points)[-1] == 28
+    assert min(p[0] for p in points) == 12 and max(p[0] for p in points) == 28
 
 
 def test_clicks_params_and_dice() -> None:
