@@ -12,7 +12,7 @@ import re
 import threading
 from pathlib import Path
 
-from aiaa_server.session_backends import SESSION_ID_TEXT, short_id
+from aiaa_server.sessions.backends import SESSION_ID_TEXT, short_id
 
 LOG_FORMAT = "%(asctime)s [%(levelname)s] %(name)s: %(message)s"
 _SESSION_IDS = re.compile(rf"(?<![0-9A-Za-z]){SESSION_ID_TEXT}(?![0-9A-Za-z])")

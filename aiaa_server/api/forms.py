@@ -31,7 +31,7 @@ from aiaa_server.api.multipart import (
 )
 from aiaa_server.errors import BadRequest
 from aiaa_server.inference.params import parse_params
-from aiaa_server.inference.service import ImageUpload
+from aiaa_server.services.inference import ImageUpload
 
 MAX_FORM_FIELDS = MAX_FIELDS  # of a urlencoded body
 DEFAULT_MAX_REQUEST_BYTES = 4096 * 2**20  # the default of --max_request_mb

@@ -10,8 +10,8 @@ from aiaa_server.api.deps import ServicesDep
 from aiaa_server.api.forms import read_body
 from aiaa_server.api.openapi import PARAMS_AND_IMAGE
 from aiaa_server.api.responses import check_output_mode, inference_response
-from aiaa_server.inference.service import Endpoint, InferenceRequest
 from aiaa_server.services import Services
+from aiaa_server.services.inference import Endpoint, InferenceRequest
 
 router = APIRouter(tags=["inference"])
 

@@ -13,7 +13,7 @@ from fastapi import Response
 from fastapi.responses import JSONResponse
 
 from aiaa_server.errors import InvalidParams
-from aiaa_server.inference.service import InferenceResult
+from aiaa_server.services.inference import InferenceResult
 
 OUTPUT_MODES = ("all", "image", "json")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")

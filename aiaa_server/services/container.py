@@ -6,7 +6,6 @@ import logging
 from dataclasses import dataclass, field
 
 from aiaa_server.inference.pool import InferencePool
-from aiaa_server.inference.service import InferenceService
 from aiaa_server.logs import LogTail
 from aiaa_server.metrics import HttpMetrics, MetricsRegistry
 from aiaa_server.mmar.admin import ModelAdmin
@@ -15,11 +14,12 @@ from aiaa_server.mmar.registry import ModelRegistry
 from aiaa_server.mmar.sandbox import SandboxLimits
 from aiaa_server.mmar.store import ModelStore
 from aiaa_server.security import AdminPolicy
+from aiaa_server.services.inference import InferenceService
 from aiaa_server.services.polygons import PolygonService
 from aiaa_server.services.runtime import factory_from_settings, tune_process
 from aiaa_server.services.system import SystemService
-from aiaa_server.session_backends import session_backend
 from aiaa_server.sessions import SessionStore
+from aiaa_server.sessions.backends import session_backend
 from aiaa_server.settings import Settings
 
 log = logging.getLogger("aiaa_server.services")  # the logger name log readers knew before the package split

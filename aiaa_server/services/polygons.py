@@ -16,15 +16,14 @@ from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_for
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
 from aiaa_server.imaging.limits import DecodeLimits
 from aiaa_server.imaging.png import decode_png, encode_png, png_shape
+from aiaa_server.imaging.polygon_raster import polygons_to_mask, polygons_to_slice
 from aiaa_server.imaging.polygons import (
     PolygonError,
     mask_to_polygons,
     move_vertex,
     move_vertex_3d,
-    polygons_to_mask,
-    polygons_to_slice,
 )
-from aiaa_server.inference.service import ImageUpload
+from aiaa_server.services.inference import ImageUpload
 from aiaa_server.services.polygon_params import (
     FixPolygonParams,
     Mask2PolygonParams,

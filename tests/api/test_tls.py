@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from aiaa_server.settings import settings_from_cli
+from tests.sessions.test_store import upload_of
 from tests.support.server import LiveServer, start_server
-from tests.test_sessions import upload_of
 
 REPO = Path(__file__).resolve().parents[2]
 HEALTHCHECK = REPO / "deploy" / "healthcheck.py"

@@ -8,14 +8,12 @@ from scipy import ndimage
 from skimage.draw import disk, line, polygon
 
 from aiaa_server.imaging.png import decode_png, encode_png, png_shape
+from aiaa_server.imaging.polygon_raster import MAX_RASTER_PIXELS, polygons_to_mask, polygons_to_slice
 from aiaa_server.imaging.polygons import (
-    MAX_RASTER_PIXELS,
     PolygonError,
     mask_to_polygons,
     move_vertex,
     move_vertex_3d,
-    polygons_to_mask,
-    polygons_to_slice,
     slice_to_polygons,
 )
 

@@ -12,7 +12,7 @@ from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import decode_result
 from aiaa_server.imaging.limits import DecodeLimits
 from aiaa_server.imaging.png import decode_png, encode_png
-from aiaa_server.inference.service import ImageUpload
+from aiaa_server.services.inference import ImageUpload
 from aiaa_server.services.polygons import PolygonService, fixed_filename
 from tests.support.volumes import lps_affine, save_nifti
 

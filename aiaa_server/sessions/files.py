@@ -19,8 +19,8 @@ from aiaa_server.imaging.dicom_volume import dicom_series_to_file
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
 from aiaa_server.imaging.io import Volume, read_volume
 from aiaa_server.imaging.limits import DecodeLimits
-from aiaa_server.session_backends import META_FILE, is_session_id, short_id
-from aiaa_server.session_models import SessionInfo
+from aiaa_server.sessions.backends import META_FILE, is_session_id, short_id
+from aiaa_server.sessions.models import SessionInfo
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiaa_server import session_backends
 from aiaa_server.errors import InvalidImage, PayloadTooLarge
-from aiaa_server.session_backends import META_FILE
-from aiaa_server.session_models import SessionInfo
 from aiaa_server.sessions import PERSIST_FRACTION, SessionNotFound, SessionStore
+from aiaa_server.sessions import backends as session_backends
+from aiaa_server.sessions.backends import META_FILE
+from aiaa_server.sessions.models import SessionInfo
 from tests.support.volumes import cube_volume, lps_affine, save_nifti
 
 

@@ -1,12 +1,12 @@
 """Sessions (protocol section 5): an uploaded image stored once and reused by many interactive calls.
 
 Each session lives on disk as `<root>/<id>/` holding the image and `meta.json` (written atomically), so
-sessions survive a restart (`aiaa_server.session_files`). Its metadata is kept by a backend
-(`session_backends`): this process (disk), or Redis so that replicas sharing the workspace serve each other's
+sessions survive a restart (`aiaa_server.sessions.files`). Its metadata is kept by a backend
+(`aiaa_server.sessions.backends`): this process (disk), or Redis so that replicas sharing the workspace serve each other's
 sessions. The store keeps the sessions under a byte budget (least recently accessed evicted first) and
 expires idle ones. Decoded volumes and the models' image-only pre-processing results are kept in a bounded
-in-memory LRU (`aiaa_server.cache`) so that clicks on a session neither re-read nor re-preprocess it. The
-records are the models of `aiaa_server.session_models`.
+in-memory LRU (`aiaa_server.sessions.cache`) so that clicks on a session neither re-read nor re-preprocess it. The
+records are the models of `aiaa_server.sessions.models`.
 
 Every use renews a session's expiry in the backend's live record, but only the first use in each window of
 PERSIST_FRACTION × expiry seconds (counted from the session's creation) is `durable`: with the disk backend,
@@ -29,11 +29,10 @@ from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
-from aiaa_server.cache import ByteLRU, _nbytes, _Preprocessed  # noqa: F401 (ByteLRU, _nbytes re-exported)
 from aiaa_server.errors import AIAAError, InvalidImage, NotFound, PayloadTooLarge
 from aiaa_server.imaging.io import Volume, read_volume
 from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits
-from aiaa_server.session_backends import (
+from aiaa_server.sessions.backends import (
     META_FILE,
     DiskSessionBackend,
     SessionBackend,
@@ -42,7 +41,8 @@ from aiaa_server.session_backends import (
     short_id,
     write_json_atomically,
 )
-from aiaa_server.session_files import (
+from aiaa_server.sessions.cache import ByteLRU, _Preprocessed
+from aiaa_server.sessions.files import (
     PARTIAL_SUFFIX,
     SessionUpload,
     folder_bytes,
@@ -51,9 +51,7 @@ from aiaa_server.session_files import (
     saved_sessions,
     store_image,
 )
-from aiaa_server.session_models import (  # noqa: F401 (the models are re-exported)
-    ImageMeta,
-    SessionCreated,
+from aiaa_server.sessions.models import (
     SessionInfo,
     SessionStats,
     image_meta,

@@ -6,8 +6,7 @@ import threading
 
 import numpy as np
 
-from aiaa_server import sessions
-from aiaa_server.cache import ByteLRU
+from aiaa_server.sessions.cache import ByteLRU
 
 
 def test_byte_lru_bounds_memory() -> None:
@@ -51,7 +50,3 @@ def test_discard_and_bytes_where() -> None:
     assert cache.bytes_where(lambda key: key[1] == "a") == 30
     cache.discard(lambda key: key[1] == "a")
     assert cache.size_bytes == 30 and cache.lookup(("volume", "a")) is None
-
-
-def test_sessions_still_exports_the_cache() -> None:
-    assert sessions.ByteLRU is ByteLRU

@@ -15,14 +15,14 @@ import pytest
 import redis  # the test extra installs it
 
 from aiaa_server.errors import ServiceUnavailable
-from aiaa_server.session_backends import REDIS_PREFIX, RedisSessionBackend, session_backend
 from aiaa_server.sessions import SessionNotFound, SessionStore
+from aiaa_server.sessions.backends import REDIS_PREFIX, RedisSessionBackend, session_backend
 from tests.api.test_sessions_api import put_session, result_array, segment
+from tests.sessions.test_store import Clock, upload_of
 from tests.support.mmars import write_threshold_mmar
 from tests.support.redis import RedisServer, redis_server_binary, start_redis
 from tests.support.server import LiveServer, free_port, start_server
 from tests.support.waiting import until
-from tests.test_sessions import Clock, upload_of
 
 assert redis_server_binary() is not None, "redis-server is not installed: run .ci/deploy-deps.sh"
 
