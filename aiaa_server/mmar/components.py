@@ -213,6 +213,13 @@ def resolve_component(name: str, args: dict[str, Any], custom: CustomCode | None
     return found, args
 
 
+# MONAI announces (FutureWarning, at every build) that these defaults will change; passing today's value keeps
+# the configs' meaning when it does, and keeps the warning out of every server start.
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
+PINNED_DEFAULTS: dict[str, dict[str, Any]] = {"Orientation": {"labels": _RAS_LABELS},
+                                              "Orientationd": {"labels": _RAS_LABELS}}
+
+
 def build_component(config: ComponentConfig, custom: CustomCode | None = None) -> Any:
     """Instantiate the component a config entry names with its `args` (see `resolve_component`).
 
@@ -220,6 +227,7 @@ def build_component(config: ComponentConfig, custom: CustomCode | None = None) -
         InvalidModel: an unknown name, or a constructor that fails with these arguments.
     """
     cls, args = resolve_component(config.name, dict(config.args), custom)
+    args = {**PINNED_DEFAULTS.get(getattr(cls, "__name__", ""), {}), **args}
     try:
         return cls(**args)
     except Exception as exc:

@@ -106,3 +106,16 @@ def test_restored_undoes_spacing_and_orientation() -> None:
     assert restored.shape == (1, *array.shape)
     overlap = np.logical_and(restored[0] > 0, array > 0).sum() * 2 / ((restored[0] > 0).sum() + array.sum())
     assert overlap > 0.9
+
+
+def test_orientation_builds_without_monai_future_warnings() -> None:
+    """The bundled spleen config uses Orientationd: building it must not print MONAI's FutureWarning at start."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        transform = build_component(ComponentConfig(name="Orientationd", args={"keys": "image", "axcodes": "RAS"}))
+    assert transform.ornt_transform.labels == (("L", "R"), ("P", "A"), ("I", "S"))
+    explicit = build_component(ComponentConfig(name="Orientationd",
+                                               args={"keys": "image", "axcodes": "RAS", "labels": None}))
+    assert explicit.ornt_transform.labels is None  # a config's own value wins
