@@ -18,7 +18,7 @@ from aiaa_server.api import admin, inference, metrics, models, polygons, session
 from aiaa_server.api.body_timeout import BodyTimeoutMiddleware
 from aiaa_server.api.cors import CorsPolicy
 from aiaa_server.api.metrics import MetricsMiddleware
-from aiaa_server.api.openapi import document_errors
+from aiaa_server.api.openapi import complete_schema
 from aiaa_server.errors import AIAAError, ServiceUnavailable, format_validation_errors
 from aiaa_server.logs import setup_logging
 from aiaa_server.security import warn_if_exposed
@@ -69,17 +69,17 @@ def create_app(settings: Settings) -> FastAPI:
     _add_error_handlers(app)
     for module in (system, models, inference, admin, sessions, polygons, metrics):
         app.include_router(module.router)
-    _document_errors(app)
+    _complete_schema(app)
     return app
 
 
-def _document_errors(app: FastAPI) -> None:
-    """The OpenAPI schema, with error answers described as the JSON the server really sends."""
+def _complete_schema(app: FastAPI) -> None:
+    """The OpenAPI schema, finished by `api.openapi.complete_schema` (params models, real error answers)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = document_errors(build())
+            app.openapi_schema = complete_schema(build())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

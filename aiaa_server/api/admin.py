@@ -22,7 +22,7 @@ from aiaa_server.api.multipart import (
     read_multipart,
     refuse_declared_overflow,
 )
-from aiaa_server.api.openapi import BINARY, multipart_request
+from aiaa_server.api.openapi import BINARY, errors, multipart_request
 from aiaa_server.errors import BadRequest, NotImplementedOnServer, PayloadTooLarge
 from aiaa_server.mmar.loader import ModelInfo
 from aiaa_server.mmar.store import check_model_name
@@ -32,7 +32,7 @@ MAX_JSON_BODY = 2**20
 NGC_REFUSAL = "NGC download not supported: this server never downloads; upload the MMAR"
 
 
-router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)])
+router = APIRouter(tags=["admin"], dependencies=[Depends(require_admin)], responses=errors(401, 403))
 
 
 class AdminModelResponse(ModelInfo):
@@ -104,7 +104,7 @@ UPLOAD_DOC = multipart_request({
 
 
 @router.put("/admin/model/{name:path}", response_model=AdminModelResponse, openapi_extra=UPLOAD_DOC,
-            summary="Upload or replace a model")
+            responses=errors(400, 408, 413, 422, 501), summary="Upload or replace a model")
 async def put_model(
     name: str, request: Request, services: ServicesDep
 ) -> AdminModelResponse:
@@ -129,12 +129,14 @@ async def put_model(
     return AdminModelResponse(**fields)
 
 
-@router.get("/admin/model/{name:path}", summary="The model's stored config_aiaa.json (+ server keys)")
+@router.get("/admin/model/{name:path}", responses=errors(400, 404, 422),
+            summary="The model's stored config_aiaa.json (+ server keys)")
 def get_model(name: str, services: ServicesDep) -> dict[str, Any]:
     return services.model_admin.stored_config(_name(name))
 
 
-@router.delete("/admin/model/{name:path}", response_model=DeleteResponse, summary="Delete an uploaded model")
+@router.delete("/admin/model/{name:path}", response_model=DeleteResponse, responses=errors(400, 404, 409),
+               summary="Delete an uploaded model")
 async def delete_model(name: str, services: ServicesDep) -> DeleteResponse:
     result = await asyncio.to_thread(services.model_admin.delete, _name(name))
     return DeleteResponse(name=result.name, now_serving=str(result.now_serving) if result.now_serving else None)

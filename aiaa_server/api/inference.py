@@ -1,4 +1,5 @@
-"""`POST /v1/segmentation`, `/v1/inference`: multipart in (params + image), multipart out (sec. 3–4, 7)."""
+"""`POST /v1/segmentation`, `/v1/inference`, `/v1/dextr3d`, `/v1/deepgrow`: multipart in (params + image),
+multipart out (protocol sections 3–4, 7)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
+from aiaa_server.api import schemas
 from aiaa_server.api.deps import ServicesDep
 from aiaa_server.api.forms import read_body
-from aiaa_server.api.openapi import PARAMS_AND_IMAGE
+from aiaa_server.api.openapi import errors, inference_operation
 from aiaa_server.api.responses import check_output_mode, inference_response
 from aiaa_server.services import Services
 from aiaa_server.services.inference import Endpoint, InferenceRequest
 
 router = APIRouter(tags=["inference"])
 
-MULTIPART_DOC = {
-    **PARAMS_AND_IMAGE,
-    "responses": {"200": {"content": {"multipart/form-data": {}, "application/json": {}}}},
-}
+INFERENCE_ERRORS = errors(400, 404, 408, 413, 422, 440, 503)
+SEGMENTATION_DOC = inference_operation(schemas.SegmentationParams, schemas.SEGMENTATION_EXAMPLE,
+                                       schemas.DEMO_SEGMENTATION)
+INFERENCE_DOC = inference_operation(schemas.InferenceParams, schemas.INFERENCE_EXAMPLE, schemas.DEMO_SEGMENTATION)
+DEXTR3D_DOC = inference_operation(schemas.Dextr3dParams, schemas.DEXTR3D_EXAMPLE, schemas.DEMO_DEXTR3D)
+DEEPGROW_DOC = inference_operation(schemas.DeepgrowParams, schemas.DEEPGROW_EXAMPLE, schemas.DEMO_DEEPGROW)
 
 
 async def _run(
@@ -35,12 +39,14 @@ async def _run(
     return inference_response(result, mode)
 
 
-ModelQuery = Annotated[str | None, Query(description="model name (see GET /v1/models)")]
-SessionQuery = Annotated[str | None, Query(description="use the image stored in this session")]
-OutputQuery = Annotated[str | None, Query(description="all (multipart, default) | image | json")]
+# Documented in `inference_operation` (`model` required, `output` an enum), read leniently here.
+ModelQuery = Annotated[str | None, Query(include_in_schema=False)]
+SessionQuery = Annotated[str | None, Query(include_in_schema=False)]
+OutputQuery = Annotated[str | None, Query(include_in_schema=False)]
 
 
-@router.post("/v1/segmentation", openapi_extra=MULTIPART_DOC, summary="Automatic segmentation")
+@router.post("/v1/segmentation", summary="Automatic segmentation",
+             responses=INFERENCE_ERRORS, openapi_extra=SEGMENTATION_DOC)
 async def segmentation(
     request: Request, services: ServicesDep,
     model: ModelQuery = None, session_id: SessionQuery = None, output: OutputQuery = None,
@@ -48,7 +54,8 @@ async def segmentation(
     return await _run(Endpoint.SEGMENTATION, request, services, model, session_id, output)
 
 
-@router.post("/v1/inference", openapi_extra=MULTIPART_DOC, summary="Run any model (params passed through)")
+@router.post("/v1/inference", summary="Run any model (params passed through)",
+             responses=INFERENCE_ERRORS, openapi_extra=INFERENCE_DOC)
 async def inference(
     request: Request, services: ServicesDep,
     model: ModelQuery = None, session_id: SessionQuery = None, output: OutputQuery = None,
@@ -56,7 +63,8 @@ async def inference(
     return await _run(Endpoint.INFERENCE, request, services, model, session_id, output)
 
 
-@router.post("/v1/dextr3d", openapi_extra=MULTIPART_DOC, summary="DExtr3D annotation from >= 6 extreme points")
+@router.post("/v1/dextr3d", summary="DExtr3D annotation from >= 6 extreme points",
+             responses=INFERENCE_ERRORS, openapi_extra=DEXTR3D_DOC)
 async def dextr3d(
     request: Request, services: ServicesDep,
     model: ModelQuery = None, session_id: SessionQuery = None, output: OutputQuery = None,
@@ -64,7 +72,8 @@ async def dextr3d(
     return await _run(Endpoint.DEXTR3D, request, services, model, session_id, output)
 
 
-@router.post("/v1/deepgrow", openapi_extra=MULTIPART_DOC, summary="DeepGrow from foreground/background clicks")
+@router.post("/v1/deepgrow", summary="DeepGrow from foreground/background clicks",
+             responses=INFERENCE_ERRORS, openapi_extra=DEEPGROW_DOC)
 async def deepgrow(
     request: Request, services: ServicesDep,
     model: ModelQuery = None, session_id: SessionQuery = None, output: OutputQuery = None,

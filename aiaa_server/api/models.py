@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from aiaa_server.api.deps import ServicesDep
+from aiaa_server.api.openapi import errors
 from aiaa_server.mmar.loader import ModelInfo
 
 router = APIRouter(tags=["models"])
@@ -15,6 +16,7 @@ router = APIRouter(tags=["models"])
 @router.get(
     "/v1/models",
     response_model=list[ModelInfo] | ModelInfo,
+    responses=errors(404),
     summary="List models (or one model with ?model=NAME)",
 )
 @router.get("/v1/models/", response_model=list[ModelInfo] | ModelInfo, include_in_schema=False)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 
 from aiaa_server.api.deps import ServicesDep
 from aiaa_server.api.forms import read_body
-from aiaa_server.api.openapi import BINARY, multipart_request
+from aiaa_server.api.openapi import BINARY, errors, multipart_request
 from aiaa_server.sessions import NotSupported, SessionCreated, SessionInfo
 
 router = APIRouter(tags=["sessions"])
@@ -25,6 +25,7 @@ SESSION_UPLOAD_DOC = multipart_request(
 
 
 @router.put("/session/", response_model=SessionCreated, openapi_extra=SESSION_UPLOAD_DOC,
+            responses=errors(400, 408, 413, 422, 501, 503),
             summary="Upload an image once and get a session id for later calls")
 @router.put("/session", response_model=SessionCreated, include_in_schema=False)
 async def create_session(
@@ -41,7 +42,8 @@ async def create_session(
     return SessionCreated(session_id=info.session_id, session_info=info)
 
 
-@router.get("/session/{session_id}", response_model=SessionInfo, summary="Session details (404 once expired)")
+@router.get("/session/{session_id}", response_model=SessionInfo, responses=errors(404, 422, 503),
+            summary="Session details (404 once expired)")
 def get_session(
     session_id: str,
     services: ServicesDep,
@@ -50,6 +52,7 @@ def get_session(
     return services.sessions.get(session_id, touch=update_ts)
 
 
-@router.delete("/session/{session_id}", response_model=SessionInfo, summary="Close a session and delete its files")
+@router.delete("/session/{session_id}", response_model=SessionInfo, responses=errors(404, 503),
+               summary="Close a session and delete its files")
 def delete_session(session_id: str, services: ServicesDep) -> SessionInfo:
     return services.sessions.delete(session_id)

@@ -8,9 +8,11 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from pydantic import BaseModel, Field
 
 from aiaa_server import __version__
 from aiaa_server.api.deps import AdminDep, SystemDep
+from aiaa_server.api.openapi import errors
 from aiaa_server.mmar.loader import ModelInfo
 
 router = APIRouter(tags=["system"])
@@ -47,7 +49,7 @@ def docs(request: Request) -> HTMLResponse:
     return get_swagger_ui_html(openapi_url=f"{_prefix(request)}/openapi.json", title="aiaa-server API")
 
 
-@router.get("/logs", response_class=PlainTextResponse,
+@router.get("/logs", response_class=PlainTextResponse, responses=errors(401, 403, 422),
             summary="Last lines of the server log (admin access: --admin_token, --admin_hosts)")
 @router.get("/logs/", response_class=PlainTextResponse, include_in_schema=False)
 def logs(
@@ -63,7 +65,17 @@ def health(system: SystemDep) -> dict[str, str]:
     return system.health()
 
 
-@router.get("/ready", summary="Readiness: models loaded (and, for Triton models, loaded in Triton)")
+class ReadinessReport(BaseModel):
+    """`/ready`'s answer (200 when ready, else 503)."""
+
+    ready: bool = Field(description="at least one model can serve")
+    models: dict[str, str] = Field(description="each model's state: ready, removed, or the engine's own word")
+    failed: dict[str, str] = Field(description="models that failed to load, with the reason")
+
+
+@router.get("/ready", summary="Readiness: models loaded (and, for Triton models, loaded in Triton)",
+            responses={200: {"model": ReadinessReport},
+                       503: {"model": ReadinessReport, "description": "no model can serve (yet)"}})
 def ready(system: SystemDep) -> JSONResponse:
     """200 when at least one model can serve, else 503 (so load balancers and k8s route around the pod)."""
     readiness = system.readiness()

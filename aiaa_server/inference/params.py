@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from aiaa_server.errors import AIAAError, InvalidParams, format_validation_errors
 from aiaa_server.imaging.formats import ImageFormat, parse_extension
-from aiaa_server.imaging.io import check_result_dtype
+from aiaa_server.imaging.io import RESULT_DTYPES, check_result_dtype
 from aiaa_server.inference.interactive import MAX_CLICKS, Clicks, parse_clicks, with_clicks
 from aiaa_server.mmar.config import ModelType
 
@@ -129,13 +129,25 @@ def _as_bool(value: Any) -> bool:
 
 
 class ResultOptions(BaseModel):
-    """`result_extension` / `result_dtype` / `result_compress` (Clara 4.x Writer, used by OHIF)."""
+    """The result options every image-producing call takes in its params: `result_extension` / `result_dtype` /
+    `result_compress` (Clara 4.x Writer, used by OHIF)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [
+        {"result_extension": ".nrrd", "result_dtype": "uint16", "result_compress": True},
+    ]})
 
-    result_extension: str | None = None
-    result_dtype: str | None = None
-    result_compress: bool | None = None
+    result_extension: str | None = Field(
+        None, description="format of the result image: .nii.gz, .nii or .nrrd (dot optional, any case); "
+        "default: the uploaded image's format", examples=[".nrrd"],
+    )
+    result_dtype: str | None = Field(
+        None, description=f"voxel type of the result image, one of {', '.join(RESULT_DTYPES)}; default uint8",
+        examples=["uint16"],
+    )
+    result_compress: bool | None = Field(
+        None, description="gzip the result: NRRD gzip encoding (default on), .nii → .nii.gz; "
+        "also true/false, 1/0, yes/no as strings", examples=[True],
+    )
 
     @field_validator("result_extension", "result_dtype", mode="before")
     @classmethod

@@ -112,6 +112,15 @@ class InferenceService:
         self.max_clicks = max_clicks
 
     async def run(self, request: InferenceRequest) -> InferenceResult:
+        """Run `request` on its model (in the pool) and encode the result.
+
+        Raises:
+            BadRequest: (400) no model named, a model of another endpoint, bad params, no image.
+            NotFound: (404) no model of that name.
+            SessionExpired: (440) the session is unknown or expired.
+        """
+        if not request.model:
+            raise BadRequest("missing query parameter `model`: add ?model=NAME (see GET /v1/models)", parameter="model")
         model = self.registry.get(request.model)
         self._check_endpoint(request.endpoint, model)
         params = RequestParams.parse(request.params, model.config.type, max_clicks=self.max_clicks)

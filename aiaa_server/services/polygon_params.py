@@ -19,29 +19,56 @@ MAX_COORDINATE = 2**31  # |coordinate| accepted before the image size is known (
 Offset = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_COORDINATE, le=MAX_COORDINATE)]
 ParamsModel = TypeVar("ParamsModel", bound=BaseModel)
 
+MASK2POLYGON_EXAMPLE: dict[str, Any] = {"more_points": 10}
+FIXPOLYGON_EXAMPLE: dict[str, Any] = {  # a 2D move: send it with a PNG of at least 31 x 31 pixels
+    "poly": [[[10, 10], [10, 30], [30, 30], [30, 10]]], "vertex_offset": [3, -2], "polygon_index": 0,
+    "vertex_index": 1, "propagate_neighbor": 1, "dimension": 2,
+}
+
 
 class Mask2PolygonParams(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """`params` of `/v1/mask2polygon`: how closely the polygons follow the mask's boundary."""
 
-    more_points: float = Field(DEFAULT_MORE_POINTS, allow_inf_nan=False, ge=-MAX_MORE_POINTS, le=MAX_MORE_POINTS)
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [MASK2POLYGON_EXAMPLE]})
+
+    more_points: float = Field(
+        DEFAULT_MORE_POINTS, allow_inf_nan=False, ge=-MAX_MORE_POINTS, le=MAX_MORE_POINTS,
+        description="vertex density: polygons stay within 10/more_points pixels of the traced boundary (10, the "
+        "clients' default: 1 px); larger keeps more vertices, <= 0 keeps every boundary pixel", examples=[10],
+    )
 
 
 class FixPolygonParams(BaseModel):
-    """Current keys, plus the 2019 client's camelCase ones (`prev_poly`, `polygonIndex`, …)."""
+    """`params` of `/v1/fixpolygon`: the polygons, which vertex moves, and by how much. Current keys, plus the
+    2019 client's camelCase ones (`prev_poly`, `vertexOffset`, `polygonIndex`, `vertexIndex`, `sliceIndex`)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra={"examples": [FIXPOLYGON_EXAMPLE]})
 
-    poly: list[Any] = Field(validation_alias=AliasChoices("poly", "prev_poly"))  # parsed once the image is read
+    poly: list[Any] = Field(  # parsed once the image is read
+        validation_alias=AliasChoices("poly", "prev_poly"),
+        description="2D: polygons of [x, y] pixel vertices; 3D: one such list per z slice (also `prev_poly`)",
+        examples=[FIXPOLYGON_EXAMPLE["poly"]],
+    )
     vertex_offset: list[Offset] = Field(
         default_factory=lambda: [0.0, 0.0], validation_alias=AliasChoices("vertex_offset", "vertexOffset"),
-        min_length=2, max_length=2,
+        min_length=2, max_length=2, description="[dx, dy] in pixels added to the moved vertex", examples=[[3, -2]],
     )
-    dimension: int | None = Field(None, ge=2, le=3)
-    polygon_index: int = Field(0, ge=0, validation_alias=AliasChoices("polygon_index", "polygonIndex"))
-    vertex_index: int = Field(0, ge=0, validation_alias=AliasChoices("vertex_index", "vertexIndex"))
-    slice_index: int = Field(0, ge=0, validation_alias=AliasChoices("slice_index", "sliceIndex"))
-    propagate_neighbor: int = Field(0, ge=0, le=MAX_POLYGON_POINTS)
-    propagate_neighbor_3d: int = Field(0, ge=0, le=MAX_POLYGON_POINTS)
+    dimension: int | None = Field(
+        None, ge=2, le=3, description="2 (a PNG slice) or 3 (a NIfTI/NRRD volume); default: from how `poly` nests",
+        examples=[2],
+    )
+    polygon_index: int = Field(0, ge=0, validation_alias=AliasChoices("polygon_index", "polygonIndex"),
+                               description="which polygon (of the slice) holds the vertex", examples=[0])
+    vertex_index: int = Field(0, ge=0, validation_alias=AliasChoices("vertex_index", "vertexIndex"),
+                              description="which vertex of that polygon moves", examples=[1])
+    slice_index: int = Field(0, ge=0, validation_alias=AliasChoices("slice_index", "sliceIndex"),
+                             description="3D: which z slice of `poly`", examples=[0])
+    propagate_neighbor: int = Field(0, ge=0, le=MAX_POLYGON_POINTS,
+                                    description="vertices on each side dragged along, each by a linearly smaller share",
+                                    examples=[1])
+    propagate_neighbor_3d: int = Field(0, ge=0, le=MAX_POLYGON_POINTS,
+                                       description="3D: slices on each side whose nearest vertex follows (falling off)",
+                                       examples=[0])
 
     def dims(self) -> int:
         """`dimension` when given, else guessed from how deeply `poly` nests (slices add one level)."""

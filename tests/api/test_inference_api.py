@@ -195,7 +195,7 @@ def test_2d_image_to_3d_model_is_422(server: LiveServer, tmp_path: Path) -> None
 
 def test_missing_and_unknown_model(server: LiveServer, cube_nifti) -> None:
     path, _, _ = cube_nifti
-    _assert_error(_post(server, "/v1/segmentation", path), 404, "model")
+    _assert_error(_post(server, "/v1/segmentation", path), 400, "model")  # a bad request, not an unknown model
     _assert_error(_post(server, "/v1/segmentation", path, model="nope"), 404, "nope")
 
 
