@@ -5,6 +5,9 @@ the held-out cases (``np.random.default_rng((seed, 1, i))``, streams never used 
 summary. Cases come from a `CaseSource`: synthetic-shape scenes by default (`ShapeCases`), or the script's own
 (e.g. abdominal phantoms). Models run through the server's own pipeline (`load_mmar` + `pipeline.run`), the
 same transforms as an HTTP request.
+
+The simulated annotators live here too, shared by the demo scripts and `aiaa_demo.evaluate_real`:
+`click_session` (DeepGrow 3D, or 2D on one slice) and `extreme_points_dice` (DExtr3D).
 """
 
 from __future__ import annotations
@@ -14,19 +17,21 @@ import json
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
-from aiaa_demo.synthetic_shapes import HELDOUT_FAMILIES, TRAIN_FAMILIES
+from aiaa_demo.synthetic_shapes import HELDOUT_FAMILIES, TRAIN_FAMILIES, Clicks, dice, first_click, next_click
 from aiaa_demo.training import scene_objects
 from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume
+from aiaa_server.imaging.masks import extreme_points
 from aiaa_server.inference.interactive import prepare_params
 from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.loader import LoadedModel, load_mmar
@@ -47,6 +52,8 @@ class Case(NamedTuple):
 
 
 ScoreCase = Callable[[LoadedModel, Any, np.ndarray], dict[str, float]]
+Predict = Callable[[dict[str, Any]], np.ndarray]
+"""Request params -> the model's boolean mask on the input grid (e.g. `run_model` bound to a model and volume)."""
 
 
 class CaseSource(Protocol):
@@ -86,6 +93,87 @@ def run_model(model: LoadedModel, volume: Any, params: dict[str, Any]) -> np.nda
     data = volume_to_tensor(Volume(volume.image, volume.affine, ImageFormat.NIFTI_GZ))
     output = model.pipeline.run({**prepare_params(model.config, params), "image": data})
     return np.asarray(output.image) > 0
+
+
+@dataclass
+class ClickTrace:
+    """One simulated click session.
+
+    `dice[n - 1]`: Dice after n clicks (repeated once the result is perfect); `clicks`: (is_foreground,
+    [x, y, z]) in the order sent; `slice_dice`: with a `probe_slice`, each result's Dice on that slice.
+    """
+
+    dice: list[float] = field(default_factory=list)
+    clicks: list[tuple[bool, list[int]]] = field(default_factory=list)
+    slice_dice: list[float] = field(default_factory=list)
+
+
+def click_session(predict: Predict, truth: np.ndarray, clicks: int = 5, spacing: Sequence[float] | None = None,
+                  on_slice: int | None = None, first: Sequence[int] | None = None,
+                  probe_slice: int | None = None) -> ClickTrace:
+    """Click like a DeepGrow annotator; no randomness.
+
+    The first click (foreground) is `first`, by default the voxel of `truth` farthest from its boundary (maximum
+    of the Euclidean distance transform, in mm with `spacing`). Each further click goes to the most interior
+    voxel of the largest error region of the latest result: a foreground click in a miss (false negative), a
+    background click in a leak (false positive). Each call sends every click so far, the newest as
+    `current_point`.
+
+    Args:
+        predict: request params -> boolean mask on the grid of `truth`.
+        truth: the (X, Y, Z) boolean ground truth.
+        clicks: the number of calls (one click each).
+        spacing: voxel size in mm (default isotropic).
+        on_slice: DeepGrow 2D: clicks and Dice on the axial slice `z = on_slice` of `truth`; every result must
+            be empty outside that slice.
+        first: the first click, [x, y, z] (with `on_slice`, its z must be that slice).
+        probe_slice: also score each 3D result on this slice (`ClickTrace.slice_dice`).
+
+    Raises:
+        ValueError: `clicks` < 1, or nothing of `truth` to click on.
+        RuntimeError: a 2D result filled voxels outside the clicked slice.
+    """
+    if clicks < 1:
+        raise ValueError(f"clicks must be >= 1, got {clicks}")
+    truth = np.asarray(truth, dtype=bool)
+    target = truth if on_slice is None else truth[..., on_slice]
+    if not target.any():
+        raise ValueError("the structure is empty" + ("" if on_slice is None else f" on slice {on_slice}"))
+    steps = tuple(float(s) for s in (spacing if spacing is not None else (1.0,) * truth.ndim))
+    in_plane = steps if on_slice is None else steps[:2]
+    if first is None:
+        first = first_click(target, spacing=in_plane) + ([] if on_slice is None else [on_slice])
+    point = [int(c) for c in first]
+    state = Clicks(foreground=[point], current=point)
+    trace = ClickTrace(clicks=[(True, point)])
+    while True:
+        result = np.asarray(predict(state.params()), dtype=bool)
+        if on_slice is not None and np.delete(result, on_slice, axis=2).any():
+            raise RuntimeError(f"a 2D result must only fill the clicked slice z={on_slice}")
+        prediction = result if on_slice is None else result[..., on_slice]
+        trace.dice.append(dice(prediction, target))
+        if probe_slice is not None:
+            trace.slice_dice.append(dice(result[..., probe_slice], truth[..., probe_slice]))
+        correction = None if len(trace.dice) == clicks else next_click(target, prediction, spacing=in_plane)
+        if correction is None:
+            break
+        is_fg, point = correction
+        point = point + ([] if on_slice is None else [on_slice])
+        (state.foreground if is_fg else state.background).append(point)
+        state.current = point
+        trace.clicks.append((is_fg, point))
+    for scores in (trace.dice, trace.slice_dice):
+        scores.extend(scores[-1:] * (clicks - len(scores)) if scores else [])
+    return trace
+
+
+def extreme_points_dice(predict: Predict, truth: np.ndarray) -> tuple[float, list[list[int]]]:
+    """DExtr3D from the 6 true extreme points of `truth` (`aiaa_server.imaging.masks.extreme_points`): Dice of
+    the result on the grid of `truth`, and the points sent."""
+    points = extreme_points(truth)
+    if not points:
+        raise ValueError("the structure is empty")
+    return dice(predict({"points": points}), truth), points
 
 
 def evaluation_arguments(description: str) -> argparse.ArgumentParser:

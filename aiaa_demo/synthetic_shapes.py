@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from aiaa_server.imaging.masks import dice  # re-exported (`__all__`): the one Dice of the project
+from aiaa_server.imaging.masks import dice, foreground_box  # dice re-exported (`__all__`): the one Dice of the project
 
 __all__ = [
     "ALL_FAMILIES",
@@ -345,7 +345,12 @@ def first_click(mask: np.ndarray, rng: np.random.Generator | None = None, jitter
 def next_click(truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[float] | None = None
                ) -> tuple[bool, list[int]] | None:
     """The corrective click: (is_foreground, point) at the most interior voxel of the largest error region
-    (false negatives → foreground click, false positives → background click); None if nothing is wrong."""
+    (false negatives → foreground click, false positives → background click; a tie goes to the foreground);
+    None if nothing is wrong.  Works inside the bounding box of the errors (same result, bounded cost)."""
+    box = foreground_box(np.logical_xor(truth, prediction))
+    if box is None:
+        return None
+    truth, prediction = np.asarray(truth[box], dtype=bool), np.asarray(prediction[box], dtype=bool)
     best: tuple[int, bool, np.ndarray] | None = None
     for is_fg, errors in ((True, truth & ~prediction), (False, prediction & ~truth)):
         if not errors.any():
@@ -357,7 +362,7 @@ def next_click(truth: np.ndarray, prediction: np.ndarray, spacing: Sequence[floa
             best = (int(sizes[largest - 1]), is_fg, components == largest)
     if best is None:
         return None
-    return best[1], first_click(best[2], spacing=spacing)
+    return best[1], [int(p + b.start) for p, b in zip(first_click(best[2], spacing=spacing), box)]
 
 
 def extreme_points(mask: np.ndarray, rng: np.random.Generator | None = None, jitter: int = 0) -> list[list[int]]:

@@ -24,34 +24,19 @@ REPO_ROOT = MMAR_DIR.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(MMAR_DIR / "commands"))
 
-from aiaa_demo.evaluation import evaluate_cases, run_model
-from aiaa_demo.synthetic_shapes import Clicks, Scene, dice, first_click, next_click
+from aiaa_demo.evaluation import click_session, evaluate_cases, run_model
+from aiaa_demo.synthetic_shapes import Scene
 from aiaa_server.mmar.loader import LoadedModel
 
 
-def click_session(model: LoadedModel, scene: Scene, mask: np.ndarray, clicks: int = 5) -> dict[str, float]:
-    """Dice on the slice after 1, 3 and 5 simulated clicks, every call through `model.pipeline.run`."""
+def score_clicks(model: LoadedModel, scene: Scene, mask: np.ndarray, clicks: int = 5) -> dict[str, float]:
+    """Dice on the object's largest axial slice after 1, 3 and 5 simulated clicks on it
+    (`aiaa_demo.evaluation.click_session`), every call through `model.pipeline.run`."""
     z = int(np.argmax(mask.sum(axis=(0, 1))))
-    truth = mask[..., z]
-    state = Clicks()
-    point = [*first_click(truth, spacing=scene.spacing[:2]), z]
-    state.foreground.append(point)
-    state.current = point
-    scores: list[float] = []
-    for _ in range(clicks):
-        result = run_model(model, scene, state.params())
-        assert not np.delete(result, z, axis=2).any(), "2D result must only fill the clicked slice"
-        prediction = result[..., z]
-        scores.append(dice(prediction, truth))
-        correction = next_click(truth, prediction, spacing=scene.spacing[:2])
-        if correction is None:
-            scores.extend([scores[-1]] * (clicks - len(scores)))
-            break
-        is_fg, (x, y) = correction
-        (state.foreground if is_fg else state.background).append([x, y, z])
-        state.current = [x, y, z]
+    scores = click_session(lambda params: run_model(model, scene, params), mask, clicks, spacing=scene.spacing,
+                           on_slice=z).dice
     return {"after 1 click": scores[0], "3 clicks": scores[2], "5 clicks": scores[4]}
 
 
 if __name__ == "__main__":
-    evaluate_cases(__doc__.split("\n")[0], MMAR_DIR, click_session)
+    evaluate_cases(__doc__.split("\n")[0], MMAR_DIR, score_clicks)

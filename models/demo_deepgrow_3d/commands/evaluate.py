@@ -24,30 +24,17 @@ REPO_ROOT = MMAR_DIR.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(MMAR_DIR / "commands"))
 
-from aiaa_demo.evaluation import evaluate_cases, run_model
-from aiaa_demo.synthetic_shapes import Clicks, Scene, dice, first_click, next_click
+from aiaa_demo.evaluation import click_session, evaluate_cases, run_model
+from aiaa_demo.synthetic_shapes import Scene
 from aiaa_server.mmar.loader import LoadedModel
 
 
-def click_session(model: LoadedModel, scene: Scene, mask: np.ndarray, clicks: int = 5) -> dict[str, float]:
-    """Dice after 1, 3 and 5 simulated clicks, every call through `model.pipeline.run`."""
-    state = Clicks()
-    point = first_click(mask, spacing=scene.spacing)
-    state.foreground.append(point)
-    state.current = point
-    scores: list[float] = []
-    for _ in range(clicks):
-        prediction = run_model(model, scene, state.params())
-        scores.append(dice(prediction, mask))
-        correction = next_click(mask, prediction, spacing=scene.spacing)
-        if correction is None:
-            scores.extend([scores[-1]] * (clicks - len(scores)))
-            break
-        is_fg, point = correction
-        (state.foreground if is_fg else state.background).append(point)
-        state.current = point
+def score_clicks(model: LoadedModel, scene: Scene, mask: np.ndarray, clicks: int = 5) -> dict[str, float]:
+    """Dice after 1, 3 and 5 simulated clicks (`aiaa_demo.evaluation.click_session`), every call through
+    `model.pipeline.run`."""
+    scores = click_session(lambda params: run_model(model, scene, params), mask, clicks, spacing=scene.spacing).dice
     return {"after 1 click": scores[0], "3 clicks": scores[2], "5 clicks": scores[4]}
 
 
 if __name__ == "__main__":
-    evaluate_cases(__doc__.split("\n")[0], MMAR_DIR, click_session)
+    evaluate_cases(__doc__.split("\n")[0], MMAR_DIR, score_clicks)
