@@ -45,9 +45,11 @@ class ModelPipeline:
         pre_transforms: built from `pre_transforms`, run in order on the request's data dict.
         post_transforms: built from `post_transforms`.
         writer: picks the result image and JSON out of the data.
-        engine: runs the network; None for a pipeline model without one.
+        engine: runs the network; None for a pipeline model without one, and for a weight-free network.
         args: `inference.AIAA.args` (sliding window, device).
         cache_index: see the field's comment and `preprocess_image`.
+        network: a weight-free network (the config's `inference.network`): a transform run on the data in
+            place of the engine, which writes `output_key` itself; None: the engine runs.
     """
 
     name: str
@@ -58,6 +60,7 @@ class ModelPipeline:
     engine: Engine | None
     args: InferenceArgs
     cache_index: int = 0  # pre_transforms[:cache_index] depend only on the image (cacheable per session)
+    network: Transform | None = None
 
     @property
     def input_key(self) -> str:
@@ -89,12 +92,19 @@ class ModelPipeline:
     def infer(self, data: dict[str, Any]) -> dict[str, Any]:
         """Run the network on `data[input_key]`, a (C, *spatial) image, as a batch of one (by sliding window
         when `args.scanning_window`), and store its (C_out, *spatial) output on the CPU under `output_key`
-        (a MetaTensor with the input's meta, affine included, when the input is one).
+        (a MetaTensor with the input's meta, affine included, when the input is one). A weight-free `network`
+        transform runs on the whole data dict instead and stores its own output.
 
         Raises:
-            ModelError: (500) no network, or the network failed.
+            InvalidParams: (400) the weight-free network refuses the request's params (e.g. its clicks).
+            ModelError: (500) no network, or the network failed (or wrote no `output_key`).
             ServiceUnavailable: (503) the engine's server (Triton) cannot be reached.
         """
+        if self.network is not None:
+            data = _apply([self.network], data, "network", ModelError)
+            if self.output_key not in data:
+                raise ModelError(f"the network of model {self.name!r} wrote no {self.output_key!r}")
+            return data
         if self.engine is None:
             raise ModelError(f"model {self.name!r} has no network to run")
         image = data[self.input_key]

@@ -113,13 +113,15 @@ class ModelAdmin:
             raw = json.loads((folder / CONFIG_PATH).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise InvalidModel(f"stored config of {name!r} cannot be read: {exc}") from exc
-        model_file = find_model_file(folder)
+        inference = raw.get("inference") if isinstance(raw, dict) else None
+        weight_free = isinstance(inference, dict) and inference.get("network") is not None
+        model_file = None if weight_free else find_model_file(folder)
         uploaded = folder.resolve().parent == self.store.root.resolve()
         extra = {
             "name": name,
             "path": str(model_file or folder),
             "mmar_path": str(folder),
-            "format": "torchscript" if model_file is not None else "pipeline",
+            "format": "weight-free" if weight_free else "torchscript" if model_file is not None else "pipeline",
             "source": "uploaded" if uploaded else "folder",
             "loaded": model is not None,
         }

@@ -24,6 +24,7 @@ from aiaa_server.mmar.config import ComponentConfig
 _SHORT_NAME_MODULES = (
     "aiaa_server.inference.transforms",
     "aiaa_server.inference.click_transforms",
+    "aiaa_server.inference.classical_transforms",
     "monai.transforms",
     "monai.apps.deepgrow.transforms",
 )

@@ -112,7 +112,10 @@ class InferenceArgs(BaseModel):
 
 class InferenceConfig(BaseModel):
     """The `inference` section: the network's input and output data keys, `meta_data` shown by
-    `GET /v1/models`, and the `AIAA` (local) and optional `TRITON` backend sections."""
+    `GET /v1/models`, the `AIAA` (local) and optional `TRITON` backend sections, and `network`: a weight-free
+    network, i.e. a transform (`{"name", "args"}`, e.g. `aiaa.transforms.RegionGrowd`) run on the
+    pre-processed data in place of a TorchScript model (such a model needs no `models/model.ts` and always
+    runs in the server's process, never on Triton)."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -121,6 +124,7 @@ class InferenceConfig(BaseModel):
     meta_data: dict[str, Any] = Field(default_factory=dict)
     AIAA: BackendConfig = Field(default_factory=BackendConfig)
     TRITON: BackendConfig | None = None
+    network: ComponentConfig | None = None
 
     @model_validator(mode="after")
     def _check_args(self) -> InferenceConfig:

@@ -42,7 +42,7 @@ class ModelInfo(BaseModel):
 @dataclass
 class LoadedModel:
     """A model ready to serve: its name, MMAR folder, config, built pipeline and TorchScript file (None for
-    a pipeline model without a network)."""
+    a pipeline model without a network, and for a weight-free `inference.network`)."""
 
     name: str
     path: Path
@@ -105,6 +105,26 @@ def find_model_file(folder: Path) -> Path | None:
     return None
 
 
+def needs_model_file(config: AIAAConfig) -> bool:
+    """Whether the config's model runs a TorchScript network: not a pipeline model, not a weight-free
+    `inference.network`."""
+    return config.type not in NETWORKLESS_TYPES and config.inference.network is None
+
+
+def build_network(config: AIAAConfig, custom: CustomCode | None = None) -> Any | None:
+    """The weight-free network the config's `inference.network` names (None when it names none), built with
+    `keys` = `inference.input` and `output` = `inference.output` unless its args give them.
+
+    Raises:
+        InvalidModel: an unknown component, or arguments it refuses.
+    """
+    network = config.inference.network
+    if network is None:
+        return None
+    args = {"keys": config.inference.input, "output": config.inference.output, **network.args}
+    return build_component(network.model_copy(update={"args": args}), custom)
+
+
 def _cache_index(config: AIAAConfig) -> int:
     """How many leading pre-transforms depend on the image only (per `cache_until`)."""
     names = [c.name.rsplit(".", 1)[-1] for c in config.pre_transforms]
@@ -131,7 +151,8 @@ def load_mmar(
 
     `engines` picks the model's engine (local or Triton); a bare TorchScriptPool runs it locally.
     `trusted=False` (uploaded models without --allow_uploaded_code) checks the config against the upload
-    allow-list (`mmar.safety`) before any component is imported or built.
+    allow-list (`mmar.safety`) before any component is imported or built. A config naming a weight-free
+    `inference.network` gets that transform in place of an engine (and needs no TorchScript file).
 
     Args:
         folder: the MMAR folder.
@@ -159,9 +180,10 @@ def load_mmar(
         image=config.inference.output, json="result"
     )
     args = config.inference.args
-    model_file = find_model_file(folder)
+    network = build_network(config, custom)
+    model_file = find_model_file(folder) if network is None else None
     engine = None
-    if config.type not in NETWORKLESS_TYPES or model_file is not None:
+    if network is None and (needs_model_file(config) or model_file is not None):
         if model_file is None:
             raise InvalidModel(f"{folder.name}: no models/model.ts (TorchScript) found")
         engine = engines.create(name or folder.name, model_file, config, device=args.sw_device or args.device)
@@ -174,5 +196,6 @@ def load_mmar(
         engine=engine,
         args=args,
         cache_index=_cache_index(config),
+        network=network,
     )
     return LoadedModel(name=name or folder.name, path=folder, config=config, pipeline=pipeline, model_file=model_file)

@@ -7,10 +7,12 @@ is checked too, before anything is imported or instantiated.
 
 Rules for an upload (operator-provided model folders are trusted and skip them):
 
-* components: only the classes of `aiaa_server.inference.transforms` / `click_transforms` (named
-  `aiaa.transforms.X` or by short name) and the pure tensor transforms listed in `MONAI_TRANSFORMS`
-  (named by short name, `monai.transforms.X`, a `monai.transforms.*` sub-module path, or
-  `monai.apps.deepgrow.transforms.X`). IO transforms (readers, writers), `Lambda` and anything else are out.
+* components: only the classes of `aiaa_server.inference.transforms` / `click_transforms` /
+  `classical_transforms` (named `aiaa.transforms.X` or by short name) and the pure tensor transforms listed
+  in `MONAI_TRANSFORMS` (named by short name, `monai.transforms.X`, a `monai.transforms.*` sub-module path,
+  or `monai.apps.deepgrow.transforms.X`). IO transforms (readers, writers), `Lambda` and anything else are
+  out. A weight-free `inference.network` may only be a class of `classical_transforms` (`RegionGrowd`), its
+  arguments checked like any component's (and range-checked by the class itself when the model loads).
 * arguments (recursively, keys too): no `$`/`@`/`%` expressions or references, no `_target_`-style keys,
   no dunder names, no dotted path whose first part is an importable module, no bare name of a callable
   builtin (`eval`, `open`, ...) beyond a few harmless words, no absolute, home or `..` paths, no argument
@@ -55,7 +57,9 @@ MONAI_TRANSFORMS = frozenset({
     "FindDiscrepancyRegionsd",
 })
 DICT_SUFFIXES = ("d", "D", "Dict")
-OUR_TRANSFORM_MODULES = ("aiaa_server.inference.transforms", "aiaa_server.inference.click_transforms")
+NETWORK_MODULE = "aiaa_server.inference.classical_transforms"
+OUR_TRANSFORM_MODULES = ("aiaa_server.inference.transforms", "aiaa_server.inference.click_transforms",
+                         NETWORK_MODULE)
 MONAI_PREFIXES = ("monai.transforms.", "monai.apps.deepgrow.transforms.")
 
 SAFE_DTYPES = frozenset({
@@ -91,8 +95,8 @@ def _monai_base(short: str) -> str | None:
     return None
 
 
-def _our_transform(short: str) -> bool:
-    for module_name in OUR_TRANSFORM_MODULES:
+def _our_transform(short: str, modules: tuple[str, ...] = OUR_TRANSFORM_MODULES) -> bool:
+    for module_name in modules:
         module = sys.modules.get(module_name) or importlib.import_module(module_name)
         found = getattr(module, short, None)
         if isinstance(found, type) and found.__module__ == module_name and not short.startswith("_"):
@@ -202,8 +206,9 @@ def check_arguments(component: ComponentConfig, where: str) -> None:
 def check_upload_config(config: AIAAConfig) -> None:
     """Every component and argument of an uploaded config, before anything is imported or built.
 
-    Checks the pre/post-transforms, the writer (only `aiaa.transforms.Writer`), the inference backends (only
-    `aiaa.inference.*`) and `$` expressions anywhere among the config's extra keys.
+    Checks the pre/post-transforms, the writer (only `aiaa.transforms.Writer`), the weight-free network (only
+    `aiaa.transforms.*` classes of NETWORK_MODULE), the inference backends (only `aiaa.inference.*`) and `$`
+    expressions anywhere among the config's extra keys.
 
     Raises:
         InvalidModel: (422) the first thing an upload may not use, naming where it is.
@@ -219,6 +224,13 @@ def check_upload_config(config: AIAAConfig) -> None:
                           component=config.writer.name)
         check_component_name(config.writer.name)
         check_arguments(config.writer, f"writer({config.writer.name})")
+    network = config.inference.network
+    if network is not None:
+        short = network.name.rsplit(".", 1)[-1]
+        if not (network.name in (short, f"aiaa.transforms.{short}") and _our_transform(short, (NETWORK_MODULE,))):
+            raise _refuse(f"inference.network {network.name!r} is not allowed (only the weight-free networks of "
+                          "aiaa.transforms, such as aiaa.transforms.RegionGrowd)", component=network.name)
+        check_arguments(network, f"inference.network({network.name})")
     for backend_name, backend in (("AIAA", config.inference.AIAA), ("TRITON", config.inference.TRITON)):
         if backend is None:
             continue

@@ -17,11 +17,11 @@ from aiaa_server.mmar.archives import ArchiveLimits, extract_archive, locate_mma
 from aiaa_server.mmar.config import AIAAConfig, ModelType
 from aiaa_server.mmar.loader import (
     CONFIG_PATH,
-    NETWORKLESS_TYPES,
     LoadedModel,
     find_model_file,
     is_mmar,
     load_mmar,
+    needs_model_file,
     parse_config,
 )
 from aiaa_server.mmar.safety import check_untrusted_mmar
@@ -208,14 +208,14 @@ def precheck_mmar(mmar: Path, allow_code: bool) -> AIAAConfig:
 
     Raises:
         InvalidModel: (422) no or an invalid config, a disallowed component or argument, or no TorchScript
-            network for a model type that needs one.
+            network for a model type that needs one (all but pipeline models and weight-free networks).
     """
     if not is_mmar(mmar):
         raise InvalidModel(f"no {CONFIG_PATH.as_posix()} in the upload")
     config = parse_config(read_uploaded_config(mmar / CONFIG_PATH))
     if not allow_code:
         check_untrusted_mmar(mmar, config)
-    if config.type not in NETWORKLESS_TYPES and find_model_file(mmar) is None:
+    if needs_model_file(config) and find_model_file(mmar) is None:
         raise InvalidModel(f"a {config.type.value} model needs its TorchScript network: send `data` "
                            "(models/model.ts)")
     return config

@@ -199,6 +199,33 @@ def test_pipeline_config_only_upload(client: httpx.Client) -> None:
     assert "form_c" in model_names(client)
 
 
+def test_weight_free_config_only_upload(client: httpx.Client, cube_nifti: tuple, tmp_path: Path) -> None:
+    network = {"name": "aiaa.transforms.RegionGrowd", "args": {"k": 2.5, "roi_mm": 128.0}}
+    config = {"version": "1", "type": "deepgrow", "labels": [], "description": "region growing, no weights",
+              "pre_transforms": [{"name": "LoadImaged", "args": {"keys": "image"}}],
+              "inference": {"output": "pred", "meta_data": {"deepgrow": "3D"}, "network": network}}
+    response = upload(client, "form_grow", json.dumps(config).encode())
+    assert response.status_code == 200, response.text
+    assert response.json()["type"] == "deepgrow" and response.json()["deepgrow"] == "3D"
+    assert client.get("/admin/model/form_grow").json()["format"] == "weight-free"
+    image, mask, _ = cube_nifti
+    response = client.post(
+        "/v1/deepgrow", params={"model": "form_grow", "output": "image"},
+        files={"datapoint": (image.name, image.read_bytes(), "application/octet-stream")},
+        data={"params": json.dumps({"foreground": [[45, 35, 20]]})},
+    )
+    assert response.status_code == 200, response.text
+    out = tmp_path / "grown.nii.gz"
+    out.write_bytes(response.content)
+    assert dice(np.asarray(nib.load(str(out)).dataobj), mask) > 0.9
+    for hostile, words in (({**network, "args": {"iterations": 10**9}}, "iterations"),
+                           ({**network, "args": {"max_roi_voxels": 2**60}}, "max_roi_voxels"),
+                           ({"name": "ScaleIntensityRanged", "args": {}}, "inference.network")):
+        config["inference"]["network"] = hostile
+        assert_refused(upload(client, "hostile_grow", json.dumps(config).encode()), 422, "invalid_model", words)
+    assert "hostile_grow" not in model_names(client)
+
+
 def test_config_only_for_a_network_model_refused(client: httpx.Client, open_server: LiveServer) -> None:
     assert_refused(upload(client, "needs_net", config_bytes()), 422, "invalid_model", "send `data`")
     assert "needs_net" not in model_names(client)

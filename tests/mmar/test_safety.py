@@ -127,3 +127,36 @@ def test_control_the_vector_is_real_when_trusted(tmp_path: Path) -> None:
     except InvalidModel:
         pass  # building fails after the reader ran
     assert marker.exists()
+
+
+# ------------------------------------------------------------------ weight-free networks (inference.network)
+
+
+def network_config(name: str = "aiaa.transforms.RegionGrowd", args: dict[str, Any] | None = None) -> AIAAConfig:
+    return AIAAConfig.model_validate({
+        "type": "deepgrow", "pre_transforms": [{"name": "LoadImaged", "args": {"keys": "image"}}],
+        "inference": {"input": "image", "output": "pred", "meta_data": {"deepgrow": "3D"},
+                      "network": {"name": name, "args": args or {"k": 2.0}}},
+    })
+
+
+@pytest.mark.parametrize("name", ["aiaa.transforms.RegionGrowd", "RegionGrowd"])
+def test_the_region_growing_network_is_allowed(name: str) -> None:
+    check_upload_config(network_config(name))
+
+
+@pytest.mark.parametrize("name", [
+    "ScaleIntensityRanged", "aiaa.transforms.DeepgrowCropd", "aiaa.transforms.Writer", "os.system",
+    "custom.RegionGrowd", "monai.transforms.RegionGrowd", "aiaa_server.inference.classical_transforms.RegionGrowd",
+    "aiaa.apps.RegionGrowd", "aiaa.transforms.grow_region",
+])
+def test_other_networks_are_refused(name: str) -> None:
+    with pytest.raises(InvalidModel, match="inference.network"):
+        check_upload_config(network_config(name))
+
+
+@pytest.mark.parametrize("args", [{"k": "$__import__('os').system('id')"}, {"output": "os.system"},
+                                  {"extra": {"_target_": "os.system"}}, {"result_file": "x"}])
+def test_network_arguments_are_checked(args: dict[str, Any]) -> None:
+    with pytest.raises(InvalidModel, match="--allow_uploaded_code"):
+        check_upload_config(network_config(args=args))

@@ -12,7 +12,7 @@ import torch
 
 from aiaa_server.errors import BadRequest, InvalidModel
 from aiaa_server.mmar.archives import ArchiveLimits
-from aiaa_server.mmar.validation import assemble_mmar, validate_mmar
+from aiaa_server.mmar.validation import assemble_mmar, precheck_mmar, validate_mmar
 from tests.mmar.test_store import EvilPickle
 from tests.support.mmars import ThresholdNet, segmentation_config, write_mmar, write_threshold_mmar
 
@@ -109,3 +109,27 @@ def test_custom_code_needs_allow_uploaded_code(tmp_path: Path) -> None:
     with pytest.raises(InvalidModel, match="--allow_uploaded_code"):
         validate_mmar(mmar, "m", allow_code=False, default_device="cpu")
     assert validate_mmar(mmar, "m", allow_code=True, default_device="cpu").name == "m"
+
+
+def _weight_free_mmar(folder: Path, args: dict) -> Path:
+    config = {"type": "deepgrow", "pre_transforms": [{"name": "LoadImaged", "args": {"keys": "image"}}],
+              "inference": {"output": "pred", "meta_data": {"deepgrow": "3D"},
+                            "network": {"name": "aiaa.transforms.RegionGrowd", "args": args}}}
+    (folder / "config").mkdir(parents=True)
+    (folder / "config" / "config_aiaa.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_weight_free_network_needs_no_model_file(tmp_path: Path) -> None:
+    mmar = _weight_free_mmar(tmp_path / "grow", {"k": 2.0, "roi_mm": 128.0})
+    assert precheck_mmar(mmar, allow_code=False).inference.network is not None
+    model = validate_mmar(mmar, "grow", allow_code=False, default_device="cpu")
+    assert model.pipeline.engine is None and model.model_file is None and model.pipeline.network is not None
+
+
+@pytest.mark.parametrize("args", [{"k": 1e9}, {"iterations": 10**9}, {"max_roi_voxels": 2**40}, {"roi_mm": -1},
+                                  {"fill_holes": "no"}, {"no_such_argument": 1}])
+def test_a_weight_free_network_with_hostile_arguments_is_refused(tmp_path: Path, args: dict) -> None:
+    mmar = _weight_free_mmar(tmp_path / "grow", args)
+    with pytest.raises(InvalidModel, match="RegionGrowd"):
+        validate_mmar(mmar, "grow", allow_code=False, default_device="cpu")

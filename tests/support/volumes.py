@@ -6,10 +6,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from aiaa_server.imaging.masks import dice  # re-exported: the tests import it from here
 
-__all__ = ["cube_volume", "dice", "lps_affine", "save_nifti"]
+__all__ = ["cube_volume", "dice", "interior_click", "lps_affine", "save_nifti"]
 
 
 def lps_affine(spacing: tuple[float, float, float], origin: tuple[float, float, float] = (90.0, 110.0, -40.0)) -> np.ndarray:
@@ -39,3 +40,12 @@ def save_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> Path:
     image.set_sform(affine, code=1)
     nib.save(image, str(path))
     return path
+
+
+def interior_click(image: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> list[int]:
+    """Where an annotator clicks an organ: deep inside it, on a voxel of its typical intensity (not in a vessel
+    or the renal sinus); [x, y, z] voxel indices."""
+    values = image[truth]
+    typical = truth & (np.abs(ndimage.gaussian_filter(image, 1.0) - np.median(values)) < 0.5 * values.std())
+    depth = ndimage.distance_transform_edt(typical, sampling=spacing)
+    return [int(i) for i in np.unravel_index(int(np.argmax(depth)), truth.shape)]
