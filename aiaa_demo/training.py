@@ -63,6 +63,8 @@ def training_arguments(description: str, mmar_dir: Path, batch: int, minutes: fl
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--export-every", type=float, default=300.0, help="seconds between model.ts exports")
     parser.add_argument("--ckpt", type=Path, default=None, help="state_dict to resume from / save to")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from these weights (a TorchScript model.ts of the same network) unless resuming")
     parser.add_argument("--export-only", type=Path, default=None, help="export this state_dict to --out and exit")
     parser.add_argument("--config", type=Path, default=mmar_dir / "config" / "config_aiaa.json")
     parser.add_argument("--out", type=Path, default=mmar_dir / "models" / "model.ts", help="TorchScript output")
@@ -256,18 +258,20 @@ def train_for(build_network: Callable[[], torch.nn.Module], args: argparse.Names
     set_determinism(seed=args.seed)
     net = build_network()
     if args.export_only is not None:
-        net.load_state_dict(torch.load(args.export_only, map_location="cpu", weights_only=True))
+        saved = torch.load(args.export_only, map_location="cpu", weights_only=True)
+        net.load_state_dict(saved.get("net", saved))
         export_traced(net, args.out, example_shape)
         _check(net, args, recipe.check_shape or example_shape)
         return
-    if args.ckpt is not None and args.ckpt.exists():
-        net.load_state_dict(torch.load(args.ckpt, map_location="cpu", weights_only=True))
-        print(f"resumed from {args.ckpt}", flush=True)
+    step, done_s = _resume(net, args.ckpt)
+    if step == 0 and args.init is not None:
+        net.load_state_dict(torch.jit.load(str(args.init), map_location="cpu").state_dict())
+        print(f"initialised from {args.init}", flush=True)
     assert args.minutes is not None or args.steps or args.stop_after, "no budget: give --minutes or --steps"
     net.train()
     optimizer = recipe.optimizer(net.parameters(), args.lr)
-    started = last_export = time.monotonic()
-    step, running = 0, None
+    started = last_export = time.monotonic() - done_s
+    running = None
     while not _finished(args, step, elapsed := time.monotonic() - started):
         lr = learning_rate(args, step, elapsed)
         batch, target, note = step_batch(step, net)
@@ -277,9 +281,9 @@ def train_for(build_network: Callable[[], torch.nn.Module], args: argparse.Names
         if step % LOG_EVERY == 0:
             print(f"step {step} t={elapsed / 60:.1f}min lr={lr:.2e} loss={running:.4f} {note}", flush=True)
         if time.monotonic() - last_export > args.export_every:
-            _save(net, args, example_shape)
+            _save(net, args, example_shape, step, time.monotonic() - started)
             last_export = time.monotonic()
-    _save(net, args, example_shape)
+    _save(net, args, example_shape, step, time.monotonic() - started)
     _check(net, args, recipe.check_shape or example_shape)
     print(f"done: {step} steps, {(time.monotonic() - started) / 60:.1f} min", flush=True)
 
@@ -294,11 +298,29 @@ def _optimise(net: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float,
     return loss.item()
 
 
-def _save(net: torch.nn.Module, args: argparse.Namespace, example_shape: tuple[int, ...]) -> None:
+def _resume(net: torch.nn.Module, ckpt: Path | None) -> tuple[int, float]:
+    """Load `ckpt` if it exists; returns (steps done, seconds done) so the budget and schedule carry on.
+
+    A checkpoint is `{"net": state_dict, "step": int, "elapsed_s": float}` (a bare state_dict is read as
+    step 0). The optimiser state is not kept (it would double the file); AdamW rebuilds it within steps."""
+    if ckpt is None or not ckpt.exists():
+        return 0, 0.0
+    saved = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if "net" not in saved:
+        saved = {"net": saved, "step": 0, "elapsed_s": 0.0}
+    net.load_state_dict(saved["net"])
+    print(f"resumed from {ckpt} at step {saved['step']}, {saved['elapsed_s'] / 60:.1f} min", flush=True)
+    return int(saved["step"]), float(saved["elapsed_s"])
+
+
+def _save(net: torch.nn.Module, args: argparse.Namespace, example_shape: tuple[int, ...], step: int,
+          elapsed_s: float) -> None:
     export_traced(net, args.out, example_shape)
     if args.ckpt is not None:
         args.ckpt.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), args.ckpt)
+        tmp = args.ckpt.with_suffix(".tmp")
+        torch.save({"net": net.state_dict(), "step": step, "elapsed_s": elapsed_s}, tmp)
+        os.replace(tmp, args.ckpt)
 
 
 def _check(net: torch.nn.Module, args: argparse.Namespace, check_shape: tuple[int, ...]) -> None:

@@ -82,19 +82,34 @@ def test_train_for_runs_its_steps_exports_and_checkpoints(tmp_path: Path) -> Non
     exported = torch.jit.load(str(args.out))
     assert exported(torch.zeros(1, 1, 8, 16, 8)).shape == (1, 1, 8, 16, 8)
     state = torch.load(args.ckpt, weights_only=True)
-    assert set(state) == set(_tiny_network().state_dict())
+    assert set(state["net"]) == set(_tiny_network().state_dict()) and state["step"] == 3 and state["elapsed_s"] > 0
 
 
 def test_train_for_is_seeded_and_resumes_from_its_checkpoint(tmp_path: Path, capsys) -> None:
     ckpt = tmp_path / "net.pt"
-    args = _args(tmp_path, "--steps", "2", "--ckpt", str(ckpt), "--seed", "3")
-    train_for(_tiny_network, args, _Batches(), (1, 1, 8, 8, 8))
+    first_run = _Batches()
+    train_for(_tiny_network, _args(tmp_path, "--steps", "4", "--stop-after", "2", "--ckpt", str(ckpt), "--seed", "3"),
+              first_run, (1, 1, 8, 8, 8))
     first = torch.load(ckpt, weights_only=True)
     batches = _Batches()
-    train_for(_tiny_network, args, batches, (1, 1, 8, 8, 8))
-    assert "resumed from" in capsys.readouterr().out and batches.steps == [0, 1]
+    train_for(_tiny_network, _args(tmp_path, "--steps", "4", "--ckpt", str(ckpt), "--seed", "3"), batches,
+              (1, 1, 8, 8, 8))
+    assert "resumed from" in capsys.readouterr().out
+    assert first_run.steps == [0, 1] and batches.steps == [2, 3]  # the step count (and schedule) carries on
     resumed = torch.load(ckpt, weights_only=True)
-    assert any(not torch.equal(first[k], resumed[k]) for k in first)  # trained further from the checkpoint
+    assert resumed["step"] == 4 and resumed["elapsed_s"] >= first["elapsed_s"]
+    assert any(not torch.equal(first["net"][k], resumed["net"][k]) for k in first["net"])  # trained further
+
+
+def test_init_starts_from_a_torchscript_model_of_the_same_network(tmp_path: Path, capsys) -> None:
+    given = _tiny_network()
+    torch.jit.trace(given, torch.zeros(1, 1, 8, 8, 8)).save(str(tmp_path / "given.ts"))
+    args = _args(tmp_path, "--steps", "1", "--init", str(tmp_path / "given.ts"), "--lr", "0", "--lr-floor", "0")
+    train_for(_tiny_network, args, _Batches(), (1, 1, 8, 8, 8))
+    assert "initialised from" in capsys.readouterr().out
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():  # a learning rate of 0: the export is the given network
+        torch.testing.assert_close(torch.jit.load(str(args.out))(x), given.eval()(x))
 
 
 def test_export_only_exports_the_checkpoint_without_training(tmp_path: Path) -> None:

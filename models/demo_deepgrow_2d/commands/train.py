@@ -1,25 +1,27 @@
 #!/usr/bin/env python
-"""Train the DEMO DeepGrow 2D model on synthetic shapes (aiaa_demo.synthetic_shapes).
+"""Train the DeepGrow 2D model on SynthSeg-style scenes painted from real label maps (and synthetic shapes).
 
 Every training sample goes through the MMAR's own pre-transforms (DeepgrowSliced 128² at 1.5 mm,
-ScaleIntensityRanged), built from config/config_aiaa.json with the server's component loader, so training
-sees exactly what serving sees:
+ScaleIntensityRangePercentilesd), built from config/config_aiaa.json with the server's component loader, so
+training sees exactly what serving sees:
 
-1. a random scene (train shape families only: ellipsoid, blob, tube, box; the torus family is held out),
-   random spacing and RAS/LPS layout; a random object of it;
-2. a random axial slice (array axis 2) through the object, the first click at the object's most interior
+1. a scene (aiaa_demo.synthseg.mixed_scene): 75 % painted from a real label map (AAL on Colin27 without the
+   held-out regions, abdominal phantoms) at a random pose, scale and voxel grid with random tissue
+   intensities, texture, blur, bias field, gamma and noise; 25 % the project's synthetic shapes;
+2. four random axial slices (array axis 2) through its target, the first click at the target's most interior
    pixels of that slice (2D distance transform, jittered);
-3. DeepgrowSliced + ScaleIntensityRanged from the config; the label slice is sampled on the same grid;
+3. DeepgrowSliced + ScaleIntensityRangePercentilesd from the config; the label slice is sampled on the same
+   grid;
 4. 0–4 rounds of simulated corrections with the current network (DeepGrow training): predict, then click
    the most interior voxel of the largest error region (fg click in a false negative, bg click in a false
    positive); then a training step (Dice + BCE) with the final clicks.
 
-Each scene yields four samples (random objects and slices);
-scene ``i`` of step ``s`` uses ``np.random.default_rng((seed, 0, s, i))``; evaluation uses ``(seed, 1, i)``.
-The network is a 2D MONAI UNet (16-32-64-128, 3 strided levels, 1 residual unit, ~0.2 M parameters), exported
-with torch.jit.trace to models/model.ts (written atomically, also every --export-every seconds).
+Scene ``i`` of step ``s`` uses ``np.random.default_rng((seed, 0, s, i))``. The network is a 2D MONAI UNet
+(16-32-64-128-256, 4 strided levels, 1 residual unit, ~0.8 M parameters), exported with torch.jit.trace to
+models/model.ts (written atomically, also every --export-every seconds). --ckpt keeps the weights, the step
+and the time spent, so a run continues where it stopped (the committed commands/checkpoint.pt).
 
-Example: commands/train.sh --minutes 15 --seed 0
+Example: commands/train.sh --minutes 40 --ckpt commands/checkpoint.pt
 """
 
 from __future__ import annotations
@@ -35,10 +37,10 @@ MMAR_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(MMAR_DIR.parents[1]))
 
 from aiaa_demo.synthetic_shapes import Scene, first_click
+from aiaa_demo.synthseg import LabelMap, mixed_scene, training_bank
 from aiaa_demo.training import (
     config_pre_transforms,
     deepgrow_batch,
-    scene_objects,
     split_guidance,
     train_for,
     training_arguments,
@@ -48,26 +50,27 @@ from aiaa_server.imaging.io import Volume
 from aiaa_server.inference.click_transforms import GEOMETRY_KEY, GUIDANCE_KEY, sample_grid
 from aiaa_server.inference.tensors import volume_to_tensor
 
-MIN_OBJECT_MM3 = 2000.0
+MIN_OBJECT_MM3 = 30.0
 Sample = list[Any]  # [image slice crop (1, S, S), truth crop, fg clicks, bg clicks] in crop pixel coordinates
 
 
 def build_network() -> torch.nn.Module:
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2),
-                num_res_units=1)
+    return UNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(16, 32, 64, 128, 256),
+                strides=(2, 2, 2, 2), num_res_units=1)
 
 
-def make_samples(rng: np.random.Generator, transforms: list[Any], count: int = 4) -> list[Sample]:
-    """`count` samples (random objects and slices) from one random scene."""
-    scene, labels = scene_objects(rng, count, MIN_OBJECT_MM3)
-    return [make_sample(rng, transforms, scene, scene.mask(label)) for label in labels]
+def make_samples(rng: np.random.Generator, transforms: list[Any], bank: list[LabelMap], count: int = 4
+                 ) -> list[Sample]:
+    """`count` samples (random slices of one target) from one scene."""
+    scene, mask = mixed_scene(rng, bank, min_mm3=MIN_OBJECT_MM3)
+    return [make_sample(rng, transforms, scene, mask) for _ in range(count)]
 
 
 def make_sample(rng: np.random.Generator, transforms: list[Any], scene: Scene, mask: np.ndarray) -> Sample:
     areas = mask.sum(axis=(0, 1))
-    slices = np.nonzero(areas >= max(8, 0.2 * areas.max()))[0]
+    slices = np.nonzero(areas >= max(min(8, areas.max()), 0.2 * areas.max()))[0]
     z = int(rng.choice(slices))
     x, y = first_click(mask[..., z], rng, jitter=0.4, spacing=scene.spacing[:2])
     click = [x, y, z]
@@ -90,10 +93,11 @@ def main() -> None:
     args = parser.parse_args()
     crop = {"DeepgrowSliced": {"spatial_size": [args.size] * 2}} if args.size else None
     transforms, guidance = split_guidance(config_pre_transforms(args.config, crop))
+    bank = training_bank(np.random.default_rng((args.seed, 2)))
 
     def step_batch(step: int, net: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, str]:
         rngs = [np.random.default_rng((args.seed, 0, step, i)) for i in range(args.batch // 4)]
-        samples = [sample for rng in rngs for sample in make_samples(rng, transforms)]
+        samples = [sample for rng in rngs for sample in make_samples(rng, transforms, bank)]
         return deepgrow_batch(net, samples, rngs[0], guidance.sigma)
 
     size = args.size or 128
