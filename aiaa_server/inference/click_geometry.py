@@ -39,6 +39,16 @@ class CropGeometry:
         return np.maximum(first, 0), np.minimum(last + 1, np.asarray(self.plane_shape))
 
 
+@dataclass(frozen=True)
+class CropPass:
+    """A further DeepGrow 3D pass (`inference.crop_growth`): DeepgrowCropd samples its `spatial_size` at
+    `scale` times its `pixdim`, centred on `centre` ((3,) input voxel coordinates [x, y, z]) moved as little
+    as needed to keep the clicks inside the crop (see `keep_clicks_inside`)."""
+
+    scale: float
+    centre: np.ndarray
+
+
 def apply_matrix(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Map points through a homogeneous matrix.
 
@@ -136,6 +146,27 @@ def deepgrow_centre(foreground: np.ndarray, background: np.ndarray, current: np.
     if current is not None and np.any(np.abs(current[0] - centre) > extent_mm / 2.0 - margin_mm):
         return current[0]
     return centre
+
+
+def keep_clicks_inside(centre: np.ndarray, clicks: np.ndarray, extent_mm: np.ndarray, margin_mm: float = 16.0
+                       ) -> np.ndarray:
+    """`centre` moved (per axis, as little as possible) so that the clicks stay `margin_mm` inside the crop.
+
+    Args:
+        centre: (3,) the wanted world centre of the crop.
+        clicks: (N, 3) world coordinates of the clicks to keep inside (N may be 0).
+        extent_mm: (3,) size of the crop in mm.
+        margin_mm: how far inside the crop the clicks must stay.
+
+    Returns:
+        (3,) world centre; on an axis where the clicks span more than the crop allows, their box centre.
+    """
+    if not len(clicks):
+        return np.asarray(centre, dtype=np.float64)
+    lo, hi = clicks.min(axis=0), clicks.max(axis=0)
+    reach = np.maximum(np.asarray(extent_mm, dtype=np.float64) / 2.0 - margin_mm, 0.0)
+    first, last = hi - reach, lo + reach
+    return np.where(first <= last, np.clip(centre, first, last), (lo + hi) / 2.0)
 
 
 def slice_of_clicks(fg: np.ndarray, bg: np.ndarray, current: np.ndarray) -> int:

@@ -45,6 +45,7 @@ from aiaa_server.errors import InvalidParams, ModelError
 from aiaa_server.imaging.sampling import sample_grid
 from aiaa_server.inference.click_geometry import (
     CropGeometry,
+    CropPass,
     apply_matrix,
     box_matrix,
     deepgrow_centre,
@@ -52,6 +53,7 @@ from aiaa_server.inference.click_geometry import (
     dextr_box,
     gaussian_heatmap,
     guidance_channel,
+    keep_clicks_inside,
     slice_of_clicks,
     spacing_of,
 )
@@ -67,14 +69,15 @@ from aiaa_server.inference.interactive import (
 from aiaa_server.inference.tensors import ORIGINAL_AFFINE, ORIGINAL_SHAPE, plain_tensor
 
 __all__ = [
-    "GEOMETRY_KEY", "GUIDANCE_KEY", "AddGuidanceChannelsd", "CropGeometry", "DeepgrowCropd", "DeepgrowSliced",
-    "ExtremePointsCropd", "KeepClickedComponentsd", "PasteCropd", "apply_matrix", "box_matrix", "deepgrow_centre",
-    "deepgrow_crop_affine", "dextr_box", "gaussian_heatmap", "guidance_channel", "paste_to_input", "sample_grid",
-    "slice_of_clicks", "spacing_of",
+    "CROP_PASS_KEY", "GEOMETRY_KEY", "GUIDANCE_KEY", "AddGuidanceChannelsd", "CropGeometry", "CropPass",
+    "DeepgrowCropd", "DeepgrowSliced", "ExtremePointsCropd", "KeepClickedComponentsd", "PasteCropd", "apply_matrix",
+    "box_matrix", "deepgrow_centre", "deepgrow_crop_affine", "dextr_box", "gaussian_heatmap", "guidance_channel",
+    "keep_clicks_inside", "paste_to_input", "sample_grid", "slice_of_clicks", "spacing_of",
 ]
 
 GEOMETRY_KEY = "aiaa_crop_geometry"
 GUIDANCE_KEY = "aiaa_guidance"
+CROP_PASS_KEY = "aiaa_crop_pass"  # a CropPass: set by `crop_growth` for its coarser passes only
 
 
 # --------------------------------------------------------------------------------------------------- #
@@ -171,7 +174,10 @@ class _ClickCropd(MapTransform):
 
 
 class DeepgrowCropd(_ClickCropd):
-    """DeepGrow 3D: sample a fixed-size RAS grid at `pixdim` mm around the clicks; map the clicks into it."""
+    """DeepGrow 3D: sample a fixed-size RAS grid at `pixdim` mm around the clicks; map the clicks into it.
+
+    With a `CropPass` under `CROP_PASS_KEY` (a coarser pass of `inference.crop_growth`) the grid is sampled at
+    `pixdim * scale` around the pass's centre, kept so that the clicks stay inside."""
 
     default_size = (96, 96, 96)
     default_pixdim = (2.0, 2.0, 2.0)
@@ -182,9 +188,14 @@ class DeepgrowCropd(_ClickCropd):
         original_affine, original_shape = _original_grid(d[key], key)
         fg, bg, current = _click_arrays(d, self.keys_clicks, original_shape)
         fg_world, bg_world, current_world = (apply_matrix(original_affine, p) for p in (fg, bg, current[-1:]))
-        centre = deepgrow_centre(fg_world, bg_world, current_world if len(current) else None,
-                                 self.pixdim * np.asarray(self.spatial_size))
-        crop_affine = deepgrow_crop_affine(centre, self.spatial_size, self.pixdim)
+        crop_pass: CropPass | None = d.pop(CROP_PASS_KEY, None)
+        pixdim = self.pixdim * (crop_pass.scale if crop_pass is not None else 1.0)
+        extent = pixdim * np.asarray(self.spatial_size)
+        centre = deepgrow_centre(fg_world, bg_world, current_world if len(current) else None, extent)
+        if crop_pass is not None:
+            clicks = fg_world if len(fg_world) else np.concatenate([bg_world, current_world])
+            centre = keep_clicks_inside(apply_matrix(original_affine, crop_pass.centre)[0], clicks, extent)
+        crop_affine = deepgrow_crop_affine(centre, self.spatial_size, pixdim)
         geometry = CropGeometry(np.linalg.inv(original_affine) @ crop_affine, self.spatial_size, original_shape)
         current_affine = np.asarray(d[key].affine, dtype=np.float64)
         values = sample_grid(_source(d[key]), np.linalg.inv(current_affine) @ crop_affine, self.spatial_size)

@@ -1,4 +1,6 @@
-"""A model's pipeline: pre-transforms → network (whole image or sliding window) → post-transforms → writer."""
+"""A model's pipeline: pre-transforms → network (whole image or sliding window) → post-transforms → writer
+(for a DeepGrow 3D model with `inference.crop_growth`, the request's part pass after pass on growing crops:
+`crop_growth`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from monai.inferers import sliding_window_inference
 
 from aiaa_server.engines.base import Engine
 from aiaa_server.errors import AIAAError, IncompatibleInput, ModelError
+from aiaa_server.inference.crop_growth import CropGrowth, Stages
 from aiaa_server.inference.tensors import plain_tensor
 from aiaa_server.inference.transforms import WriterOutput
 from aiaa_server.mmar.config import AIAAConfig, InferenceArgs
@@ -50,6 +53,7 @@ class ModelPipeline:
         cache_index: see the field's comment and `preprocess_image`.
         network: a weight-free network (the config's `inference.network`): a transform run on the data in
             place of the engine, which writes `output_key` itself; None: the engine runs.
+        growth: the growing crop of a DeepGrow 3D model (`inference.crop_growth`); None: one pass.
     """
 
     name: str
@@ -61,6 +65,7 @@ class ModelPipeline:
     args: InferenceArgs
     cache_index: int = 0  # pre_transforms[:cache_index] depend only on the image (cacheable per session)
     network: Transform | None = None
+    growth: CropGrowth | None = None
 
     @property
     def input_key(self) -> str:
@@ -144,7 +149,9 @@ class ModelPipeline:
         Raises:
             ModelError: (500) a post-transform or the writer failed.
         """
-        data = _apply(self.post_transforms, data, "post-transform", ModelError)
+        return self._write(_apply(self.post_transforms, data, "post-transform", ModelError))
+
+    def _write(self, data: dict[str, Any]) -> WriterOutput:
         try:
             return self.writer(data)
         except AIAAError:
@@ -152,7 +159,23 @@ class ModelPipeline:
         except Exception as exc:
             raise ModelError(f"writer failed for model {self.name!r}: {exc}") from exc
 
+    def run_request(self, data: dict[str, Any]) -> WriterOutput:
+        """Everything after `preprocess_image`: `preprocess_request`, `infer`, `postprocess`; with `growth`, its
+        passes on growing crops (see `crop_growth`), combined on the input grid, then the writer.
+
+        Raises:
+            IncompatibleInput: (422) a pre-transform fails on this input.
+            ModelError: (500) the network, a post-transform or the writer failed.
+        """
+        if self.growth is None:
+            return self.postprocess(self.infer(self.preprocess_request(data)))
+        stages = Stages(
+            pre=lambda transforms, d: _apply(transforms, d, "pre-transform", IncompatibleInput),
+            infer=self.infer,
+            post=lambda transforms, d: _apply(transforms, d, "post-transform", ModelError),
+        )
+        return self._write(self.growth.run(data, stages))
+
     def run(self, data: dict[str, Any]) -> WriterOutput:
         """The whole pipeline on one request's data, nothing cached: pre-transforms, network, post, writer."""
-        data = self.preprocess_request(self.preprocess_image(data))
-        return self.postprocess(self.infer(data))
+        return self.run_request(self.preprocess_image(data))

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 DEVICE_PATTERN = r"^(cpu|cuda|cuda:[0-9]{1,2}|mps)$"
 MAX_ROI_SIZE = 1024
+MAX_CROP_PASSES = 5
+MAX_CROP_ZOOM = 4.0
+MAX_CROP_BORDER = 16
 
 
 class ModelType(str, enum.Enum):
@@ -110,12 +113,32 @@ class InferenceArgs(BaseModel):
         return self
 
 
+class CropGrowthConfig(BaseModel):
+    """`inference.crop_growth` of a DeepGrow 3D model: coarser passes when the mask reaches the crop's faces
+    (see `aiaa_server.inference.crop_growth`).  Absent: one pass, as without it.
+
+    Attributes:
+        max_passes: passes at most per click, 1 to MAX_CROP_PASSES (1: growth never runs a second pass).
+        zoom: each further pass samples DeepgrowCropd's `spatial_size` voxels at `zoom` times the previous
+            pass's `pixdim`, so its crop spans `zoom` times the extent; above 1, at most MAX_CROP_ZOOM.
+        border_voxels: the mask "reaches a face" when it has a voxel this close to it (network voxels, 1 to
+            MAX_CROP_BORDER; less than half the crop's smallest `spatial_size`, checked when the model loads).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_passes: int = Field(3, ge=1, le=MAX_CROP_PASSES)
+    zoom: float = Field(2.0, gt=1.0, le=MAX_CROP_ZOOM, allow_inf_nan=False)
+    border_voxels: int = Field(2, ge=1, le=MAX_CROP_BORDER)
+
+
 class InferenceConfig(BaseModel):
     """The `inference` section: the network's input and output data keys, `meta_data` shown by
     `GET /v1/models`, the `AIAA` (local) and optional `TRITON` backend sections, and `network`: a weight-free
     network, i.e. a transform (`{"name", "args"}`, e.g. `aiaa.transforms.RegionGrowd`) run on the
     pre-processed data in place of a TorchScript model (such a model needs no `models/model.ts` and always
-    runs in the server's process, never on Triton)."""
+    runs in the server's process, never on Triton); `crop_growth`: a DeepGrow 3D model's growing crop
+    (`CropGrowthConfig`), None: a single crop."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -125,6 +148,7 @@ class InferenceConfig(BaseModel):
     AIAA: BackendConfig = Field(default_factory=BackendConfig)
     TRITON: BackendConfig | None = None
     network: ComponentConfig | None = None
+    crop_growth: CropGrowthConfig | None = None
 
     @model_validator(mode="after")
     def _check_args(self) -> InferenceConfig:
@@ -170,6 +194,13 @@ class AIAAConfig(BaseModel):
     def _version_as_string(cls, value: Any) -> str:
         # 4.x configs carry `"version": 1`; the C++ client only parses a string.
         return str(value) if value is not None else "1"
+
+    @model_validator(mode="after")
+    def _crop_growth_needs_deepgrow_3d(self) -> AIAAConfig:
+        if self.inference.crop_growth is not None and (self.type is not ModelType.DEEPGROW or self.spatial_dims != 3):
+            raise ValueError("inference.crop_growth applies to DeepGrow 3D models only (type \"deepgrow\", "
+                             "inference.meta_data.deepgrow \"3D\")")
+        return self
 
     @field_validator("labels", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from aiaa_server.engines.base import EngineProvider
 from aiaa_server.engines.factory import EngineFactory
 from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.errors import InvalidModel, format_validation_errors
+from aiaa_server.inference.crop_growth import build_crop_growth
 from aiaa_server.inference.params import loads_bounded
 from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.transforms import Writer
@@ -163,7 +164,8 @@ def load_mmar(
 
     Raises:
         InvalidModel: (422) no config or network, an invalid or disallowed config, a component that cannot be
-            built, an unknown `cache_until`, or an engine that cannot be created.
+            built, an unknown `cache_until`, an `inference.crop_growth` the transforms cannot serve, or an
+            engine that cannot be created.
     """
     if isinstance(engines, TorchScriptPool):
         engines = EngineFactory(engines, default_device)
@@ -179,6 +181,8 @@ def load_mmar(
     writer = build_component(config.writer, custom) if config.writer is not None else Writer(
         image=config.inference.output, json="result"
     )
+    cache_index = _cache_index(config)
+    growth = build_crop_growth(config, pre, post, cache_index)
     args = config.inference.args
     network = build_network(config, custom)
     model_file = find_model_file(folder) if network is None else None
@@ -195,7 +199,8 @@ def load_mmar(
         writer=writer,
         engine=engine,
         args=args,
-        cache_index=_cache_index(config),
+        cache_index=cache_index,
         network=network,
+        growth=growth,
     )
     return LoadedModel(name=name or folder.name, path=folder, config=config, pipeline=pipeline, model_file=model_file)

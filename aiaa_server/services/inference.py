@@ -148,7 +148,7 @@ class InferenceService:
         volume, image_data, source = self._prepared_image(model, request)
         pipeline = model.pipeline
         data = {**params.pipeline_data(), **image_data}  # a fresh dict per request: cached image data is never mutated
-        output = pipeline.postprocess(pipeline.infer(pipeline.preprocess_request(data)))
+        output = pipeline.run_request(data)
         result = self._encode(model, volume, output.image, output.json, params.result)
         log.info(
             "%s %s on %s %s: %.3f s",
