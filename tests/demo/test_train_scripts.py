@@ -25,7 +25,7 @@ def test_training_script_takes_a_step_exports_and_resumes(model: str, tmp_path: 
     command = [sys.executable, str(MODELS / model / "commands" / "train.py"), "--batch", "4", "--minutes", "30",
                "--out", str(out), "--ckpt", str(ckpt)]
     first = subprocess.run([*command, "--stop-after", "1"], check=False, capture_output=True, text=True,
-                            timeout=900)
+                           timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "done: 1 steps" in first.stdout
     saved = torch.load(ckpt, weights_only=True)

@@ -17,11 +17,12 @@ training sees exactly what serving sees:
    positive); then a training step (Dice + BCE) with the final clicks.
 
 Scene ``i`` of step ``s`` uses ``np.random.default_rng((seed, 0, s, i))``. The network is a 2D MONAI UNet
-(16-32-64-128-256, 4 strided levels, 1 residual unit, ~0.8 M parameters), exported with torch.jit.trace to
-models/model.ts (written atomically, also every --export-every seconds). --ckpt keeps the weights, the step
-and the time spent, so a run continues where it stopped (the committed commands/checkpoint.pt).
+(16-32-64-128, 3 strided levels, 1 residual unit, ~0.2 M parameters), exported with torch.jit.trace to
+models/model.ts (written atomically, also every --export-every seconds). --init starts from a previous
+model.ts (same network); --ckpt keeps the weights, the step and the time spent, so a run continues where it
+stopped (the committed commands/checkpoint.pt).
 
-Example: commands/train.sh --minutes 40 --ckpt commands/checkpoint.pt
+Example: commands/train.sh --minutes 40 --lr 1e-3 --init models/model.ts --ckpt commands/checkpoint.pt
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ Sample = list[Any]  # [image slice crop (1, S, S), truth crop, fg clicks, bg cli
 def build_network() -> torch.nn.Module:
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(16, 32, 64, 128, 256),
-                strides=(2, 2, 2, 2), num_res_units=1)
+    return UNet(spatial_dims=2, in_channels=3, out_channels=1, channels=(16, 32, 64, 128), strides=(2, 2, 2),
+                num_res_units=1)
 
 
 def make_samples(rng: np.random.Generator, transforms: list[Any], bank: list[LabelMap], count: int = 4

@@ -22,11 +22,13 @@ REPO_ROOT = MMAR_DIR.parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(MMAR_DIR / "commands"))
 
-from train import MIN_OBJECT_MM3, client_crop
+from train import client_crop
 
 from aiaa_demo.evaluation import evaluate_cases, run_model
 from aiaa_demo.synthetic_shapes import Scene, dice, extreme_points
 from aiaa_server.mmar.loader import LoadedModel
+
+MIN_OBJECT_MM3 = 1500.0  # the synthetic objects evaluated (as the first training runs used)
 
 
 def annotate_both_ways(model: LoadedModel, scene: Scene, mask: np.ndarray) -> dict[str, float]:
