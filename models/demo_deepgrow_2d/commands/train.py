@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train the DeepGrow 2D model on SynthSeg-style scenes painted from real label maps (and synthetic shapes).
 
-Every training sample goes through the MMAR's own pre-transforms (DeepgrowSliced 128² at 1.5 mm,
-ScaleIntensityRangePercentilesd), built from config/config_aiaa.json with the server's component loader, so
+Every training sample goes through the MMAR's own pre-transforms (DeepgrowSliced 128² at 1.5 mm, the
+intensity normalisation), built from config/config_aiaa.json with the server's component loader, so
 training sees exactly what serving sees:
 
 1. a scene (aiaa_demo.synthseg.mixed_scene): 75 % painted from a real label map (AAL on Colin27 without the
@@ -10,8 +10,8 @@ training sees exactly what serving sees:
    intensities, texture, blur, bias field, gamma and noise; 25 % the project's synthetic shapes;
 2. four random axial slices (array axis 2) through its target, the first click at the target's most interior
    pixels of that slice (2D distance transform, jittered);
-3. DeepgrowSliced + ScaleIntensityRangePercentilesd from the config; the label slice is sampled on the same
-   grid;
+3. DeepgrowSliced + the intensity normalisation from the config (the painted scenes need a per-image one,
+   ScaleIntensityRangePercentilesd: see docs/Readme.md); the label slice is sampled on the same grid;
 4. 0–4 rounds of simulated corrections with the current network (DeepGrow training): predict, then click
    the most interior voxel of the largest error region (fg click in a false negative, bg click in a false
    positive); then a training step (Dice + BCE) with the final clicks.
