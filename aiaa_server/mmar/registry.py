@@ -10,7 +10,8 @@ from aiaa_server.engines.base import EngineProvider
 from aiaa_server.engines.factory import EngineFactory
 from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.errors import AIAAError, NotFound
-from aiaa_server.mmar.loader import LoadedModel, ModelInfo, is_mmar, load_mmar
+from aiaa_server.mmar.folders import is_model_folder, load_model_folder
+from aiaa_server.mmar.loader import LoadedModel, ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class ModelRegistry:
         return self.engines
 
     def scan(self, folders: list[Path], untrusted: tuple[Path, ...] = ()) -> None:
-        """Load every MMAR found directly under each folder; later folders win on name clashes.
+        """Load every MMAR or MONAI bundle found directly under each folder; later folders win on name clashes.
 
         Models in the `untrusted` folders (uploads) are held to the upload allow-list at every load."""
         for folder in folders:
@@ -42,18 +43,18 @@ class ModelRegistry:
                 log.warning("model folder %s does not exist; skipped", folder)
                 continue
             for candidate in sorted(p for p in folder.iterdir() if p.is_dir()):
-                if is_mmar(candidate):
+                if is_model_folder(candidate):
                     self.load(candidate, trusted=folder not in untrusted)
 
     def load(self, folder: Path, name: str | None = None, trusted: bool = True) -> LoadedModel | None:
-        """Load the MMAR in `folder` as `name` (default: the folder's name) and serve it, replacing a model of
+        """Load the MMAR or bundle in `folder` as `name` (default: the folder's name) and serve it, replacing a model of
         that name; on failure log it, keep the message in `load_errors` and return None (nothing raised).
 
         `trusted=False` holds the MMAR to the upload allow-list (see `load_mmar`).
         """
         model_name = name or folder.name
         try:
-            model = load_mmar(folder, self.engines, self.default_device, name=model_name, trusted=trusted)
+            model = load_model_folder(folder, self.engines, self.default_device, name=model_name, trusted=trusted)
         except AIAAError as exc:
             self.load_errors[model_name] = exc.message
             log.error("model %s not loaded: %s", model_name, exc.message)

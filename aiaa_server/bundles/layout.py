@@ -1,0 +1,23 @@
+"""Where a MONAI bundle keeps its files, and telling a bundle folder from an MMAR (no heavy imports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+METADATA_PATH = Path("configs") / "metadata.json"
+INFERENCE_CONFIGS = tuple(Path("configs") / f"inference.{ext}" for ext in ("json", "yaml", "yml"))
+WEIGHTS_PATH = Path("models") / "model.pt"
+NETWORK_FILES = (Path("models") / "model.pt2", Path("models") / "model.ts")
+
+
+def inference_config_path(folder: Path) -> Path | None:
+    """The bundle's inference config (`configs/inference.json`, else `.yaml`, else `.yml`); None when absent."""
+    for relative in INFERENCE_CONFIGS:
+        if (folder / relative).is_file():
+            return folder / relative
+    return None
+
+
+def is_bundle(folder: Path) -> bool:
+    """Whether `folder` holds a MONAI bundle: `configs/metadata.json` and an inference config."""
+    return (folder / METADATA_PATH).is_file() and inference_config_path(folder) is not None

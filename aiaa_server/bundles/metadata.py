@@ -1,0 +1,96 @@
+"""A bundle's `configs/metadata.json`: what `GET /v1/models` shows of it (name, version, description, labels,
+type), read as bounded JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from aiaa_server.errors import InvalidModel, format_validation_errors
+from aiaa_server.inference.params import loads_bounded
+from aiaa_server.mmar.config import ModelType
+
+MAX_METADATA_BYTES = 4 * 2**20
+BACKGROUND_NAMES = frozenset({"background", "_background_", "bg"})
+
+
+class TensorFormat(BaseModel):
+    """One entry of `network_data_format.inputs` / `outputs`.
+
+    Attributes:
+        num_channels: channels of the tensor (an image's intensity channels plus any guidance channels).
+        spatial_shape: the patch or input shape, as the model zoo writes it (numbers or strings like "16*n").
+        channel_def: channel index (as a string) -> what the channel holds, e.g. {"0": "background", "1": "spleen"}.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    num_channels: int | None = Field(None, ge=1, le=4096)
+    spatial_shape: list[Any] = Field(default_factory=list, max_length=4)
+    channel_def: dict[str, str] = Field(default_factory=dict, max_length=4096)
+
+
+class NetworkDataFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    inputs: dict[str, TensorFormat] = Field(default_factory=dict)
+    outputs: dict[str, TensorFormat] = Field(default_factory=dict)
+
+
+class BundleMetadata(BaseModel):
+    """The fields of `configs/metadata.json` the server reads; the rest is kept as is (extra)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: str = "0"
+    name: str | None = None
+    description: str = ""
+    task: str | None = None
+    network_data_format: NetworkDataFormat = Field(default_factory=NetworkDataFormat)
+
+    @property
+    def labels(self) -> list[str]:
+        """The first output's channel names in channel order, background left out."""
+        output = next(iter(self.network_data_format.outputs.values()), None)
+        if output is None:
+            return []
+        ordered = sorted(output.channel_def.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 1 << 30)
+        return [name for _, name in ordered if name.strip().lower() not in BACKGROUND_NAMES]
+
+    @property
+    def guidance_channels(self) -> int:
+        """How many input channels the image does not account for (DeepEdit-style click channels): the first
+        input's `num_channels` minus its `channel_def` entries (0 when either is missing)."""
+        first = next(iter(self.network_data_format.inputs.values()), None)
+        if first is None or first.num_channels is None or not first.channel_def:
+            return 0
+        return max(first.num_channels - len(first.channel_def), 0)
+
+    @property
+    def model_type(self) -> ModelType:
+        """`deepgrow` for an interactive bundle (guidance channels beside the image), else `segmentation`."""
+        return ModelType.DEEPGROW if self.guidance_channels > 0 else ModelType.SEGMENTATION
+
+
+def read_metadata(path: Path) -> BundleMetadata:
+    """Read and validate `configs/metadata.json` (size, JSON nesting and numbers bounded).
+
+    Raises:
+        InvalidModel: an unreadable, oversized or invalid file, or fields that do not fit.
+    """
+    try:
+        if path.stat().st_size > MAX_METADATA_BYTES:
+            raise InvalidModel(f"{path.name} is larger than {MAX_METADATA_BYTES // 2**20} MiB")
+        raw = loads_bounded(path.read_bytes(), what=path.name, error=InvalidModel)
+    except OSError as exc:
+        raise InvalidModel(f"cannot read {path.name}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InvalidModel(f"{path.name} must hold a JSON object")
+    if "version" in raw and raw["version"] is not None:
+        raw["version"] = str(raw["version"])
+    try:
+        return BundleMetadata.model_validate(raw)
+    except ValidationError as exc:
+        raise InvalidModel(f"invalid {path.name}: {format_validation_errors(exc)}") from exc
