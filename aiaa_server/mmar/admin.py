@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiaa_server.bundles.layout import METADATA_PATH, NETWORK_FILES
+from aiaa_server.bundles.loader import BUNDLE_FORMAT
 from aiaa_server.errors import AIAAError, Conflict, InvalidModel, NotFound
-from aiaa_server.mmar.loader import CONFIG_PATH, LoadedModel, find_model_file, is_mmar, load_mmar
+from aiaa_server.mmar.folders import is_model_folder, load_model_folder
+from aiaa_server.mmar.loader import CONFIG_PATH, LoadedModel, find_model_file, is_mmar
 from aiaa_server.mmar.registry import ModelRegistry
 from aiaa_server.mmar.sandbox import SandboxLimits, validate_isolated
 from aiaa_server.mmar.store import ModelStore, check_model_name
@@ -71,8 +74,8 @@ class ModelAdmin:
             target = self.store.path(name)
             self._evict(target)
             try:
-                model = load_mmar(target, self.registry.engines, self.default_device, name=name,
-                                  trusted=self.allow_code)
+                model = load_model_folder(target, self.registry.engines, self.default_device, name=name,
+                                          trusted=self.allow_code)
             except AIAAError:
                 self.store.roll_back(name, aside)
                 raise
@@ -107,8 +110,10 @@ class ModelAdmin:
         check_model_name(name)
         model = self.registry.find(name)
         folder = model.path if model is not None else (self.store.path(name) if self.store.has(name) else None)
-        if folder is None or not is_mmar(folder):
+        if folder is None or not is_model_folder(folder):
             raise NotFound(f"model {name!r} not found", model=name)
+        if not is_mmar(folder):
+            return self._stored_bundle(name, folder, model)
         try:
             raw = json.loads((folder / CONFIG_PATH).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
@@ -129,15 +134,32 @@ class ModelAdmin:
             extra["error"] = self.registry.load_errors.get(name, "not loaded")
         return {**raw, **extra}
 
+    def _stored_bundle(self, name: str, folder: Path, model: LoadedModel | None) -> dict[str, Any]:
+        """A bundle's `configs/metadata.json` as stored, plus the same server keys as an MMAR's config."""
+        try:
+            raw = json.loads((folder / METADATA_PATH).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InvalidModel(f"stored metadata of {name!r} cannot be read: {exc}") from exc
+        extra = {
+            "name": name, "path": str(model.model_file if model and model.model_file else folder),
+            "mmar_path": str(folder), "format": BUNDLE_FORMAT,
+            "source": "uploaded" if folder.resolve().parent == self.store.root.resolve() else "folder",
+            "loaded": model is not None,
+        }
+        if model is None:
+            extra["error"] = self.registry.load_errors.get(name, "not loaded")
+        return {**(raw if isinstance(raw, dict) else {}), **extra}
+
     def _fallback(self, name: str) -> Path | None:
         for folder in reversed(self.fallback_dirs):  # later folders win, as in the startup scan
             candidate = folder / name
-            if is_mmar(candidate):
+            if is_model_folder(candidate):
                 return candidate
         return None
 
     def _evict(self, folder: Path) -> None:
         model_file = find_model_file(folder)
-        for candidate in {folder / MODEL_TS, *([model_file] if model_file else [])}:
+        bundle_files = {folder / relative for relative in NETWORK_FILES}
+        for candidate in {folder / MODEL_TS, *bundle_files, *([model_file] if model_file else [])}:
             self.registry.engines.evict(candidate)
 

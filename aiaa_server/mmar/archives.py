@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
+from aiaa_server.bundles.layout import METADATA_PATH, is_bundle
 from aiaa_server.errors import AIAAError, ArchiveTooLarge, InvalidArchive
 from aiaa_server.mmar.loader import CONFIG_PATH, is_mmar
 
@@ -200,12 +201,14 @@ def extract_archive(path: Path, dest: Path, limits: ArchiveLimits) -> None:
 
 
 def locate_mmar_root(extracted: Path) -> Path:
-    """The MMAR inside an extracted archive: at the root, or inside one single top folder.
+    """The model inside an extracted archive, an MMAR or a MONAI bundle: at the root, or inside one single
+    top folder.
 
     `__MACOSX` and `.DS_Store` entries at the root are removed first.
 
     Raises:
-        InvalidArchive: (400) no `config/config_aiaa.json` in either place.
+        InvalidArchive: (400) neither `config/config_aiaa.json` nor a bundle's `configs/metadata.json` and
+            `configs/inference.json|yaml` in either place.
     """
     for junk in ARCHIVE_JUNK:
         target = extracted / junk
@@ -213,11 +216,12 @@ def locate_mmar_root(extracted: Path) -> Path:
             shutil.rmtree(target)
         elif target.exists():
             target.unlink()
-    if is_mmar(extracted):
+    if is_mmar(extracted) or is_bundle(extracted):
         return extracted
     children = list(extracted.iterdir())
-    if len(children) == 1 and children[0].is_dir() and is_mmar(children[0]):
+    if len(children) == 1 and children[0].is_dir() and (is_mmar(children[0]) or is_bundle(children[0])):
         return children[0]
     raise InvalidArchive(
-        f"the archive holds no MMAR: {CONFIG_PATH.as_posix()} must be at its root (or inside one top folder)"
+        f"the archive holds no MMAR ({CONFIG_PATH.as_posix()}) and no MONAI bundle ({METADATA_PATH.as_posix()} "
+        "with configs/inference.json): either must be at its root (or inside one top folder)"
     )

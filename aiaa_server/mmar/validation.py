@@ -10,17 +10,20 @@ from typing import Any
 
 import torch
 
+from aiaa_server.bundles.layout import METADATA_PATH, is_bundle
+from aiaa_server.bundles.loader import bundle_config, refuse_untrusted_bundle
+from aiaa_server.bundles.metadata import read_metadata
 from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.errors import BadRequest, InvalidModel
 from aiaa_server.inference.params import loads_bounded
 from aiaa_server.mmar.archives import ArchiveLimits, extract_archive, locate_mmar_root
 from aiaa_server.mmar.config import AIAAConfig, ModelType
+from aiaa_server.mmar.folders import load_model_folder
 from aiaa_server.mmar.loader import (
     CONFIG_PATH,
     LoadedModel,
     find_model_file,
     is_mmar,
-    load_mmar,
     needs_model_file,
     parse_config,
 )
@@ -197,7 +200,8 @@ def config_is_dense(config: AIAAConfig) -> bool:
 
 def precheck_mmar(mmar: Path, allow_code: bool) -> AIAAConfig:
     """The checks that need no code at all: schema, allowed components and arguments, network present.
-    Cheap, so the server runs them itself before it starts a sandbox for the rest.
+    Cheap, so the server runs them itself before it starts a sandbox for the rest. A MONAI bundle is refused
+    outright without `allow_code` (its config is code); with it, its metadata is checked.
 
     Args:
         mmar: the staged MMAR folder.
@@ -208,8 +212,13 @@ def precheck_mmar(mmar: Path, allow_code: bool) -> AIAAConfig:
 
     Raises:
         InvalidModel: (422) no or an invalid config, a disallowed component or argument, or no TorchScript
-            network for a model type that needs one (all but pipeline models and weight-free networks).
+            network for a model type that needs one (all but pipeline models and weight-free networks); an
+            uploaded bundle without `allow_code`, or its invalid metadata.
     """
+    if not is_mmar(mmar) and is_bundle(mmar):
+        if not allow_code:
+            raise refuse_untrusted_bundle(mmar)
+        return bundle_config(read_metadata(mmar / METADATA_PATH))
     if not is_mmar(mmar):
         raise InvalidModel(f"no {CONFIG_PATH.as_posix()} in the upload")
     config = parse_config(read_uploaded_config(mmar / CONFIG_PATH))
@@ -235,6 +244,6 @@ def validate_mmar(mmar: Path, name: str, allow_code: bool, default_device: str) 
     """
     precheck_mmar(mmar, allow_code)
     # A private pool: nothing is shared yet.
-    model = load_mmar(mmar, TorchScriptPool(), default_device, name=name, trusted=allow_code)
+    model = load_model_folder(mmar, TorchScriptPool(), default_device, name=name, trusted=allow_code)
     dry_run(model)
     return model
