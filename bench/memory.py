@@ -2,9 +2,10 @@
 
 Reads VmHWM (the high-water mark) and VmRSS from /proc/<pid>/status of the server process — before any
 request (models loaded) and after the segmentation — and divides by the float32 size of the volume.
-Target: peak ≤ 6× the float32 volume.
+Target: peak ≤ 6× the float32 volume. `--bundle`: a zoo-shaped MONAI spleen bundle (see
+`segmentation_overhead.py`) instead of the demo MMAR.
 
-    python bench/memory.py [--shape 512 512 300] [--repeats 1]
+    python bench/memory.py [--shape 512 512 300] [--repeats 1] [--bundle]
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from segmentation_overhead import SPLEEN, segment_http, start, write_phantom
+from segmentation_overhead import bench_model, segment_http, start, write_phantom
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -30,21 +31,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300))
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--bundle", action="store_true", help="a zoo-shaped MONAI bundle instead of the demo MMAR")
     args = parser.parse_args()
     shape = tuple(args.shape)
     float32_bytes = 4 * shape[0] * shape[1] * shape[2]
     mib = 2**20
     with tempfile.TemporaryDirectory(prefix="aiaa-bench-") as tmp:
         path = write_phantom(Path(tmp) / "phantom.nii.gz", shape)  # type: ignore[arg-type]
-        server = start(Path(tmp) / "workspace", "--workers", "1")
+        name, _, extra = bench_model(Path(tmp), args.bundle)
+        server = start(Path(tmp) / "workspace", "--workers", "1", *extra)
         try:
             idle = proc_status(server.process.pid)
             with server.client(timeout=1200) as client:
-                times = [segment_http(client, path, SPLEEN) for _ in range(args.repeats)]
+                times = [segment_http(client, path, name) for _ in range(args.repeats)]
             busy = proc_status(server.process.pid)
         finally:
             server.stop()
-    print(f"volume {shape}: float32 size {float32_bytes / mib:.0f} MiB; upload {path.name}")
+    print(f"model {name}; volume {shape}: float32 size {float32_bytes / mib:.0f} MiB; upload {path.name}")
     print(f"segmentation wall time: {', '.join(f'{t:.1f} s' for t in times)}")
     print(f"server idle (models loaded): VmRSS {idle['VmRSS'] / mib:.0f} MiB, VmHWM {idle['VmHWM'] / mib:.0f} MiB")
     print(f"server after: VmRSS {busy['VmRSS'] / mib:.0f} MiB, peak VmHWM {busy['VmHWM'] / mib:.0f} MiB")

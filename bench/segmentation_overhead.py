@@ -35,6 +35,7 @@ from aiaa_server.mmar.registry import ModelRegistry
 from tests.support.server import LiveServer, start_server
 
 SPLEEN = "demo_spleen_ct_segmentation"
+BUNDLE = "spleen_ct_segmentation"
 
 
 def make_phantom(shape: tuple[int, int, int], seed: int = 0) -> Phantom:
@@ -53,6 +54,17 @@ def start(workspace: Path, *args: str) -> LiveServer:
     return start_server(workspace, ["--log_level", "warning", *args], startup_timeout=300)
 
 
+def bench_model(tmp: Path, bundle: bool) -> tuple[str, Path, list[str]]:
+    """(model name, model folder, extra server arguments): the bundled demo spleen MMAR, or (`bundle`) a
+    zoo-shaped spleen bundle written under `tmp` and served from `--models`."""
+    if not bundle:
+        return SPLEEN, ROOT / "models" / SPLEEN, []
+    from aiaa_demo.zoo_bundles import write_bundle
+
+    folder = write_bundle(tmp / "bundles" / BUNDLE, BUNDLE, seed=0)
+    return BUNDLE, folder, ["--models", str(folder.parent), "--no-bundled_models"]
+
+
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
@@ -67,10 +79,10 @@ def segment_http(client: httpx.Client, path: Path, model: str = SPLEEN) -> float
     return elapsed
 
 
-def _floor(path: Path, repeats: int, threads: int) -> dict[str, list[float]]:
+def _floor(path: Path, folder: Path, repeats: int, threads: int) -> dict[str, list[float]]:
     torch.set_num_threads(threads)
     registry = ModelRegistry(TorchScriptPool())
-    model = registry.load(ROOT / "models" / SPLEEN)
+    model = registry.load(folder)
     assert model is not None
     times: dict[str, list[float]] = {"decode": [], "pipeline": [], "encode": []}
     for _ in range(repeats + 1):  # the first run warms up TorchScript
@@ -91,19 +103,21 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 120))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--bundle", action="store_true", help="a zoo-shaped MONAI bundle instead of the demo MMAR")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aiaa-bench-") as tmp:
         path = write_phantom(Path(tmp) / "phantom.nii.gz", tuple(args.shape))
-        print(f"phantom {tuple(args.shape)} int16, {path.stat().st_size / 2**20:.1f} MiB .nii.gz")
-        server = start(Path(tmp) / "workspace", "--workers", str(args.workers))
+        name, folder, extra = bench_model(Path(tmp), args.bundle)
+        print(f"phantom {tuple(args.shape)} int16, {path.stat().st_size / 2**20:.1f} MiB .nii.gz; model {name}")
+        server = start(Path(tmp) / "workspace", "--workers", str(args.workers), *extra)
         try:
             with server.client(timeout=600) as client:
-                segment_http(client, path)  # warm-up
-                http = [segment_http(client, path) for _ in range(args.repeats)]
+                segment_http(client, path, name)  # warm-up
+                http = [segment_http(client, path, name) for _ in range(args.repeats)]
         finally:
             server.stop()
         threads = max(1, len(__import__("os").sched_getaffinity(0)) // args.workers)
-        floor = _floor(path, args.repeats, threads)
+        floor = _floor(path, folder, args.repeats, threads)
     best_http, best_floor = min(http), min(floor["pipeline"])
     print(f"in-process floor (pipeline.run, {threads} torch threads): median "
           f"{statistics.median(floor['pipeline']):.2f} s, best {best_floor:.2f} s")

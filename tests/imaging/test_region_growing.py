@@ -161,6 +161,7 @@ def test_a_flat_image_grows_everywhere_connected() -> None:
     {"iterations": -1}, {"iterations": 2.5}, {"smoothing_mm": float("inf")}, {"smoothing_mm": -1.0},
     {"seed_radius_mm": 0.0}, {"roi_mm": 1e12}, {"roi_mm": 0}, {"max_roi_voxels": 0}, {"max_roi_voxels": 2**40},
     {"opening_voxels": 100}, {"boundary_mm": 1e6}, {"fill_holes": "yes"}, {"iterations": True},
+    {"reach": -1.0}, {"reach": 11.0}, {"reach": float("nan")},
 ])
 def test_parameters_out_of_range_are_refused(bad: dict) -> None:
     with pytest.raises((ValueError, TypeError)):
@@ -172,3 +173,50 @@ def test_image_and_spacing_must_be_3d() -> None:
         grow_region(np.zeros((5, 5), np.float32), (1.0, 1.0, 1.0), [[1, 1, 0]])
     with pytest.raises(RegionGrowError, match="spacing"):
         grow_region(np.zeros((5, 5, 5), np.float32), (1.0, 0.0, 1.0), [[1, 1, 1]])
+
+
+def _blobs(centres_mm: list[tuple[float, float, float]], radii_mm: list[float], values: list[float],
+           shape: tuple[int, int, int] = (64, 48, 40), seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Balls (each over the earlier ones) in fat (-100), blurred and noisy, on the SPACING grid."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, SPACING)], indexing="ij")
+    image = np.full(shape, -100.0, dtype=np.float32)
+    masks = []
+    for (cx, cy, cz), radius, value in zip(centres_mm, radii_mm, values):
+        ball = (x - cx) ** 2 + (y - cy) ** 2 + (z - cz) ** 2 <= radius**2
+        image[ball] = value
+        masks.append(ball)
+    masks = [m & ~np.logical_or.reduce(masks[i + 1:], initial=False) for i, m in enumerate(masks)]
+    image = ndimage.gaussian_filter(image, sigma=0.6) + rng.normal(0.0, 6.0, shape).astype(np.float32)
+    return image, masks
+
+
+def test_a_background_click_removes_the_touching_blob_it_lies_in_and_keeps_the_clicked_one() -> None:
+    image, (left, right) = _blobs([(20.0, 24.0, 30.0), (38.0, 24.0, 30.0)], [11.0, 11.0], [100.0, 100.0])
+    click, leak = _voxel(np.array([18.0, 24.0, 30.0])), _voxel(np.array([41.0, 24.0, 30.0]))
+    leaked = grow_region(image, SPACING, [click]).mask > 0
+    assert leaked[left].mean() > 0.8 and leaked[right].mean() > 0.8  # one structure to the grower
+    cut = grow_region(image, SPACING, [click], [leak]).mask > 0
+    assert not cut[tuple(leak)]
+    assert (cut & leaked)[left].sum() >= 0.95 * leaked[left].sum()  # the cut runs along the neck
+    assert cut[right].mean() < 0.2
+
+
+def test_a_background_click_in_a_small_leak_keeps_the_good_region() -> None:
+    image, (organ, bump) = _blobs([(30.0, 24.0, 30.0), (43.0, 24.0, 30.0)], [12.0, 4.0], [100.0, 100.0])
+    click, leak = _voxel(np.array([30.0, 24.0, 30.0])), _voxel(np.array([44.0, 24.0, 30.0]))
+    leaked = grow_region(image, SPACING, [click]).mask > 0
+    assert leaked[bump].mean() > 0.5
+    cut = grow_region(image, SPACING, [click], [leak]).mask > 0
+    assert not cut[tuple(leak)]
+    assert (cut & leaked)[organ].sum() >= 0.9 * leaked[organ].sum()  # the good region stays
+    assert cut[bump].mean() < 0.2
+
+
+def test_a_foreground_click_in_a_missed_part_adds_it_and_keeps_the_region(scene: TwoSpheres) -> None:
+    first = grow_region(scene.image, SPACING, [scene.centre]).mask > 0
+    assert first[scene.neighbour].mean() < 0.05  # the brighter neighbour is missed
+    both = grow_region(scene.image, SPACING, [scene.centre, scene.neighbour_centre]).mask > 0
+    assert both[first].mean() > 0.99  # a later foreground click never takes away what the earlier one grew
+    assert both[scene.neighbour].mean() > 0.8
+    assert both[~(scene.sphere | scene.neighbour)].sum() < 0.1 * scene.neighbour.sum()
