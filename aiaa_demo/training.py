@@ -3,7 +3,8 @@
 Each training script builds its samples through its MMAR's own pre-transforms (so training sees what serving
 sees) and hands one function per step to `train_for`, which owns the loop: the budget (wall-clock minutes
 and/or a number of steps), linear warm-up then cosine learning rate over that budget, periodic atomic
-TorchScript export checked against the eager network, checkpoint/resume and export of a saved checkpoint.
+export checked against the eager network (TorchScript `--out`, e.g. model.ts for Triton, and the `torch.export`
+program beside it, model.pt2, which the local engine prefers), checkpoint/resume and export of a saved checkpoint.
 What differs between the demos besides the data (loss, optimiser) is their `Recipe`.
 """
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from monai.utils import set_determinism
 
+from aiaa_demo.export import check_program, export_program
 from aiaa_demo.synthetic_shapes import TRAIN_FAMILIES, Scene, make_scene, next_click, pick_object
 from aiaa_server.inference.click_transforms import AddGuidanceChannelsd, guidance_channel
 from aiaa_server.mmar.components import build_component
@@ -67,7 +69,8 @@ def training_arguments(description: str, mmar_dir: Path, batch: int, minutes: fl
                         help="start from these weights (a TorchScript model.ts of the same network) unless resuming")
     parser.add_argument("--export-only", type=Path, default=None, help="export this state_dict to --out and exit")
     parser.add_argument("--config", type=Path, default=mmar_dir / "config" / "config_aiaa.json")
-    parser.add_argument("--out", type=Path, default=mmar_dir / "models" / "model.ts", help="TorchScript output")
+    parser.add_argument("--out", type=Path, default=mmar_dir / "models" / "model.ts",
+                        help="TorchScript output; the torch.export program goes beside it (same name, .pt2)")
     return parser
 
 
@@ -260,8 +263,8 @@ def train_for(build_network: Callable[[], torch.nn.Module], args: argparse.Names
     if args.export_only is not None:
         saved = torch.load(args.export_only, map_location="cpu", weights_only=True)
         net.load_state_dict(saved.get("net", saved))
-        export_traced(net, args.out, example_shape)
-        _check(net, args, recipe.check_shape or example_shape)
+        _export(net, args, example_shape)
+        _check(net, args, recipe.check_shape or example_shape, example_shape)
         return
     step, done_s = _resume(net, args.ckpt)
     if step == 0 and args.init is not None:
@@ -284,7 +287,7 @@ def train_for(build_network: Callable[[], torch.nn.Module], args: argparse.Names
             _save(net, args, example_shape, step, time.monotonic() - started)
             last_export = time.monotonic()
     _save(net, args, example_shape, step, time.monotonic() - started)
-    _check(net, args, recipe.check_shape or example_shape)
+    _check(net, args, recipe.check_shape or example_shape, example_shape)
     print(f"done: {step} steps, {(time.monotonic() - started) / 60:.1f} min", flush=True)
 
 
@@ -313,9 +316,21 @@ def _resume(net: torch.nn.Module, ckpt: Path | None) -> tuple[int, float]:
     return int(saved["step"]), float(saved["elapsed_s"])
 
 
+def program_path(out: Path) -> Path:
+    """Where the torch.export program goes: beside the TorchScript `--out`, suffix `.pt2`."""
+    return out.with_suffix(".pt2")
+
+
+def _export(net: torch.nn.Module, args: argparse.Namespace, example_shape: tuple[int, ...]) -> None:
+    """Both exports: TorchScript (`--out`) and the torch.export program beside it (kept in step, since the
+    server's local engine prefers the `.pt2`)."""
+    export_traced(net, args.out, example_shape)
+    export_program(net, program_path(args.out), example_shape[1], len(example_shape) - 2)
+
+
 def _save(net: torch.nn.Module, args: argparse.Namespace, example_shape: tuple[int, ...], step: int,
           elapsed_s: float) -> None:
-    export_traced(net, args.out, example_shape)
+    _export(net, args, example_shape)
     if args.ckpt is not None:
         args.ckpt.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.ckpt.with_suffix(".tmp")
@@ -323,7 +338,14 @@ def _save(net: torch.nn.Module, args: argparse.Namespace, example_shape: tuple[i
         os.replace(tmp, args.ckpt)
 
 
-def _check(net: torch.nn.Module, args: argparse.Namespace, check_shape: tuple[int, ...]) -> None:
+def _check(net: torch.nn.Module, args: argparse.Namespace, check_shape: tuple[int, ...],
+           example_shape: tuple[int, ...]) -> None:
     error = check_export(net, args.out, check_shape)
     print(f"exported {args.out} ({args.out.stat().st_size / 1e6:.1f} MB); checked on {check_shape}, "
           f"max |traced - eager| {error:.1e}", flush=True)
+    program = program_path(args.out)
+    net.eval()
+    errors = check_program(program, net, [example_shape])
+    net.train()
+    print(f"exported {program} ({program.stat().st_size / 1e6:.1f} MB); checked on {example_shape}, "
+          f"max |program - eager| {errors[example_shape]:.1e}", flush=True)

@@ -26,7 +26,8 @@ class EngineProvider(Protocol):
     """Builds each model's engine and forgets engines built from a file (what the model registry needs)."""
 
     def create(self, name: str, model_file: Path, config: AIAAConfig, device: str | None = None) -> Engine:
-        """The engine running model `name` from its TorchScript `model_file` (`device`: e.g. "cuda:0")."""
+        """The engine running model `name` from its `model_file` (`models/model.pt2` torch.export program, or
+        TorchScript `model.ts`/`model.pt`) (`device`: e.g. "cuda:0")."""
         ...
 
     def evict(self, path: Path) -> None:

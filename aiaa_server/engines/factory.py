@@ -1,4 +1,4 @@
-"""Chooses and builds each model's engine: the local TorchScript pool or a Triton Inference Server.
+"""Chooses and builds each model's engine: the local pool (TorchScript or torch.export) or a Triton Inference Server.
 
 Which engine runs a model:
 1. `inference.engine` in the MMAR's `config_aiaa.json`, when present, forces it: `"local"` (alias `"AIAA"`) or
@@ -9,6 +9,8 @@ A factory built without a Triton setup (e.g. the private one that validates uplo
 
 For Triton, `inference.TRITON.triton_model_config` (Clara 4.x) shapes the generated `config.pbtxt` when present;
 the presence of a TRITON section alone does not choose the engine (Clara configs carry both sections).
+Triton runs TorchScript only: a model whose network is `models/model.pt2` goes to Triton with the `model.ts` next
+to it (`triton_repository.triton_model_file`), and is refused for Triton without one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 from aiaa_server.engines.base import Engine
 from aiaa_server.engines.torchscript import TorchScriptPool, resolve_device
 from aiaa_server.engines.triton import TritonClient, TritonEngine, TritonOptions
-from aiaa_server.engines.triton_repository import TritonBackend, remove_model, write_model
+from aiaa_server.engines.triton_repository import TritonBackend, remove_model, triton_model_file, write_model
 from aiaa_server.errors import InvalidModel, ModelError, ServiceUnavailable
 from aiaa_server.mmar.config import AIAAConfig
 
@@ -52,10 +54,10 @@ class TritonSetup:
 
 
 class EngineFactory:
-    """The server's EngineProvider: the local TorchScript pool, or Triton where the model or server asks.
+    """The server's EngineProvider: the local pool, or Triton where the model or server asks.
 
     Args:
-        pool: the shared cache of local TorchScript engines.
+        pool: the shared cache of local engines (TorchScript and torch.export files).
         default_device: where local engines run when the model names no device ("cpu", "cuda", "cuda:1").
         default_engine: the server's `--engine`, for models whose config does not force one.
         triton: where Triton models are written and served; None runs every model locally.
@@ -91,18 +93,19 @@ class EngineFactory:
         return kind if self.triton is not None else "local"
 
     def create(self, name: str, model_file: Path, config: AIAAConfig, device: str | None = None) -> Engine:
-        """The engine for model `name`: a shared local TorchScript engine, or a Triton one (its repository
-        entry written and a load requested; a Triton that is down only delays the load).
+        """The engine for model `name`: a shared local engine, or a Triton one (its repository entry written and
+        a load requested; a Triton that is down only delays the load).
 
         Args:
             name: the model name (also its Triton model name).
-            model_file: the MMAR's TorchScript file.
+            model_file: the MMAR's network file (`loader.find_model_file`): `models/model.pt2` (torch.export)
+                or TorchScript `models/model.ts`/`model.pt`. Triton gets the TorchScript file beside a `.pt2`.
             config: the MMAR's config (engine choice, Triton model config).
             device: the local device the model asks for; None: `default_device`. CUDA falls back to CPU.
 
         Raises:
-            InvalidModel: an unknown `inference.engine`, an unloadable TorchScript file, or a Triton model
-                config or load that fails.
+            InvalidModel: an unknown `inference.engine`, an unloadable model file, a Triton model with no
+                TorchScript file, or a Triton model config or load that fails.
         """
         if self.kind_for(config) == "local":
             resolved: torch.device = resolve_device(device, self.default_device)
@@ -111,11 +114,12 @@ class EngineFactory:
 
     def _create_triton(self, name: str, model_file: Path, config: AIAAConfig) -> TritonEngine:
         assert self.triton is not None
-        spec = write_model(self.triton.repository, name, model_file, config, self.triton.backend)
+        torchscript = triton_model_file(name, model_file)
+        spec = write_model(self.triton.repository, name, torchscript, config, self.triton.backend)
         engine = TritonEngine(name, spec, self._triton_client())
         with self._lock:
             self._triton_engines[name] = engine
-            self._sources[name] = str(model_file.resolve())
+            self._sources[name] = str(model_file.resolve())  # the file the loader found: what evict() names
         # Always (re)load: Triton may still hold an older version of this model from before our restart, and
         # reloads only when the files changed. When Triton is down, the first request or readiness check loads it.
         try:

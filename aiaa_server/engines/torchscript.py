@@ -1,4 +1,8 @@
-"""Local engine: TorchScript models loaded once per (file, device) and shared by every request."""
+"""Local engines: model files loaded once per (file, mtime, device) and shared by every request.
+
+The pool loads by suffix: `.pt2` is a `torch.export` program (`engines.exported`), anything else (`.ts`, `.pt`)
+TorchScript.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from aiaa_server.engines.exported import EXPORTED_SUFFIX, ExportedEngine, load_exported
 from aiaa_server.errors import InvalidModel
 
 log = logging.getLogger(__name__)
@@ -64,25 +69,40 @@ def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule
     return module
 
 
+LocalEngine = TorchScriptEngine | ExportedEngine
+
+
+def load_engine(path: Path, device: torch.device, name: str) -> LocalEngine:
+    """The local engine of a model file, by suffix: `.pt2` an ExportedProgram, else TorchScript.
+
+    Raises:
+        InvalidModel: the file does not load as what its suffix says (naming the file).
+    """
+    if path.suffix.lower() == EXPORTED_SUFFIX:
+        return ExportedEngine(load_exported(path, device), device, name)
+    return TorchScriptEngine(load_torchscript(path, device), device, name)
+
+
 class TorchScriptPool:
-    """Process-wide cache: each TorchScript file is loaded once per device and reused."""
+    """Process-wide cache of local engines: each model file (TorchScript `.ts`/`.pt` or `torch.export` `.pt2`)
+    is loaded once per device and reused."""
 
     def __init__(self) -> None:
-        self._engines: dict[tuple[str, int, str], TorchScriptEngine] = {}
+        self._engines: dict[tuple[str, int, str], LocalEngine] = {}
         self._lock = threading.Lock()
 
-    def get(self, path: Path, device: torch.device, name: str) -> TorchScriptEngine:
+    def get(self, path: Path, device: torch.device, name: str) -> LocalEngine:
         """The engine for `path` on `device`, loaded on first use; a file rewritten since (new mtime) is reloaded.
 
         Raises:
-            InvalidModel: the file is not loadable TorchScript.
+            InvalidModel: the file is not loadable (TorchScript, or an ExportedProgram for `.pt2`).
         """
         stat = path.stat()
         key = (str(path.resolve()), stat.st_mtime_ns, str(device))
         with self._lock:
             engine = self._engines.get(key)
             if engine is None:
-                engine = TorchScriptEngine(load_torchscript(path, device), device, name)
+                engine = load_engine(path, device, name)
                 self._engines[key] = engine
             return engine
 

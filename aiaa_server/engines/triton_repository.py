@@ -15,6 +15,10 @@ Two backends run the same files:
   `1/model.pt` itself.
 * `python` (tests, CPU-only Triton builds such as the one in the `nvidia-pytriton` wheel): `backend: "python"`,
   and the generated `1/model.py` loads and runs the same `1/model.pt` with torch inside the Python backend stub.
+
+Both run TorchScript only: a `torch.export` program (`models/model.pt2`) cannot go to Triton's libtorch backend.
+An MMAR with both runs `model.pt2` on the local engine and `model.ts` on Triton (`triton_model_file`); one with
+only `model.pt2` is refused for Triton.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from aiaa_server.mmar.config import AIAAConfig, TensorConfig, TritonModelConfig
 TritonBackend = Literal["pytorch", "python"]
 
 MODEL_FILE = "model.pt"
+TORCHSCRIPT_NAMES = ("model.ts", "model.pt")  # what Triton can take from the MMAR's models/, in this order
 VERSION = "1"
 PYTORCH_PLATFORM = "pytorch_libtorch"
 
@@ -170,6 +175,27 @@ def config_pbtxt(name: str, triton: TritonModelConfig, backend: TritonBackend) -
     return text_format.MessageToString(message)
 
 
+def triton_model_file(name: str, model_file: Path) -> Path:
+    """The TorchScript file Triton runs for an MMAR whose network is `model_file`: the file itself, or for a
+    `torch.export` program (`.pt2`) the `model.ts` (else `model.pt`) next to it.
+
+    Raises:
+        InvalidModel: a `.pt2` without a TorchScript file next to it.
+    """
+    if model_file.suffix.lower() != ".pt2":
+        return model_file
+    for file_name in TORCHSCRIPT_NAMES:
+        candidate = model_file.with_name(file_name)
+        if candidate.is_file():
+            return candidate
+    raise InvalidModel(
+        f"model {name!r}: {model_file.parent.name}/{model_file.name} is a torch.export program, which Triton's pytorch "
+        "(libtorch) backend cannot run: Triton needs the TorchScript network as models/model.ts next to it "
+        "(torch.jit.trace/script + torch.jit.save), or serve this model with the local engine "
+        '(inference.engine "local")', file=model_file.name,
+    )
+
+
 def write_model(
     repository: Path, name: str, model_file: Path, config: AIAAConfig, backend: TritonBackend
 ) -> TritonModelSpec:
@@ -178,14 +204,17 @@ def write_model(
     Args:
         repository: the Triton model repository (Triton must see it at the same path).
         name: the model name.
-        model_file: the MMAR's TorchScript file, hard-linked (or copied) to `1/model.pt`.
+        model_file: the MMAR's TorchScript file, hard-linked (or copied) to `1/model.pt` (see `triton_model_file`).
         config: the MMAR's config (`inference.TRITON.triton_model_config`, spatial dims, `sw_batch_size`).
         backend: "pytorch" (Triton's libtorch backend) or "python" (a generated `1/model.py` runs the file).
 
     Raises:
-        InvalidModel: not exactly one input and at least one output, an invalid `triton_model_config`, or an
-            unsupported platform or data type.
+        InvalidModel: a `torch.export` file (`.pt2`), not exactly one input and at least one output, an invalid
+            `triton_model_config`, or an unsupported platform or data type.
     """
+    if model_file.suffix.lower() == ".pt2":
+        raise InvalidModel(f"model {name!r}: {model_file.name} is a torch.export program; Triton runs TorchScript "
+                           "only (models/model.ts)", file=model_file.name)
     triton = model_config(name, config, backend)
     if len(triton.input) != 1 or not triton.output:
         raise InvalidModel(f"model {name!r}: triton_model_config needs exactly one input and at least one output")

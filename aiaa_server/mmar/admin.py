@@ -13,11 +13,11 @@ from aiaa_server.bundles.layout import METADATA_PATH, NETWORK_FILES
 from aiaa_server.bundles.loader import BUNDLE_FORMAT
 from aiaa_server.errors import AIAAError, Conflict, InvalidModel, NotFound
 from aiaa_server.mmar.folders import is_model_folder, load_model_folder
-from aiaa_server.mmar.loader import CONFIG_PATH, LoadedModel, find_model_file, is_mmar
+from aiaa_server.mmar.loader import CONFIG_PATH, MODEL_FILES, LoadedModel, find_model_file, is_mmar
 from aiaa_server.mmar.registry import ModelRegistry
 from aiaa_server.mmar.sandbox import SandboxLimits, validate_isolated
 from aiaa_server.mmar.store import ModelStore, check_model_name
-from aiaa_server.mmar.validation import MODEL_TS, assemble_mmar, precheck_mmar, validate_mmar
+from aiaa_server.mmar.validation import assemble_mmar, precheck_mmar, validate_mmar
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ class ModelAdmin:
             "name": name,
             "path": str(model_file or folder),
             "mmar_path": str(folder),
-            "format": "weight-free" if weight_free else "torchscript" if model_file is not None else "pipeline",
+            "format": _format(weight_free, model_file),
             "source": "uploaded" if uploaded else "folder",
             "loaded": model is not None,
         }
@@ -158,8 +158,17 @@ class ModelAdmin:
         return None
 
     def _evict(self, folder: Path) -> None:
-        model_file = find_model_file(folder)
-        bundle_files = {folder / relative for relative in NETWORK_FILES}
-        for candidate in {folder / MODEL_TS, *bundle_files, *([model_file] if model_file else [])}:
-            self.registry.engines.evict(candidate)
+        """Forget the engines of every network file the folder may have held (the served one may have been a
+        `.pt2` replaced by a `.ts`, or the other way round)."""
+        for relative in {*MODEL_FILES, *NETWORK_FILES}:
+            self.registry.engines.evict(folder / relative)
+
+
+def _format(weight_free: bool, model_file: Path | None) -> str:
+    """The `format` `GET /admin/model/{name}` shows: weight-free, torch.export, torchscript or pipeline."""
+    if weight_free:
+        return "weight-free"
+    if model_file is None:
+        return "pipeline"
+    return "torch.export" if model_file.suffix == ".pt2" else "torchscript"
 

@@ -1,4 +1,9 @@
-"""Loading an MMAR folder (`config/config_aiaa.json` + `models/model.ts` + optional `custom/`)."""
+"""Loading an MMAR folder (`config/config_aiaa.json` + a network in `models/` + optional `custom/`).
+
+The network file, first found of `MODEL_FILES`: `models/model.pt2` (a `torch.export` program, `torch.export.save`),
+`models/model.ts`, `models/model.pt` (TorchScript). With both `.pt2` and `.ts`, the local engine runs the `.pt2`
+and Triton the `.ts` (Triton runs TorchScript only).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +29,7 @@ from aiaa_server.mmar.safety import check_untrusted_mmar
 log = logging.getLogger(__name__)
 
 CONFIG_PATH = Path("config") / "config_aiaa.json"
-MODEL_FILES = (Path("models") / "model.ts", Path("models") / "model.pt")
+MODEL_FILES = (Path("models") / "model.pt2", Path("models") / "model.ts", Path("models") / "model.pt")
 NETWORKLESS_TYPES = {ModelType.PIPELINE}
 
 
@@ -42,8 +47,8 @@ class ModelInfo(BaseModel):
 
 @dataclass
 class LoadedModel:
-    """A model ready to serve: its name, MMAR folder, config, built pipeline and TorchScript file (None for
-    a pipeline model without a network, and for a weight-free `inference.network`)."""
+    """A model ready to serve: its name, MMAR folder, config, built pipeline and network file (`.pt2` or
+    TorchScript; None for a pipeline model without a network, and for a weight-free `inference.network`)."""
 
     name: str
     path: Path
@@ -99,7 +104,8 @@ def parse_config(raw: Any) -> AIAAConfig:
 
 
 def find_model_file(folder: Path) -> Path | None:
-    """The MMAR's TorchScript network: `models/model.ts`, else `models/model.pt`; None when neither exists."""
+    """The MMAR's network file: `models/model.pt2` (torch.export), else `models/model.ts`, else `models/model.pt`
+    (TorchScript); None when none exists."""
     for relative in MODEL_FILES:
         if (folder / relative).is_file():
             return folder / relative
@@ -107,8 +113,8 @@ def find_model_file(folder: Path) -> Path | None:
 
 
 def needs_model_file(config: AIAAConfig) -> bool:
-    """Whether the config's model runs a TorchScript network: not a pipeline model, not a weight-free
-    `inference.network`."""
+    """Whether the config's model runs a network file (torch.export or TorchScript): not a pipeline model, not
+    a weight-free `inference.network`."""
     return config.type not in NETWORKLESS_TYPES and config.inference.network is None
 
 
@@ -152,8 +158,9 @@ def load_mmar(
 
     `engines` picks the model's engine (local or Triton); a bare TorchScriptPool runs it locally.
     `trusted=False` (uploaded models without --allow_uploaded_code) checks the config against the upload
-    allow-list (`mmar.safety`) before any component is imported or built. A config naming a weight-free
-    `inference.network` gets that transform in place of an engine (and needs no TorchScript file).
+    allow-list (`mmar.safety`, which also refuses a `models/model.pt2`: loading one unpickles) before any
+    component is imported or built. A config naming a weight-free `inference.network` gets that transform in
+    place of an engine (and needs no network file).
 
     Args:
         folder: the MMAR folder.
@@ -189,7 +196,8 @@ def load_mmar(
     engine = None
     if network is None and (needs_model_file(config) or model_file is not None):
         if model_file is None:
-            raise InvalidModel(f"{folder.name}: no models/model.ts (TorchScript) found")
+            raise InvalidModel(f"{folder.name}: no network found: models/model.pt2 (torch.export) or "
+                               "models/model.ts (TorchScript)")
         engine = engines.create(name or folder.name, model_file, config, device=args.sw_device or args.device)
     pipeline = ModelPipeline(
         name=name or folder.name,

@@ -17,6 +17,10 @@ Rules for an upload (operator-provided model folders are trusted and skip them):
   no dunder names, no dotted path whose first part is an importable module, no bare name of a callable
   builtin (`eval`, `open`, ...) beyond a few harmless words, no absolute, home or `..` paths, no argument
   named like a path (`output_dir`, `*_file`, ...), and dtype arguments only from `SAFE_DTYPES`.
+* network: no `models/model.pt2`. `torch.export.load` unpickles parts of the archive (`torch.load(...,
+  weights_only=False)` and `pickle.loads` in torch's `torch/export/pt2_archive/_package.py`), so a crafted
+  `.pt2` runs code as it loads: it is uploaded code. TorchScript (`models/model.ts`) loads without pickle code.
+  (An upload with both is served from its `model.ts`: `validation.drop_untrusted_program` deletes the `.pt2`.)
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from aiaa_server.mmar.config import AIAAConfig, ComponentConfig
 
 MAX_ARG_DEPTH = 16
 ALLOW_FLAG = "--allow_uploaded_code"
+EXPORTED_PROGRAM = Path("models") / "model.pt2"
 
 # Pure array/tensor transforms (each also allowed with its dictionary suffix d / D / Dict).
 MONAI_TRANSFORMS = frozenset({
@@ -244,14 +249,18 @@ def check_upload_config(config: AIAAConfig) -> None:
 
 
 def check_untrusted_mmar(folder: Path, config: AIAAConfig) -> None:
-    """An uploaded MMAR: no `custom/` code, and a config that passes `check_upload_config`.
+    """An uploaded MMAR: no `custom/` code, no `models/model.pt2`, and a config that passes `check_upload_config`.
 
     Raises:
-        InvalidModel: (422) a `custom/` folder holding any file, or a config `check_upload_config` refuses.
+        InvalidModel: (422) a `custom/` folder holding any file, a `models/model.pt2` (torch.export programs
+            unpickle as they load: see the module docstring), or a config `check_upload_config` refuses.
     """
     custom = folder / "custom"
     if custom.is_dir() and any(p.is_file() for p in custom.rglob("*")):
         raise _refuse("the MMAR has a custom/ folder (Python code)", folder="custom/")
+    if (folder / EXPORTED_PROGRAM).exists():
+        raise _refuse(f"the MMAR has {EXPORTED_PROGRAM.as_posix()}: torch.export.load unpickles it, which can run "
+                      "code (upload the network as TorchScript, models/model.ts, instead)", file=EXPORTED_PROGRAM.as_posix())
     check_upload_config(config)
 
 

@@ -1,7 +1,8 @@
 """Validating an uploaded MMAR in a separate, confined process.
 
-The dry run loads the upload's TorchScript and builds its pipeline; with `--allow_uploaded_code` it also
-imports the upload's `custom/` code. That happens here, in a child process with:
+The dry run loads the upload's network and builds its pipeline; with `--allow_uploaded_code` it also
+imports the upload's `custom/` code and may load a `torch.export` `models/model.pt2` (which unpickles). That
+happens here, in a child process with:
 
 * resource limits (address space, CPU seconds, file size, open files, no core dumps) and a wall-clock
   timeout enforced by the parent;

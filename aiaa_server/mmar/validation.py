@@ -13,6 +13,7 @@ import torch
 from aiaa_server.bundles.layout import METADATA_PATH, is_bundle
 from aiaa_server.bundles.loader import bundle_config, refuse_untrusted_bundle
 from aiaa_server.bundles.metadata import read_metadata
+from aiaa_server.engines.exported import looks_like_exported_program
 from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.errors import BadRequest, InvalidModel
 from aiaa_server.inference.params import loads_bounded
@@ -21,6 +22,7 @@ from aiaa_server.mmar.config import AIAAConfig, ModelType
 from aiaa_server.mmar.folders import load_model_folder
 from aiaa_server.mmar.loader import (
     CONFIG_PATH,
+    MODEL_FILES,
     LoadedModel,
     find_model_file,
     is_mmar,
@@ -32,6 +34,7 @@ from aiaa_server.mmar.safety import check_untrusted_mmar
 log = logging.getLogger(__name__)
 
 MODEL_TS = Path("models") / "model.ts"
+MODEL_PT2 = Path("models") / "model.pt2"
 MAX_CONFIG_BYTES = 16 * 2**20
 MAX_DRY_RUN_VOXELS = 256**3
 
@@ -76,8 +79,10 @@ def read_uploaded_config(path: Path) -> dict[str, Any]:
 def assemble_mmar(staging: Path, config_part: Path | None, data_part: Path | None, limits: ArchiveLimits) -> Path:
     """Turn the uploaded parts into an MMAR folder inside `staging` (forms a, b and c of the protocol).
 
-    The forms: `config` alone, `config` + `data` (a TorchScript file), or `data` alone (a zip or tar of an
-    MMAR). The parts are moved into the MMAR (an archive is deleted once extracted).
+    The forms: `config` alone, `config` + `data` (a TorchScript file, stored as `models/model.ts`, or a
+    `torch.export` program, stored as `models/model.pt2`), or `data` alone (a zip or tar of an MMAR, which may
+    hold `models/model.pt2` and/or `models/model.ts`). The parts are moved into the MMAR (an archive is deleted
+    once extracted). A `.pt2` is loaded only with `--allow_uploaded_code` (`precheck_mmar`: it unpickles).
 
     Args:
         staging: the upload's private staging folder.
@@ -89,19 +94,20 @@ def assemble_mmar(staging: Path, config_part: Path | None, data_part: Path | Non
         The MMAR folder, inside `staging`.
 
     Raises:
-        BadRequest: (400) nothing uploaded, a TorchScript `data` without `config`, or a zipped MMAR with one.
-        InvalidModel: (422) an invalid config, or a `data` beside it that is a pickle or not TorchScript.
+        BadRequest: (400) nothing uploaded, a TorchScript or torch.export `data` without `config`, or a zipped
+            MMAR with one.
+        InvalidModel: (422) an invalid config, or a `data` beside it that is a pickle or not a model archive.
         InvalidArchive: (400) an unreadable or unsafe archive, or one holding no MMAR.
         ArchiveTooLarge: (413) an archive over `limits`.
     """
     if config_part is None and data_part is None:
         raise BadRequest("nothing uploaded: send multipart `config` (config_aiaa.json) and/or `data` "
-                         "(model.ts, or a zipped MMAR)")
+                         "(model.ts, model.pt2, or a zipped MMAR)")
     if config_part is None:
         assert data_part is not None
-        if _looks_like_torchscript(data_part):
-            raise BadRequest("data is a TorchScript model, not a zipped MMAR: send its config_aiaa.json as "
-                             "`config` too")
+        if _looks_like_torchscript(data_part) or looks_like_exported_program(data_part):
+            raise BadRequest("data is a model file (TorchScript or torch.export), not a zipped MMAR: send its "
+                             "config_aiaa.json as `config` too")
         extracted = staging / "extract"
         extract_archive(data_part, extracted, limits)
         data_part.unlink()
@@ -112,8 +118,9 @@ def assemble_mmar(staging: Path, config_part: Path | None, data_part: Path | Non
     os.replace(config_part, mmar / CONFIG_PATH)
     if data_part is not None:
         _check_network_file(data_part)
-        (mmar / MODEL_TS.parent).mkdir(parents=True)
-        os.replace(data_part, mmar / MODEL_TS)
+        target = MODEL_PT2 if looks_like_exported_program(data_part) else MODEL_TS
+        (mmar / target.parent).mkdir(parents=True)
+        os.replace(data_part, mmar / target)
     return mmar
 
 
@@ -124,7 +131,8 @@ def _check_network_file(path: Path) -> None:
         raise InvalidModel("data is a pickled checkpoint, not TorchScript: export the network with "
                            "torch.jit.script/trace and torch.jit.save (pickles are never loaded)")
     if head[:4] != b"PK\x03\x04":
-        raise InvalidModel("data is not a TorchScript model (torch.jit.save writes a zip archive)")
+        raise InvalidModel("data is not a TorchScript model or torch.export program (torch.jit.save and "
+                           "torch.export.save write zip archives)")
     if _looks_like_mmar_zip(path):
         raise BadRequest("data is a zipped MMAR: upload it alone as `data`, without `config`")
 
@@ -211,9 +219,10 @@ def precheck_mmar(mmar: Path, allow_code: bool) -> AIAAConfig:
         The parsed config.
 
     Raises:
-        InvalidModel: (422) no or an invalid config, a disallowed component or argument, or no TorchScript
-            network for a model type that needs one (all but pipeline models and weight-free networks); an
-            uploaded bundle without `allow_code`, or its invalid metadata.
+        InvalidModel: (422) no or an invalid config, a disallowed component or argument, without `allow_code`
+            a `models/model.pt2` with no TorchScript file beside it, or no network file for a model type that
+            needs one (all but pipeline models and weight-free networks); an uploaded bundle without
+            `allow_code`, or its invalid metadata.
     """
     if not is_mmar(mmar) and is_bundle(mmar):
         if not allow_code:
@@ -223,15 +232,28 @@ def precheck_mmar(mmar: Path, allow_code: bool) -> AIAAConfig:
         raise InvalidModel(f"no {CONFIG_PATH.as_posix()} in the upload")
     config = parse_config(read_uploaded_config(mmar / CONFIG_PATH))
     if not allow_code:
+        drop_untrusted_program(mmar)
         check_untrusted_mmar(mmar, config)
     if needs_model_file(config) and find_model_file(mmar) is None:
-        raise InvalidModel(f"a {config.type.value} model needs its TorchScript network: send `data` "
-                           "(models/model.ts)")
+        raise InvalidModel(f"a {config.type.value} model needs its network: send `data` "
+                           "(models/model.ts, TorchScript)")
     return config
 
 
+def drop_untrusted_program(mmar: Path) -> None:
+    """Without `--allow_uploaded_code`: delete an uploaded `models/model.pt2` that has a TorchScript file beside
+    it, so the upload is served from that file and the `.pt2` is never loaded (`torch.export.load` unpickles, so
+    it could run code; see `mmar.safety`). A `.pt2` alone stays, for `check_untrusted_mmar` to refuse."""
+    program = mmar / MODEL_PT2
+    if program.is_file() and any((mmar / name).is_file() for name in MODEL_FILES if name != MODEL_PT2):
+        program.unlink()
+        log.warning("upload %s: models/model.pt2 dropped (torch.export programs are loaded only with "
+                    "--allow_uploaded_code); serving its TorchScript file", mmar.name)
+
+
 def validate_mmar(mmar: Path, name: str, allow_code: bool, default_device: str) -> LoadedModel:
-    """Full check of a staged MMAR: `precheck_mmar`, TorchScript load, dry run. Returns the trial load.
+    """Full check of a staged MMAR: `precheck_mmar`, network load (`.pt2` or TorchScript), dry run. Returns the
+    trial load.
 
     Args:
         mmar: the staged MMAR folder.

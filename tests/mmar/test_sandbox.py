@@ -84,3 +84,16 @@ def test_refusals_keep_their_status_and_code(tmp_path: Path) -> None:
         validate_isolated(mmar, "m", allow_code=False, default_device="cpu")
     assert caught.value.status == 422
     assert caught.value.code == "invalid_model"
+
+
+def test_a_program_upload_loads_in_the_sandbox(tmp_path: Path) -> None:
+    from tests.support.mmars import ThresholdNet
+    from tests.support.programs import add_program
+
+    mmar = write_threshold_mmar(tmp_path / "pt2")
+    (mmar / "models" / "model.ts").unlink()
+    add_program(mmar, ThresholdNet())
+    assert validate_isolated(mmar, "pt2", allow_code=True, default_device="cpu")["ok"] is True
+    (mmar / "models" / "model.pt2").write_bytes(b"PK\x03\x04" + bytes(64))  # and a broken one is refused there
+    with pytest.raises(InvalidModel, match=r"model\.pt2 is not a loadable torch\.export program"):
+        validate_isolated(mmar, "pt2", allow_code=True, default_device="cpu")

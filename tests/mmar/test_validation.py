@@ -133,3 +133,80 @@ def test_a_weight_free_network_with_hostile_arguments_is_refused(tmp_path: Path,
     mmar = _weight_free_mmar(tmp_path / "grow", args)
     with pytest.raises(InvalidModel, match="RegionGrowd"):
         validate_mmar(mmar, "grow", allow_code=False, default_device="cpu")
+
+
+# ------------------------------------------------------------------ torch.export programs (models/model.pt2)
+
+
+def _zip_folder(folder: Path, target: Path) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(target, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder).as_posix())
+    return target
+
+
+def _program_mmar(folder: Path, torchscript: bool, output_channels: int = 2) -> Path:
+    """A threshold MMAR with `models/model.pt2` (and `model.ts` if asked) and a declared shape for the dry run."""
+    from tests.support.programs import add_program
+
+    config = segmentation_config(roi=[16, 16, 16])
+    config["inference"]["TRITON"] = {"name": "aiaa.inference.TritonInference", "triton_model_config": {
+        "max_batch_size": 1, "input": [{"name": "INPUT__0", "dims": [1, 16, 16, 16]}],
+        "output": [{"name": "OUTPUT__0", "dims": [output_channels, 16, 16, 16]}]}}
+    write_mmar(folder, config, ThresholdNet() if torchscript else None)
+    add_program(folder, ThresholdNet())
+    return folder
+
+
+def _upload_zip(tmp_path: Path, source: Path) -> Path:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    data_part = _zip_folder(source, staging / "data.part")
+    return assemble_mmar(staging, None, data_part, ArchiveLimits())
+
+
+def test_zipped_mmar_with_a_program_is_dry_run_with_allow_uploaded_code(tmp_path: Path) -> None:
+    from aiaa_server.engines.exported import ExportedEngine
+
+    mmar = _upload_zip(tmp_path, _program_mmar(tmp_path / "src", torchscript=False))
+    model = validate_mmar(mmar, "m", allow_code=True, default_device="cpu")
+    assert model.model_file == mmar / "models" / "model.pt2" and isinstance(model.pipeline.engine, ExportedEngine)
+    wrong = _program_mmar(tmp_path / "wrong", torchscript=False, output_channels=3)
+    with pytest.raises(InvalidModel, match=r"output shape \[1, 2, 16, 16, 16\]"):  # the dry run ran the program
+        validate_mmar(wrong, "wrong", allow_code=True, default_device="cpu")
+
+
+def test_uploaded_program_is_never_loaded_without_allow_uploaded_code(tmp_path: Path, monkeypatch) -> None:
+    loads: list[object] = []
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: loads.append(a))
+    mmar = _upload_zip(tmp_path, _program_mmar(tmp_path / "src", torchscript=False))
+    with pytest.raises(InvalidModel, match=r"models/model\.pt2.*--allow_uploaded_code"):
+        validate_mmar(mmar, "m", allow_code=False, default_device="cpu")
+    assert loads == []
+
+
+def test_upload_with_both_files_is_served_from_torchscript_without_allow_uploaded_code(tmp_path: Path) -> None:
+    mmar = _upload_zip(tmp_path, _program_mmar(tmp_path / "src", torchscript=True))
+    model = validate_mmar(mmar, "m", allow_code=False, default_device="cpu")
+    assert model.model_file == mmar / "models" / "model.ts"
+    assert not (mmar / "models" / "model.pt2").exists()  # dropped: a later trusted load cannot pick it up
+
+
+def test_a_bare_program_beside_its_config_is_stored_as_model_pt2(tmp_path: Path) -> None:
+    from tests.support.programs import save_program
+
+    program = save_program(ThresholdNet(), tmp_path / "net.pt2").read_bytes()
+    staging = tmp_path / "s"
+    staging.mkdir()
+    config_part, data_part = _parts(staging, segmentation_config(roi=[16, 16, 16]), program)
+    mmar = assemble_mmar(staging, config_part, data_part, ArchiveLimits())
+    assert (mmar / "models" / "model.pt2").read_bytes() == program and not (mmar / "models" / "model.ts").exists()
+    assert validate_mmar(mmar, "m", allow_code=True, default_device="cpu").model_file == mmar / "models" / "model.pt2"
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    _, data_part = _parts(alone, None, program)
+    with pytest.raises(BadRequest, match="send its config_aiaa.json"):
+        assemble_mmar(alone, None, data_part, ArchiveLimits())
