@@ -210,10 +210,15 @@ def bundle_config(metadata: BundleMetadata) -> AIAAConfig:
     meta_data: dict[str, Any] = {"format": BUNDLE_FORMAT}
     if metadata.model_type is ModelType.DEEPGROW:
         meta_data["deepgrow"] = "3D"
+    inference: dict[str, Any] = {"input": IMAGE_KEY, "output": PRED_KEY, "meta_data": meta_data}
+    shapes = metadata.declared_shapes
+    if shapes is not None:  # the upload's dry run (and a Triton model config) use the declared patch
+        inference["AIAA"] = {"triton_model_config": {
+            "max_batch_size": 1, "input": [{"name": "INPUT__0", "dims": shapes[0]}],
+            "output": [{"name": "OUTPUT__0", "dims": shapes[1]}]}}
     return AIAAConfig.model_validate({
         "version": metadata.version, "type": metadata.model_type.value, "labels": metadata.labels,
-        "description": metadata.description or metadata.name or metadata.task or "",
-        "inference": {"input": IMAGE_KEY, "output": PRED_KEY, "meta_data": meta_data},
+        "description": metadata.description or metadata.name or metadata.task or "", "inference": inference,
     })
 
 

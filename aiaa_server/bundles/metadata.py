@@ -69,6 +69,19 @@ class BundleMetadata(BaseModel):
         return max(first.num_channels - len(first.channel_def), 0)
 
     @property
+    def declared_shapes(self) -> tuple[list[int], list[int]] | None:
+        """([C_in, *spatial], [C_out, *spatial]) of the first input and output where the metadata gives their
+        channels and a spatial shape of plain numbers (the model zoo also writes forms like "16*n"); else None."""
+        inputs, outputs = self.network_data_format.inputs, self.network_data_format.outputs
+        first, out = next(iter(inputs.values()), None), next(iter(outputs.values()), None)
+        if first is None or out is None or first.num_channels is None or out.num_channels is None:
+            return None
+        spatial = first.spatial_shape
+        if not spatial or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in spatial):
+            return None
+        return [first.num_channels, *spatial], [out.num_channels, *spatial]
+
+    @property
     def model_type(self) -> ModelType:
         """`deepgrow` for an interactive bundle (guidance channels beside the image), else `segmentation`."""
         return ModelType.DEEPGROW if self.guidance_channels > 0 else ModelType.SEGMENTATION

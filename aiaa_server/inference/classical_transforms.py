@@ -36,7 +36,7 @@ class RegionGrowd(MapTransform):
         keys: the image key (the first one is used).
         output: the data key of the mask.
         k, iterations, smoothing_mm, seed_radius_mm, roi_mm, max_roi_voxels, opening_voxels, boundary_mm,
-            fill_holes: the algorithm's parameters (see `RegionGrowParams`; out-of-range values raise
+            fill_holes, reach: the algorithm's parameters (see `RegionGrowParams`; out-of-range values raise
             ValueError, so a config naming them does not load).
         foreground, background, current_point: the data keys of the click lists (the protocol's by default).
         result, crop: where the ROI box goes in the result JSON; `crop=None`: nowhere.
@@ -45,7 +45,7 @@ class RegionGrowd(MapTransform):
     def __init__(self, keys: Any = "image", output: str = "pred", k: float = 2.5, iterations: int = 4,
                  smoothing_mm: float = 1.0, seed_radius_mm: float = 4.0, roi_mm: float = 256.0,
                  max_roi_voxels: int = 256**3, opening_voxels: int = 1, boundary_mm: float = 1.5,
-                 fill_holes: bool = True, foreground: str = "foreground", background: str = "background",
+                 fill_holes: bool = True, reach: float = 2.0, foreground: str = "foreground", background: str = "background",
                  current_point: str = "current_point", result: str = "result", crop: str | None = "crop",
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
@@ -53,7 +53,7 @@ class RegionGrowd(MapTransform):
         self.params = RegionGrowParams(
             k=k, iterations=iterations, smoothing_mm=smoothing_mm, seed_radius_mm=seed_radius_mm, roi_mm=roi_mm,
             max_roi_voxels=max_roi_voxels, opening_voxels=opening_voxels, boundary_mm=boundary_mm,
-            fill_holes=fill_holes,
+            fill_holes=fill_holes, reach=reach,
         )
         self.keys_clicks = (foreground, background, current_point)
         self.result = result

@@ -172,7 +172,7 @@ def dry_run(model: LoadedModel) -> None:
         InvalidModel: (422) the network fails or returns no tensor, its output differs from the declared
             output shape, or (none declared) a dense model changes the spatial size.
     """
-    engine = model.pipeline.engine
+    engine = model.pipeline.engine or getattr(model.pipeline.network, "engine", None)  # a bundle's network
     shapes = dry_run_shapes(model.config)
     if engine is None or shapes is None:
         return

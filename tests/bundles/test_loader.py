@@ -3,6 +3,7 @@ weights loaded without pickle code; untrusted bundles refused; results always on
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 from pathlib import Path
@@ -21,6 +22,7 @@ from aiaa_server.imaging.io import read_volume
 from aiaa_server.inference.interactive import DeepgrowClicks
 from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.folders import is_model_folder, load_model_folder
+from aiaa_server.mmar.validation import validate_mmar
 from tests.support.bundles import ct_like_image, edit_config, monai_mask, write_bundle
 
 
@@ -146,3 +148,17 @@ def test_clicks_become_deepedit_guidance() -> None:
     data = ClicksAsGuidance(["spleen"])({"aiaa_clicks": clicks, "image": 0})
     assert data["spleen"] == [[1, 2, 3], [4, 5, 6]]
     assert data["background"] == [[7, 8, 9]]
+
+
+def test_upload_validation_dry_runs_the_declared_patch(tmp_path: Path) -> None:
+    """The metadata's input patch goes through the network; an output that differs from the declared
+    channels refuses the bundle."""
+    bundle = write_bundle(tmp_path / "b", "spleen_ct_segmentation", small=True)
+    model = validate_mmar(bundle, "b", allow_code=True, default_device="cpu")
+    assert model.config.inference.AIAA.triton_model_config.input[0].dims == [1, 96, 96, 96]
+    meta_path = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["network_data_format"]["outputs"]["pred"]["num_channels"] = 3
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(InvalidModel, match="differs from the declared"):
+        validate_mmar(bundle, "b", allow_code=True, default_device="cpu")
