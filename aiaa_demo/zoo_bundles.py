@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 ZOO_BUNDLES = ("spleen_ct_segmentation", "swin_unetr_btcv_segmentation", "wholeBody_ct_segmentation")
+INTERACTIVE_BUNDLES = ("spleen_deepedit_annotation",)
 BTCV_LABELS = ("spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
                "inferior vena cava", "portal and splenic veins", "pancreas", "right adrenal gland",
                "left adrenal gland")
@@ -155,16 +156,60 @@ def wholebody_config(small: bool = False) -> dict[str, Any]:
     return config
 
 
-def metadata(description: str, labels: list[str], out_channels: int) -> dict[str, Any]:
+def deepedit_config(small: bool = False) -> dict[str, Any]:
+    """`spleen_deepedit_annotation`'s inference.json: DynUNet on the image plus one guidance channel per label
+    (clicks by label name, `background` included), resized to 128³, SimpleInferer, Invertd. Left out: the zoo
+    bundle's own `scripts.transforms.OrientationGuidanceMultipleLabelDeepEditd` (custom code in its scripts/
+    folder; the images here are already in RAS, where it does nothing) and ITKReader."""
+    image = "@image_key"
+    spatial = [64, 64, 64] if small else [128, 128, 128]
+    preprocessing = [{"_target_": "LoadImaged", "keys": image},
+                     {"_target_": "EnsureChannelFirstd", "keys": image},
+                     {"_target_": "Orientationd", "keys": image, "axcodes": "RAS"},
+                     {"_target_": "ScaleIntensityRanged", "keys": image, "a_min": -175, "a_max": 250,
+                      "b_min": 0.0, "b_max": 1.0, "clip": True}]
+    deepedit = [{"_target_": "AddGuidanceFromPointsDeepEditd", "ref_image": image, "guidance": "guidance",
+                 "label_names": "@label_names"},
+                {"_target_": "Resized", "keys": image, "spatial_size": "@spatial_size", "mode": "area"},
+                {"_target_": "ResizeGuidanceMultipleLabelDeepEditd", "guidance": "guidance", "ref_image": image},
+                {"_target_": "AddGuidanceSignalDeepEditd", "keys": image, "guidance": "guidance",
+                 "number_intensity_ch": "@number_intensity_ch"}]
+    post = [{"_target_": "EnsureTyped", "keys": "pred"}, {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+            {"_target_": "Invertd", "keys": "pred", "transform": "@preprocessing", "orig_keys": image,
+             "meta_key_postfix": "meta_dict", "nearest_interp": False, "to_tensor": True},
+            {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
+             "separate_folder": False}]
+    return {
+        **_common("/workspace/Datasets/MSD_datasets/Task09_Spleen"),
+        "image_key": "image", "label_names": {"spleen": 1, "background": 0}, "spatial_size": spatial,
+        "number_intensity_ch": 1,
+        "network_def": {"_target_": "DynUNet", "spatial_dims": 3, "in_channels": "$len(@label_names) + @number_intensity_ch",
+                        "out_channels": "$len(@label_names)", "kernel_size": [3, 3, 3, 3, 3, 3],
+                        "strides": [1, 2, 2, 2, 2, [2, 2, 1]], "upsample_kernel_size": [2, 2, 2, 2, [2, 2, 1]],
+                        "norm_name": "instance", "deep_supervision": False, "res_block": True,
+                        **({"filters": [8, 16, 32, 64, 64, 64]} if small else {})},
+        "preprocessing_transforms": preprocessing, "deepedit_transforms": deepedit,
+        "extra_transforms": [{"_target_": "EnsureTyped", "keys": image}],
+        **_evaluated_parts([], {"_target_": "SimpleInferer"}, post),
+        "preprocessing": {"_target_": "Compose",
+                          "transforms": "$@preprocessing_transforms + @deepedit_transforms + @extra_transforms"},
+        "initialize": ["$monai.utils.set_determinism(seed=123)"],
+        "run": ["$@evaluator.run()"],
+    }
+
+
+def metadata(description: str, labels: list[str], out_channels: int, in_channels: int = 1,
+             spatial: tuple[int, ...] = (96, 96, 96)) -> dict[str, Any]:
     """A `configs/metadata.json` in the zoo's shape: version, description, and the network data format whose
     output channel definitions name the labels (channel 0 the background)."""
     channel_def = {"0": "background", **{str(i + 1): name for i, name in enumerate(labels)}}
     channel_def.update({str(i): f"class {i}" for i in range(len(labels) + 1, out_channels)})
-    patch = {"spatial_shape": [96, 96, 96], "dtype": "float32", "is_patch_data": True}
+    patch = {"spatial_shape": list(spatial), "dtype": "float32", "is_patch_data": True}
     return {
         "version": "0.1.0", "monai_version": "1.6.1", "description": description, "authors": "aiaa-server tests",
         "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": 1,
+            "inputs": {"image": {"type": "image", "format": "hounsfield", "modality": "CT", "num_channels": in_channels,
                                  **patch, "channel_def": {"0": "image"}}},
             "outputs": {"pred": {"type": "image", "format": "segmentation", "num_channels": out_channels, **patch,
                                  "channel_def": channel_def}},
@@ -182,7 +227,11 @@ def _bundle_parts(name: str, small: bool) -> tuple[dict[str, Any], dict[str, Any
         labels = [f"structure {i}" for i in range(1, WHOLEBODY_CLASSES)]
         return wholebody_config(small), metadata("whole body CT (random weights)", labels, WHOLEBODY_CLASSES), \
             "model_lowres.pt"
-    raise ValueError(f"unknown bundle {name!r}: one of {', '.join(ZOO_BUNDLES)}")
+    if name == "spleen_deepedit_annotation":
+        spatial = tuple(deepedit_config(small)["spatial_size"])
+        return deepedit_config(small), metadata("spleen DeepEdit (random weights)", ["spleen"], 2, in_channels=3,
+                                                spatial=spatial), "model.pt"
+    raise ValueError(f"unknown bundle {name!r}: one of {', '.join(ZOO_BUNDLES + INTERACTIVE_BUNDLES)}")
 
 
 def write_bundle(folder: Path, name: str, small: bool = False, seed: int = 0) -> Path:
@@ -230,6 +279,28 @@ def monai_bundle_output(bundle: Path, image: Path, work: Path) -> Path:
     written = sorted((work / "out").rglob("*.nii.gz"))
     if len(written) != 1:
         raise RuntimeError(f"MONAI's run wrote {len(written)} images under {work / 'out'}")
+    return written[0]
+
+
+def monai_interactive_output(bundle: Path, image: Path, clicks: dict[str, list[list[int]]], work: Path) -> Path:
+    """An interactive bundle's own pipeline run by MONAI in this process on one image with clicks, the way MONAI
+    Label feeds a DeepEdit bundle: `{"image": path, <label>: clicks, ...}` through the bundle's `preprocessing`,
+    its `inferer` with `network_def` and the weights, and its `postprocessing` (whose `SaveImaged` writes the
+    mask into `work`); returns that file."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(ConfigParser.load_config_file(bundle / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(bundle), "output_dir": str(work), "device": torch.device("cpu")})
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
+    network.eval()
+    data = parser.get_parsed_content("preprocessing")({"image": str(image), **clicks})
+    with torch.no_grad():
+        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], network)[0]
+    parser.get_parsed_content("postprocessing")(data)
+    written = sorted(work.rglob("*.nii.gz"))
+    if len(written) != 1:
+        raise RuntimeError(f"the bundle's postprocessing wrote {len(written)} images under {work}")
     return written[0]
 
 

@@ -9,17 +9,19 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from aiaa_demo.zoo_bundles import monai_interactive_output
 from aiaa_server.bundles.loader import load_bundle, serving_config
 from aiaa_server.bundles.serving import ClicksAsGuidance
 from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.errors import InvalidModel
 from aiaa_server.imaging.io import read_volume
-from aiaa_server.inference.interactive import DeepgrowClicks
+from aiaa_server.inference.interactive import DeepgrowClicks, prepare_params
 from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.folders import is_model_folder, load_model_folder
 from aiaa_server.mmar.validation import validate_mmar
@@ -162,3 +164,22 @@ def test_upload_validation_dry_runs_the_declared_patch(tmp_path: Path) -> None:
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(InvalidModel, match="differs from the declared"):
         validate_mmar(bundle, "b", allow_code=True, default_device="cpu")
+
+
+def test_interactive_bundle_takes_clicks_like_monai_label_feeds_it(tmp_path: Path, image: Path) -> None:
+    """A DeepEdit-shaped bundle (guidance channels) is a deepgrow model; the clicks of a request reach its own
+    guidance transforms, and the mask equals the bundle's pipeline run by MONAI with the same clicks."""
+    bundle = write_bundle(tmp_path / "de", "spleen_deepedit_annotation", small=True, seed=4)
+    model = load_bundle(bundle, TorchScriptPool())
+    assert (model.info.type, model.info.labels, model.config.spatial_dims) == ("deepgrow", ["spleen"], 3)
+    foreground, background = [[30, 25, 12], [40, 30, 15]], [[10, 10, 5]]
+    params = prepare_params(model.config, {"foreground": foreground, "background": background})
+    served = model.pipeline.run({**params, "image": volume_to_tensor(read_volume(image))}).image
+    expected_file = monai_interactive_output(bundle, image, {"spleen": foreground, "background": background},
+                                             tmp_path / "monai")
+    expected = np.asarray(nib.load(expected_file).dataobj).squeeze()
+    assert served is not None and served.shape == expected.shape
+    assert np.mean(served == expected) >= 0.999
+    without = model.pipeline.run({**prepare_params(model.config, {"foreground": [[5, 5, 2]], "background": []}),
+                                  "image": volume_to_tensor(read_volume(image))}).image
+    assert not np.array_equal(without, served)  # the clicks change the network's input
