@@ -99,7 +99,8 @@ def _name(raw: str) -> str:
 
 UPLOAD_DOC = multipart_request({
     "config": {**BINARY, "description": "config_aiaa.json"},
-    "data": {**BINARY, "description": "models/model.ts (with config), or a .zip/.tar.gz MMAR (alone)"},
+    "data": {**BINARY, "description": "models/model.ts or model.pt2 (with config), or a .zip/.tar.gz MMAR or MONAI "
+                       "bundle (alone)"},
 })
 
 

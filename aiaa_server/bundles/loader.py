@@ -33,9 +33,9 @@ import torch
 from aiaa_server.bundles.layout import METADATA_PATH, NETWORK_FILES, WEIGHTS_PATH, inference_config_path
 from aiaa_server.bundles.metadata import BundleMetadata, read_metadata
 from aiaa_server.bundles.serving import IMAGE_KEY, PRED_KEY, BundleInference, ClicksAsGuidance, ResultOnInputGrid
-from aiaa_server.engines.base import Engine, EngineProvider
+from aiaa_server.engines.base import Engine, EngineProvider, ModuleEngine
 from aiaa_server.engines.factory import EngineFactory
-from aiaa_server.engines.torchscript import TorchScriptEngine, TorchScriptPool, resolve_device
+from aiaa_server.engines.torchscript import TorchScriptPool, resolve_device
 from aiaa_server.errors import InvalidModel
 from aiaa_server.inference.params import loads_bounded
 from aiaa_server.inference.pipeline import ModelPipeline
@@ -197,7 +197,7 @@ def _engine(folder: Path, parser: Any, name: str, config: AIAAConfig, engines: E
             network.load_state_dict(load_state_dict_file(weights))
         except RuntimeError as exc:
             raise InvalidModel(f"{folder.name}: {weights.name} does not fit network_def: {exc}") from exc
-        return TorchScriptEngine(network.to(device).eval(), device, name), weights
+        return ModuleEngine(network.to(device).eval(), device, name), weights
     for relative in NETWORK_FILES:
         if (folder / relative).is_file():
             return engines.create(name, folder / relative, config, device=str(device)), folder / relative

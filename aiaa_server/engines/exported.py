@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from aiaa_server.engines.base import ModuleEngine
 from aiaa_server.errors import InvalidModel
 
 log = logging.getLogger(__name__)
@@ -29,27 +30,8 @@ _DROPOUTS = ("dropout", "feature_dropout", "alpha_dropout", "feature_alpha_dropo
 _BATCH_NORM_TRAINING_ARG = 5  # aten.batch_norm(input, weight, bias, running_mean, running_var, training, ...)
 
 
-class ExportedEngine:
+class ExportedEngine(ModuleEngine):
     """The Engine protocol over the module of a loaded ExportedProgram on one device."""
-
-    def __init__(self, module: torch.nn.Module, device: torch.device, name: str) -> None:
-        self.module = module
-        self.device = device
-        self.name = name
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Run the program on `batch` (N, C, *spatial), moved to the device as float32, in inference mode.
-
-        Returns:
-            The output tensor on the device; of a tuple/list output its first item, of a dict its first value.
-        """
-        with torch.inference_mode():
-            output = self.module(batch.to(self.device, dtype=torch.float32))
-        if isinstance(output, (tuple, list)):
-            output = output[0]
-        if isinstance(output, dict):
-            output = next(iter(output.values()))
-        return output
 
 
 def looks_like_exported_program(path: Path) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from aiaa_server.engines.base import ModuleEngine
 from aiaa_server.engines.exported import EXPORTED_SUFFIX, ExportedEngine, load_exported
 from aiaa_server.errors import InvalidModel
 
@@ -32,27 +33,8 @@ def resolve_device(requested: str | None, default: str) -> torch.device:
     return torch.device(name)
 
 
-class TorchScriptEngine:
+class TorchScriptEngine(ModuleEngine):
     """The Engine protocol over a loaded TorchScript module on one device."""
-
-    def __init__(self, module: torch.jit.ScriptModule, device: torch.device, name: str) -> None:
-        self.module = module
-        self.device = device
-        self.name = name
-
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Run the module on `batch` (N, C, *spatial), moved to the device as float32, in inference mode.
-
-        Returns:
-            The output tensor on the device; of a tuple/list output its first item, of a dict its first value.
-        """
-        with torch.inference_mode():
-            output = self.module(batch.to(self.device, dtype=torch.float32))
-        if isinstance(output, (tuple, list)):
-            output = output[0]
-        if isinstance(output, dict):
-            output = next(iter(output.values()))
-        return output
 
 
 def load_torchscript(path: Path, device: torch.device) -> torch.jit.ScriptModule:
