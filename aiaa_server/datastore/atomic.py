@@ -113,3 +113,10 @@ def clean_temp_files(folders: list[Path]) -> list[Path]:
                         entry.unlink()
                         removed.append(entry)
     return removed
+
+
+def same_file(record: dict[str, Any], ext: str, stat: os.stat_result) -> bool:
+    """Whether metadata written with a file (its `ext`, `size`, `mtime_ns`, `inode`) still describes the file now
+    at that name: a file copied in by hand, or a crash between the file's write and its metadata's, fails this."""
+    return (record.get("ext"), record.get("size"), record.get("mtime_ns"), record.get("inode")) == (
+        ext, stat.st_size, stat.st_mtime_ns, stat.st_ino)

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiaa_server.datastore.atomic import atomic_copy
+from aiaa_server.datastore.atomic import atomic_copy, same_file
 from aiaa_server.datastore.history import archive, list_versions, prune
 from aiaa_server.datastore.ids import LabelTag, check_tag
 from aiaa_server.datastore.models import LabelInfo, LabelVersion
@@ -88,7 +88,8 @@ class LabelStore:
                 fsync_dir(folder)
             now = self.clock()
             meta["labels"][tag] = {"ext": ext, "ts": now, "client_id": client_id, "model": model, "size": size,
-                                   "checksum": checksum, "label_info": label_info}
+                                   "mtime_ns": dest.stat().st_mtime_ns, "inode": dest.stat().st_ino, "checksum": checksum,
+                                   "label_info": label_info}
             if tag == FINAL:
                 meta["lock"] = None
             self._prune(image_id, tag, meta)
@@ -169,7 +170,7 @@ class LabelStore:
         stat = path.stat()
         record = meta["labels"].get(tag)
         ext = path.name[len(image_id):]
-        if isinstance(record, dict) and record.get("ext") == ext and record.get("size") == stat.st_size:
+        if isinstance(record, dict) and same_file(record, ext, stat):
             return record
         return {"ext": ext, "ts": stat.st_mtime, "size": stat.st_size}
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from aiaa_server.datastore.atomic import atomic_copy, atomic_write_json, clean_temp_files, read_json
+from aiaa_server.datastore.atomic import atomic_copy, atomic_write_json, clean_temp_files, read_json, same_file
 from aiaa_server.datastore.ids import (
     DEFAULT_EXTENSIONS,
     LabelTag,
@@ -291,7 +291,7 @@ class LocalDatastore(LabelStore, ActiveLearning, DatastoreViews):
                 fsync_dir(self.root)
             meta = self._read_meta(image_id)
             meta["image"] = {"ext": ext, "ts": self.clock(), "client_id": client_id, "size": size,
-                             "checksum": checksum, "info": info}
+                             "mtime_ns": dest.stat().st_mtime_ns, "inode": dest.stat().st_ino, "checksum": checksum, "info": info}
             self._write_meta(image_id, meta)
             log.info("datastore: added image %s (%d bytes)", image_id, size)
             return self._image_info(image_id, dest.name, meta)
@@ -356,15 +356,16 @@ class LocalDatastore(LabelStore, ActiveLearning, DatastoreViews):
         fsync_dir(self._meta_root / "meta")
 
     def _image_record(self, info: ImageInfo, meta: dict[str, Any]) -> dict[str, Any]:
+        stat = Path(info.path).stat()
         return {**meta["image"], "ext": info.ext, "ts": info.ts, "size": info.size, "client_id": info.client_id,
-                "info": info.info}
+                "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino, "info": info.info}
 
     def _image_info(self, image_id: str, name: str, meta: dict[str, Any]) -> ImageInfo:
         path = self.root / name
         stat = path.stat()
         record = meta["image"]
         ext = name[len(image_id):]
-        trusted = record.get("ext") == ext and record.get("size") == stat.st_size
+        trusted = same_file(record, ext, stat)
         lock = self._active_lock(meta)
         return ImageInfo(
             id=image_id, name=name, ext=ext, path=str(path), size=stat.st_size,
