@@ -357,7 +357,8 @@ class LocalDatastore(LabelStore, ActiveLearning, DatastoreViews):
 
     def _image_record(self, info: ImageInfo, meta: dict[str, Any]) -> dict[str, Any]:
         stat = Path(info.path).stat()
-        return {**meta["image"], "ext": info.ext, "ts": info.ts, "size": info.size, "client_id": info.client_id,
+        kept = meta["image"] if same_file(meta["image"], info.ext, stat) else {}  # a stale checksum goes
+        return {**kept, "ext": info.ext, "ts": info.ts, "size": info.size, "client_id": info.client_id,
                 "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino, "info": info.info}
 
     def _image_info(self, image_id: str, name: str, meta: dict[str, Any]) -> ImageInfo:
