@@ -82,7 +82,7 @@ async def train_status(check_if_running: Annotated[bool, Query()] = False) -> JS
 
 @router.post("/train/", summary="Start training (not available yet)", responses=errors(501))
 @router.post("/train/{model}", include_in_schema=False)
-async def train_start() -> JSONResponse:
+async def train_start(model: str | None = None) -> JSONResponse:
     return _not_implemented()
 
 
@@ -97,7 +97,7 @@ async def scoring_status() -> JSONResponse:
 
 
 @router.post("/scoring/{method}", summary="Run a scoring method (not available yet)", responses=errors(501))
-async def scoring_run() -> JSONResponse:
+async def scoring_run(method: str) -> JSONResponse:
     return _not_implemented()
 
 

@@ -32,6 +32,7 @@ from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits, check_shape
 
 log = logging.getLogger(__name__)
 
+SERIES_IDS = ("SeriesInstanceUID", "StudyInstanceUID", "PatientID")  # kept with the series (OHIF and Slicer use them)
 MAX_MEMBER_BYTES = 2**30  # one extracted file: a single-frame slice is far smaller
 MAX_ZIP_RATIO = 200  # extracted bytes per byte of zip archive, checked once past RATIO_FLOOR_BYTES
 RATIO_FLOOR_BYTES = 16 * 2**20  # small series of blank slices may compress better than any real one
@@ -363,7 +364,7 @@ def _read_series(paths: Sequence[Path], work_dir: Path, limits: DecodeLimits) ->
         format=ImageFormat.DICOM,
         name="series",
         extra={"slices": len(slices), "modality": str(getattr(first, "Modality", "")),
-               "series_uid": str(getattr(first, "SeriesInstanceUID", ""))},
+               "ids": {key: str(getattr(first, key)) for key in SERIES_IDS if getattr(first, key, None)}},
     )
 
 

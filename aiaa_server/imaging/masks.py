@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
+
+MAX_CENTROID_LABELS = 1024  # a model has at most a few hundred labels; bounds the per-label work
 
 
 def _point_on_face(mask: np.ndarray, axis: int, index: int) -> list[int]:
@@ -71,3 +74,33 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a) > 0, np.asarray(b) > 0
     total = int(a.sum()) + int(b.sum())
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def label_centroids(labels: np.ndarray, count: int) -> dict[int, list[int]]:
+    """The mean voxel index of each label value 1..`count` present in `labels`.
+
+    Works label by label inside its bounding box on per-axis voxel counts, so it needs no full-size temporary.
+
+    Args:
+        labels: (X, Y, Z) integer label map.
+        count: the highest label value looked for (at most MAX_CENTROID_LABELS).
+
+    Returns:
+        `{value: [x, y, z]}` (truncated means, as MONAI Label's `GetCentroidsd`) for each value that occurs.
+    """
+    count = min(count, MAX_CENTROID_LABELS)
+    labels = np.asarray(labels)
+    if not np.issubdtype(labels.dtype, np.integer) or labels.dtype.itemsize > 4:
+        labels = labels.astype(np.int32)
+    boxes = ndimage.find_objects(labels, max_label=count)  # values above `count` are ignored
+    centroids = {}
+    for value, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        inside = labels[box] == value
+        total = int(inside.sum())
+        axes = range(inside.ndim)
+        centroids[value] = [int(start.start + np.dot(np.arange(inside.shape[axis]),
+                                                     inside.sum(axis=tuple(a for a in axes if a != axis))) // total)
+                            for axis, start in zip(axes, box, strict=True)]
+    return centroids

@@ -76,10 +76,8 @@ class DatastoreService:
         with tempfile.TemporaryDirectory(prefix="req-datastore-", dir=self.tmp_dir) as folder:
             stored = store_image(uploads, Path(folder), ImageFormat.NIFTI_GZ, self.limits, self.gzip_level)
             path = Path(folder) / stored.image
-            image_id = image_id or self._own_id(uploads, stored.series_uid)
-            info = {k: v for k, v in params.items() if k != "client_id"}
-            if stored.series_uid:
-                info[SERIES_UID_KEY] = stored.series_uid
+            image_id = image_id or self._own_id(uploads, stored.dicom_ids.get(SERIES_UID_KEY, ""))
+            info = {**{k: v for k, v in params.items() if k != "client_id"}, **stored.dicom_ids}
             existing = self._existing(image_id)
             if existing is not None and existing.checksum == _sha256(path):
                 return existing

@@ -17,6 +17,7 @@ from aiaa_server.errors import BadRequest, IncompatibleInput, ModelError, Sessio
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
 from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits
+from aiaa_server.imaging.masks import label_centroids
 from aiaa_server.inference.interactive import MAX_CLICKS
 from aiaa_server.inference.params import RequestParams, ResultOptions
 from aiaa_server.inference.pipeline import ModelPipeline
@@ -74,6 +75,7 @@ class InferenceRequest:
     upload: ImageUpload | None = None
     session_id: str | None = None
     keep_box: tuple[slice, ...] | None = None  # result voxels outside this box are cleared (an ROI)
+    centroids: bool = False  # also report each label's mean voxel index (MONAI Label's `centroids`)
 
 
 @dataclass
@@ -83,6 +85,7 @@ class InferenceResult:
     filename: str | None = None
     media_type: str = "application/octet-stream"
     latencies: dict[str, float] = field(default_factory=dict)  # seconds: pre, infer (model + post), write, total
+    centroids: dict[int, list[int]] = field(default_factory=dict)  # label value -> [x, y, z], when asked
 
 
 INTERACTIVE_TYPES = {ModelType.ANNOTATION, ModelType.DEEPGROW}
@@ -157,6 +160,8 @@ class InferenceService:
         inferred = time.perf_counter()
         image = output.image if request.keep_box is None else _cleared_outside(output.image, request.keep_box)
         result = self._encode(model, volume, image, output.json, params.result)
+        if request.centroids and image is not None:
+            result.centroids = label_centroids(image, len(model.config.labels))
         done = time.perf_counter()
         result.latencies = {"pre": prepared - started, "infer": inferred - prepared, "write": done - inferred,
                             "total": done - started}

@@ -85,9 +85,11 @@ class MonaiLabelService:
             upload = ImageUpload(path=Path(found.path), filename=found.name)
         result = await self.inference.run(InferenceRequest(
             endpoint=Endpoint.INFERENCE, model=model.name, params=params, upload=upload,
-            session_id=request.session_id, keep_box=roi_box(request.params.get("roi"))))
+            session_id=request.session_id, keep_box=roi_box(request.params.get("roi")), centroids=True))
         labels = {name: index for index, name in enumerate(model.config.labels, start=1)}
-        result.params = {**result.params, "label_names": labels, "latencies": result.latencies}
+        centroids = {f"label_{value}": [str(value), *map(str, point)] for value, point in result.centroids.items()}
+        result.params = {**result.params, "label_names": labels, "latencies": result.latencies,
+                         "centroids": centroids}
         return result
 
     async def next_sample(self, strategy: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -46,7 +46,7 @@ class StoredImage:
     volume: Volume
     source: str
     format: ImageFormat
-    series_uid: str = ""
+    dicom_ids: dict[str, str] = field(default_factory=dict)  # SeriesInstanceUID… of a DICOM upload
 
 
 def save_format(save_as: str | None) -> ImageFormat:
@@ -77,10 +77,9 @@ def store_image(uploads: Sequence[SessionUpload], folder: Path, save_fmt: ImageF
         return StoredImage(client_basename(upload.filename) or image_name, image_name, volume, fmt.name.lower(), fmt)
     if all(f in (ImageFormat.DICOM, ImageFormat.ZIP) for f in formats):
         image_name = "image" + save_fmt.value
-        volume, slices, series_uid = dicom_series_to_file([u.path for u in uploads], folder / "dicom-unpacked",
-                                                          folder / image_name, save_fmt, gzip_level, limits)
-        return StoredImage("dicom_series", image_name, volume, f"dicom series ({slices} slices)", save_fmt,
-                           series_uid)
+        volume, slices, ids = dicom_series_to_file([u.path for u in uploads], folder / "dicom-unpacked",
+                                                   folder / image_name, save_fmt, gzip_level, limits)
+        return StoredImage("dicom_series", image_name, volume, f"dicom series ({slices} slices)", save_fmt, ids)
     if len(uploads) == 1:
         raise InvalidImage(f"sessions hold 3D volumes (NIfTI, NRRD or DICOM); got a {formats[0].value} file")
     raise InvalidImage(

@@ -204,6 +204,7 @@ def test_an_uploaded_file_can_be_inferred_without_the_datastore(server: LiveServ
     parsed = parse_multipart(response.headers["content-type"], response.content)
     array, _ = decode_result(parsed.image, ImageFormat.NIFTI_GZ)
     assert np.array_equal(array > 0, mask > 0) and parsed.params["label_names"] == {"bright": 1}
+    assert parsed.params["centroids"] == {"label_1": ["1", "44", "34", "19"]}  # the box's mean voxel index
 
 
 def test_active_learning_hands_an_image_to_one_client_at_a_time(server: LiveServer, tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ import pytest
 from tests.support.server import LiveServer, start_server
 
 EXAMPLES_PER_OPERATION = 12  # bounded: the whole run stays near a minute on two cores
+# Answer 501 by design until training lands (tests/api/test_monai_label_api.py checks that 501 JSON).
+NOT_YET_AVAILABLE = r"^/(train|scoring)/"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def test_no_server_errors_and_no_schema_mismatch(fuzzed_server: LiveServer) -> N
         "--checks", "not_a_server_error,response_schema_conformance,content_type_conformance",
         "--max-examples", str(EXAMPLES_PER_OPERATION), "--generation-deterministic",
         "--phases", "examples,coverage,fuzzing", "--request-timeout", "120", "--workers", "1",
-        "--no-color",
+        "--no-color", "--exclude-path-regex", NOT_YET_AVAILABLE,
     ]
     run = subprocess.run(command, check=False, capture_output=True, text=True, timeout=1200)
     report = run.stdout + run.stderr

@@ -7,7 +7,8 @@ from aiaa_server.errors import BadRequest
 
 
 @pytest.mark.parametrize("bad", [
-    "../x", "..", ".", "a/b", "a\\b", "/etc/passwd", "/abs", ".hidden", "", "x" * 129, "a b", "a\n", "ü", None, 3,
+    "../x", "..", ".", "a/b", "a\\b", "/etc/passwd", "/abs", ".hidden", "", "x" * 129, " a", "a ", "a\n", "a\tb",
+    "ü", "a;b", None, 3,
 ])
 def test_unsafe_ids_are_refused_naming_the_rule(bad: object) -> None:
     with pytest.raises(BadRequest) as caught:
@@ -16,14 +17,15 @@ def test_unsafe_ids_are_refused_naming_the_rule(bad: object) -> None:
     assert caught.value.status == 400
 
 
-@pytest.mark.parametrize("good", ["case_001", "a", "A-b.c_d", "x" * 128, "0.5mm"])
+@pytest.mark.parametrize("good", ["case_001", "a", "A-b.c_d", "x" * 128, "0.5mm", "3: CT Abdomen (arterial)",
+                                  "1.2.840.113619.2.55.3"])
 def test_safe_ids_pass(good: str) -> None:
     assert check_image_id(good) == good
 
 
 def test_tags_follow_the_same_rule_and_are_shorter() -> None:
     assert check_tag("final") == "final"
-    for bad in ("../final", ".final", "x" * 65):
+    for bad in ("../final", ".final", "x" * 65, "my tag"):
         with pytest.raises(BadRequest):
             check_tag(bad)
 

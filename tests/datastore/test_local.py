@@ -18,7 +18,7 @@ def test_an_existing_monai_label_folder_is_read_as_is(tmp_path: Path) -> None:
     write_nifti(root / "labels" / "original" / "b.nii.gz", 2)
     write_nifti(root / "labels" / "final" / "orphan.nii.gz")  # no image: ignored
     (root / "notes.txt").write_text("not an image")
-    (root / "bad name.nii.gz").write_bytes(b"x")  # unsafe id: skipped
+    (root / "bad;name.nii.gz").write_bytes(b"x")  # unsafe id: skipped
     before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
 
     ds = LocalDatastore(root, DatastoreLimits())

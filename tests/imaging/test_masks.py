@@ -1,11 +1,11 @@
-"""Extreme points and bounding boxes."""
+"""Extreme points, bounding boxes and label centroids."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from aiaa_server.imaging.masks import bounding_box, extreme_points, foreground_box
+from aiaa_server.imaging.masks import bounding_box, extreme_points, foreground_box, label_centroids
 
 
 def test_extreme_points_of_a_blob() -> None:
@@ -36,3 +36,13 @@ def test_foreground_box_is_the_tightest_box(order: str) -> None:
     assert foreground_box(mask) == (slice(3, 21), slice(10, 36), slice(7, 16))
     assert foreground_box(np.zeros((4, 4), bool)) is None
     assert bounding_box(mask) == [[3, 10, 7], [20, 35, 15]]
+
+
+def test_label_centroids_are_the_mean_voxel_index_of_each_present_label() -> None:
+    labels = np.zeros((20, 16, 12), dtype=np.uint8)
+    labels[2:6, 4:8, 1:3] = 1
+    labels[10:19, 0:1, 5:12] = 3
+    labels[0, 0, 0] = 9  # above the model's labels: ignored
+    assert label_centroids(labels, 3) == {1: [3, 5, 1], 3: [14, 0, 8]}
+    assert label_centroids(labels.astype(np.float32), 3) == {1: [3, 5, 1], 3: [14, 0, 8]}
+    assert label_centroids(np.zeros((4, 4, 4), dtype=np.uint8), 2) == {}
