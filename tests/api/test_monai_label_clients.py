@@ -72,8 +72,9 @@ def test_slicer_byte_exact_requests_match_http_client_and_requests(cube: tuple[P
     boundary = "0123456789abcdef0123456789abcdef"
     monkeypatch.setattr(urllib3.filepost, "choose_boundary", lambda: boundary)
     with open(cube[0], "rb") as handle:
-        prepared = requests.Request("PUT", "http://127.0.0.1:5000/session/", data={"client_id": "user-xyz"},
-                                    files=[("files", (cube[0].name, handle))]).prepare()
+        prepared = requests.Session().prepare_request(requests.Request(
+            "PUT", "http://127.0.0.1:5000/session/", data={"client_id": "user-xyz"},
+            files=[("files", (cube[0].name, handle))]))
     ours = clients.slicer_create_session(5000, cube[0], boundary)
     assert prepared.body == ours.body and prepared.headers["Content-Type"] == ours.header("Content-Type")
     assert list(prepared.headers) == [name for name, _ in ours.headers if name != "Host"]  # urllib3 adds Host first
