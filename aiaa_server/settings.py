@@ -119,6 +119,13 @@ class Settings(BaseSettings):
         "grpc", description="protocol to Triton; grpc for large volumes (Triton refuses HTTP bodies over 64 MiB)"
     )
     triton_timeout: float = Field(60.0, gt=0, description="seconds one Triton call may take")
+    datastore: Path | None = Field(
+        None, description="MONAI Label datastore folder (images + labels/final); default: <workspace>/datastore"
+    )
+    datastore_max_images: int = Field(100_000, ge=1, description="most images the datastore may hold")
+    datastore_lock_seconds: float = Field(
+        600.0, gt=0, le=86400, description="how long an image handed out by active learning stays with its annotator"
+    )
     triton_backend: Literal["pytorch", "python"] = Field(
         "pytorch", description="Triton backend in the generated repository: pytorch (production) or python (CPU tests)"
     )
@@ -142,6 +149,14 @@ class Settings(BaseSettings):
         missing = [str(path) for path in value if not path.is_dir()]
         if missing:
             raise ValueError(f"not a folder: {', '.join(missing)}")
+        return value
+
+    @field_validator("datastore")
+    @classmethod
+    def _datastore_is_a_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"datastore: not a folder: {value} (create it, or leave --datastore out for "
+                             "<workspace>/datastore)")
         return value
 
     @field_validator("admin_hosts")
@@ -227,6 +242,10 @@ class Settings(BaseSettings):
     @property
     def sessions_dir(self) -> Path:
         return self.workspace / "sessions"
+
+    @property
+    def datastore_dir(self) -> Path:
+        return self.datastore if self.datastore is not None else self.workspace / "datastore"
 
     @property
     def log_file(self) -> Path:

@@ -42,10 +42,16 @@ class ParsedBody:
     params: dict[str, object] = field(default_factory=dict)
     files: list[ImageUpload] = field(default_factory=list)
     fields: dict[str, str] = field(default_factory=dict)
+    part_names: list[str] = field(default_factory=list)  # the multipart name of each of `files`
 
     @property
     def first_file(self) -> ImageUpload | None:
         return self.files[0] if self.files else None
+
+    def file_named(self, name: str) -> ImageUpload | None:
+        """The last file part sent under `name` (MONAI Label's `file`, `label`), or None."""
+        found = [upload for upload, part in zip(self.files, self.part_names, strict=True) if part == name]
+        return found[-1] if found else None
 
 
 @asynccontextmanager
@@ -92,7 +98,8 @@ def _form_body(form: MultipartForm) -> ParsedBody:
     files = [ImageUpload(path=part.path, filename=part.filename or part.name) for part in form.files]
     fields = {text.name: text.text for text in form.texts if text.name != "params"}
     params = [text.raw if text.filename is not None else text.text for text in form.texts if text.name == "params"]
-    return ParsedBody(params=parse_params(params[-1] if params else None), files=files, fields=fields)
+    return ParsedBody(params=parse_params(params[-1] if params else None), files=files, fields=fields,
+                      part_names=[part.name for part in form.files])
 
 
 async def _refuse_other_body(request: Request, max_bytes: int, content_type: str) -> None:

@@ -371,6 +371,7 @@ class LocalDatastore(LabelStore, ActiveLearning, DatastoreViews):
         return ImageInfo(
             id=image_id, name=name, ext=ext, path=str(path), size=stat.st_size,
             ts=record.get("ts", stat.st_mtime) if trusted else stat.st_mtime,
+            checksum=record.get("checksum") if trusted else None,
             client_id=record.get("client_id") if trusted else None,
             info=record.get("info") or {},
             labels=sorted(self._labels_of(image_id)), strategy=meta["strategy"], lock=lock,

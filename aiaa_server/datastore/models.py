@@ -101,6 +101,7 @@ class ImageInfo(BaseModel):
     path: str
     size: int
     ts: float
+    checksum: str | None = Field(None, description='"SHA256:<hex>" of the file, when written by this datastore')
     client_id: str | None = None
     info: dict[str, Any] = Field(default_factory=dict)
     labels: list[str] = Field(default_factory=list, description="tags with a current label, sorted")
@@ -110,6 +111,8 @@ class ImageInfo(BaseModel):
     def monai_info(self) -> dict[str, Any]:
         """The flat `info` dict MONAI Label keeps for an image (its `get_image_info`, `path` included)."""
         out = {**self.info, "ts": int(self.ts), "name": self.name, "path": self.path}
+        if self.checksum:
+            out["checksum"] = self.checksum
         if self.strategy:
             out["strategy"] = self.strategy
         return out

@@ -362,7 +362,8 @@ def _read_series(paths: Sequence[Path], work_dir: Path, limits: DecodeLimits) ->
         affine=affine,
         format=ImageFormat.DICOM,
         name="series",
-        extra={"slices": len(slices), "modality": str(getattr(first, "Modality", ""))},
+        extra={"slices": len(slices), "modality": str(getattr(first, "Modality", "")),
+               "series_uid": str(getattr(first, "SeriesInstanceUID", ""))},
     )
 
 

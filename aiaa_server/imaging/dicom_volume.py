@@ -20,10 +20,12 @@ __all__ = ["StoredSeries", "dicom_series_to_file"]
 
 
 class StoredSeries(NamedTuple):
-    """What `dicom_series_to_file` stored: the file's decoded volume, and the series' slice count."""
+    """What `dicom_series_to_file` stored: the file's decoded volume, the series' slice count and its
+    SeriesInstanceUID ("" when the files had none)."""
 
     volume: Volume
     slices: Any
+    series_uid: str = ""
 
 
 def dicom_series_to_file(
@@ -59,4 +61,4 @@ def dicom_series_to_file(
     out_path.write_bytes(payload)
     # Decode what was stored (not the DICOM arrays) so clicks see exactly the file's header and dtype.
     volume = read_volume(out_path, out_path.name, limits=limits)
-    return StoredSeries(volume, series.extra.get("slices", "?"))
+    return StoredSeries(volume, series.extra.get("slices", "?"), series.extra.get("series_uid", ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from aiaa_server.datastore import DatastoreLimits, LocalDatastore
 from aiaa_server.inference.pool import InferencePool
 from aiaa_server.logs import LogTail
 from aiaa_server.metrics import HttpMetrics, MetricsRegistry
@@ -14,7 +15,9 @@ from aiaa_server.mmar.registry import ModelRegistry
 from aiaa_server.mmar.sandbox import SandboxLimits
 from aiaa_server.mmar.store import ModelStore
 from aiaa_server.security import AdminPolicy
+from aiaa_server.services.datastore import DatastoreService
 from aiaa_server.services.inference import InferenceService
+from aiaa_server.services.monai_label import MonaiLabelService
 from aiaa_server.services.polygons import PolygonService
 from aiaa_server.services.runtime import factory_from_settings, tune_process
 from aiaa_server.services.system import SystemService
@@ -37,10 +40,12 @@ class Services:
     http_metrics: HttpMetrics
     log_tail: LogTail
     sessions: SessionStore
+    datastore: DatastoreService
     admin_policy: AdminPolicy = field(init=False)
     model_admin: ModelAdmin = field(init=False)
     polygons: PolygonService = field(init=False)
     system: SystemService = field(init=False)
+    monai_label: MonaiLabelService = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -49,6 +54,7 @@ class Services:
         self.model_admin = _model_admin(settings, self.registry)
         self.polygons = PolygonService(settings.decode_limits)
         self.system = SystemService(self.registry, self.log_tail)
+        self.monai_label = MonaiLabelService(self.registry, self.inference, self.datastore)
 
     @classmethod
     def build(cls, settings: Settings, log_tail: LogTail) -> Services:
@@ -66,7 +72,8 @@ class Services:
         inference = InferenceService(registry, pool, gzip_level=settings.result_gzip_level, sessions=sessions,
                                      max_clicks=settings.max_clicks, limits=settings.decode_limits)
         return cls(settings=settings, registry=registry, inference=inference, pool=pool, metrics=metrics,
-                   http_metrics=HttpMetrics(metrics), log_tail=log_tail, sessions=sessions)
+                   http_metrics=HttpMetrics(metrics), log_tail=log_tail, sessions=sessions,
+                   datastore=_datastore(settings))
 
     def load_models(self) -> None:
         """Scan the model folders; uploaded models run without their own code unless `--allow_uploaded_code`."""
@@ -76,9 +83,10 @@ class Services:
         log.info("serving %d model(s): %s", len(self.registry), ", ".join(self.registry.names()) or "none")
 
     def close(self) -> None:
-        """Stop the inference pool (without waiting) and close the session store."""
+        """Stop the inference pool (without waiting), close the session store and the datastore."""
         self.pool.shutdown(wait=False)
         self.sessions.close()
+        self.datastore.datastore.close()
 
 
 def _model_admin(settings: Settings, registry: ModelRegistry) -> ModelAdmin:
@@ -93,6 +101,14 @@ def _model_admin(settings: Settings, registry: ModelRegistry) -> ModelAdmin:
                               cpu_seconds=int(settings.validation_timeout),
                               wall_seconds=settings.validation_timeout),
     )
+
+
+def _datastore(settings: Settings) -> DatastoreService:
+    limits = DatastoreLimits(max_image_bytes=settings.max_request_bytes, max_label_bytes=settings.max_request_bytes,
+                             max_images=settings.datastore_max_images, lock_seconds=settings.datastore_lock_seconds,
+                             max_lock_seconds=max(settings.datastore_lock_seconds, 24 * 3600.0))
+    store = LocalDatastore(settings.datastore_dir, limits)
+    return DatastoreService(store, settings.tmp_dir, settings.decode_limits, settings.result_gzip_level)
 
 
 def _session_store(settings: Settings) -> SessionStore:

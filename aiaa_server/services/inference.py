@@ -7,9 +7,11 @@ import enum
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from aiaa_server.errors import BadRequest, IncompatibleInput, ModelError, SessionExpired
 from aiaa_server.imaging.formats import ImageFormat
@@ -71,6 +73,7 @@ class InferenceRequest:
     params: dict[str, Any]
     upload: ImageUpload | None = None
     session_id: str | None = None
+    keep_box: tuple[slice, ...] | None = None  # result voxels outside this box are cleared (an ROI)
 
 
 @dataclass
@@ -79,6 +82,7 @@ class InferenceResult:
     image: bytes | None = None
     filename: str | None = None
     media_type: str = "application/octet-stream"
+    latencies: dict[str, float] = field(default_factory=dict)  # seconds: pre, infer (model + post), write, total
 
 
 INTERACTIVE_TYPES = {ModelType.ANNOTATION, ModelType.DEEPGROW}
@@ -146,14 +150,18 @@ class InferenceService:
     def _run_sync(self, model: ServedModel, request: InferenceRequest, params: RequestParams) -> InferenceResult:
         started = time.perf_counter()
         volume, image_data, source = self._prepared_image(model, request)
+        prepared = time.perf_counter()
         pipeline = model.pipeline
         data = {**params.pipeline_data(), **image_data}  # a fresh dict per request: cached image data is never mutated
         output = pipeline.run_request(data)
-        result = self._encode(model, volume, output.image, output.json, params.result)
-        log.info(
-            "%s %s on %s %s: %.3f s",
-            request.endpoint.value, model.name, source, volume.spatial_shape, time.perf_counter() - started,
-        )
+        inferred = time.perf_counter()
+        image = output.image if request.keep_box is None else _cleared_outside(output.image, request.keep_box)
+        result = self._encode(model, volume, image, output.json, params.result)
+        done = time.perf_counter()
+        result.latencies = {"pre": prepared - started, "infer": inferred - prepared, "write": done - inferred,
+                            "total": done - started}
+        log.info("%s %s on %s %s: %.3f s", request.endpoint.value, model.name, source, volume.spatial_shape,
+                 done - started)
         return result
 
     def _prepared_image(self, model: ServedModel, request: InferenceRequest) -> tuple[Volume, dict[str, Any], str]:
@@ -214,6 +222,16 @@ class InferenceService:
         )
         filename = f"{_safe_stem(volume.name)}_{_safe_stem(model.name)}{fmt.value}"
         return InferenceResult(params=json_result, image=payload, filename=filename, media_type=fmt.media_type)
+
+
+def _cleared_outside(image: Any, box: tuple[slice, ...]) -> Any:
+    """`image` with every voxel outside `box` set to 0 (None stays None)."""
+    if image is None:
+        return None
+    array = np.asarray(image)
+    kept = np.zeros_like(array)
+    kept[box] = array[box]
+    return kept
 
 
 __all__ = ["Endpoint", "ImageFormat", "ImageUpload", "InferenceRequest", "InferenceResult", "InferenceService"]

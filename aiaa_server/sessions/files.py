@@ -46,6 +46,7 @@ class StoredImage:
     volume: Volume
     source: str
     format: ImageFormat
+    series_uid: str = ""
 
 
 def save_format(save_as: str | None) -> ImageFormat:
@@ -76,9 +77,10 @@ def store_image(uploads: Sequence[SessionUpload], folder: Path, save_fmt: ImageF
         return StoredImage(client_basename(upload.filename) or image_name, image_name, volume, fmt.name.lower(), fmt)
     if all(f in (ImageFormat.DICOM, ImageFormat.ZIP) for f in formats):
         image_name = "image" + save_fmt.value
-        volume, slices = dicom_series_to_file([u.path for u in uploads], folder / "dicom-unpacked",
-                                              folder / image_name, save_fmt, gzip_level, limits)
-        return StoredImage("dicom_series", image_name, volume, f"dicom series ({slices} slices)", save_fmt)
+        volume, slices, series_uid = dicom_series_to_file([u.path for u in uploads], folder / "dicom-unpacked",
+                                                          folder / image_name, save_fmt, gzip_level, limits)
+        return StoredImage("dicom_series", image_name, volume, f"dicom series ({slices} slices)", save_fmt,
+                           series_uid)
     if len(uploads) == 1:
         raise InvalidImage(f"sessions hold 3D volumes (NIfTI, NRRD or DICOM); got a {formats[0].value} file")
     raise InvalidImage(
