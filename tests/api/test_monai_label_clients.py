@@ -8,14 +8,17 @@ from __future__ import annotations
 import http.client
 import json
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import nrrd
 import numpy as np
+import pydicom
 import pytest
 
 from tests.api.test_tls import self_signed
+from tests.imaging.test_dicom import write_series
 from tests.support import monai_label_answers as answers
 from tests.support import monai_label_clients as clients
 from tests.support.server import LiveServer, start_server
@@ -212,6 +215,29 @@ def test_ohif_auto_segmentation_by_series_uid(server: LiveServer, cube: tuple[Pa
     assert dice(labelmap > 0, cube[1] > 0) > 0.9
 
 
+def test_ohif_labelmap_of_a_dicom_series_is_in_cornerstone_order(server: LiveServer, tmp_path: Path) -> None:
+    """A DICOM series put into the datastore (a zip, files shuffled, oblique) is found by its SeriesInstanceUID,
+    and the returned bytes are in the order OHIF's volume holds voxels and copies them in: column fastest, then
+    row, then slices sorted by ImagePositionPatient along row x column (cornerstone's `sortImageIdsAndGetSpacing`)."""
+    image, _ = cube_volume((40, 36, 12), (slice(4, 20), slice(10, 30), slice(2, 7)))
+    paths, _ = write_series(tmp_path / "dcm", image, series_uid=series_uid())
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in paths:
+            handle.write(path, path.name)
+    with server.client() as client, open(archive, "rb") as file:
+        added = client.put("/datastore/", data={"params": "{}"}, files={"file": ("series.zip", file)})
+    uid = pydicom.dcmread(paths[0]).SeriesInstanceUID
+    assert added.status_code == 200 and added.json()["image"] == uid, added.text
+    answer = clients.exchange(server.port, clients.ohif_infer(server.port, "test_threshold_native", uid, {}))
+    assert answer.status == 200, answer.body[:500]
+    slices = sorted((pydicom.dcmread(path) for path in paths), key=lambda ds: float(
+        np.dot(np.asarray(ds.ImagePositionPatient, float), np.cross(*np.reshape(ds.ImageOrientationPatient, (2, 3))))))
+    expected = np.stack([ds.pixel_array.astype(np.int32) + int(ds.RescaleIntercept) > 0 for ds in slices])
+    labelmap = answers.ohif_labelmap(answer.body, expected.size).reshape(expected.shape)  # [slice, row, column]
+    assert np.array_equal(labelmap > 0, expected)  # the threshold model without resampling: exact
+
+
 def test_ohif_point_prompts_on_a_deepgrow_model(server: LiveServer, cube: tuple[Path, np.ndarray]) -> None:
     """`PointPrompts.onRunInference` for a `deepgrow` model: `foreground`/`background` index triples."""
     uid = series_uid()
@@ -251,7 +277,7 @@ def test_ohif_next_sample_passes_the_preflight(server: LiveServer, cube: tuple[P
     assert isinstance(answer.json(), dict) and answer.json().get("id")
 
 
-def test_ohif_084_saves_a_raw_labelmap(server: LiveServer, cube: tuple[Path, np.ndarray]) -> None:
+def test_ohif_084_saves_a_raw_labelmap(server: LiveServer, cube: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     """0.8.0-0.8.4's `onSaveLabel`: the labelmap's raw voxels as `label.bin` (untyped for the server), with
     `label_info` params; OHIF only checks for a 200."""
     uid = series_uid()
@@ -260,6 +286,10 @@ def test_ohif_084_saves_a_raw_labelmap(server: LiveServer, cube: tuple[Path, np.
     request = clients.ohif_save_label(server.port, uid, label, {"label_info": [{"SegmentLabel": "box"}]})
     answer = clients.exchange(server.port, request)
     assert answer.status == 200, answer.body[:500]
+    saved = clients.exchange(server.port, clients.slicer_get(server.port, f"/datastore/label?label={uid}&tag=final"))
+    name = answers.slicer_filename(saved.header("content-disposition") or "")
+    (tmp_path / name).write_bytes(saved.body)
+    assert np.array_equal(_decode(tmp_path / name), cube[1])  # one byte per voxel, x fastest, on the image grid
 
 
 # --- MITK (HTTPS only) --------------------------------------------------------------------------------------
