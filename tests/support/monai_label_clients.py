@@ -160,6 +160,12 @@ def slicer_save_label(port: int, image_id: str, label: Path, params: dict[str, o
                             {"params": json.dumps({**params, "client_id": SLICER_CLIENT_ID})}, {"label": label})
 
 
+def slicer_download_label(port: int, label_id: str, tag: str) -> WireRequest:
+    """`MONAILabelClient.download_label` (Next Sample with the `original` label setting on): GET
+    `/datastore/label?label=<id>&tag=<tag>`, saved under the Content-Disposition file name's extension."""
+    return slicer_get(port, f"/datastore/label?label={quote_plus(label_id)}&tag={quote_plus(tag)}")
+
+
 def slicer_infer(port: int, model: str, image_id: str, params: dict[str, object],
                  session_id: str | None = None) -> WireRequest:
     """`MONAILabelLogic.infer` + `MONAILabelClient.infer`: `result_extension` `.nrrd` and `result_dtype` `uint8`
