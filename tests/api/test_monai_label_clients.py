@@ -168,7 +168,8 @@ def test_slicer_session_flow(server: LiveServer, cube: tuple[Path, np.ndarray], 
     session_id = created["session_id"]
     assert isinstance(session_id, str) and "session_info" in created
     assert answers.slicer_json(clients.exchange(server.port, clients.slicer_get(server.port, f"/session/{session_id}")))
-    response = clients.open_request(server.port, clients.slicer_infer(server.port, "test_threshold", "CTCube", {},
+    node_name = "3: CT Abdomen"  # a volume loaded from DICOM; with a session its name is not a datastore id
+    response = clients.open_request(server.port, clients.slicer_infer(server.port, "test_threshold", node_name, {},
                                                                       session_id=session_id))
     result, params = answers.slicer_infer_result(response, tmp_path)
     assert nrrd.read(str(result))[0].shape == SHAPE and "label_names" in params
