@@ -24,7 +24,8 @@ import pytest
 from tests.support.server import LiveServer, start_server
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = [REPO / "README.md", REPO / "client" / "README.md", *sorted((REPO / "models").glob("*/docs/Readme.md"))]
+DOCS = [REPO / "README.md", REPO / "client" / "README.md", *sorted((REPO / "docs").glob("*.md")),
+        *sorted((REPO / "models").glob("*/docs/Readme.md"))]
 EXAMPLE_LANGUAGES = {"bash": "bash", "sh": "bash", "python": "python"}
 NOT_RUN = re.compile(r"<!--\s*not run:\s*(?P<why>.+?)\s*-->")
 ADMIN_TOKEN = "docs-example-token"
