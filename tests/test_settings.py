@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from aiaa_server.settings import BUNDLED_MODELS_DIR, settings_from_cli
+from aiaa_server.settings import BUNDLED_MODELS_DIR, Settings, settings_from_cli
 
 
 def test_flags(tmp_path: Path) -> None:
@@ -82,3 +83,10 @@ def test_a_models_folder_that_does_not_exist_stops_the_start(capsys: pytest.Capt
     err = capsys.readouterr().err
     assert "--models: not a folder:" in err and "typo" in err
     assert not (tmp_path / "ws").exists()  # nothing started, nothing written
+
+
+def test_the_datastore_defaults_to_the_workspace_and_must_exist_when_given(tmp_path: Path) -> None:
+    assert Settings(workspace=tmp_path / "ws").datastore_dir == tmp_path / "ws" / "datastore"
+    assert Settings(datastore=tmp_path).datastore_dir == tmp_path
+    with pytest.raises(ValidationError, match="datastore: not a folder"):
+        Settings(datastore=tmp_path / "missing")

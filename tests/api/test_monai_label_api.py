@@ -4,6 +4,7 @@ automatic segmentation, DeepGrow clicks, save, datastore, sessions), then the da
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -245,3 +246,38 @@ def test_datastore_delete_needs_admin_access(tmp_path: Path, cube_nifti: tuple) 
         assert client.delete("/datastore/image", params={"id": "kept"},
                              headers={"Authorization": "Bearer secret"}).status_code == 200
         assert client.get("/datastore/").json()["total"] == 0
+
+
+def test_a_dicom_series_keeps_its_ids_for_the_clients(tmp_path: Path) -> None:
+    from tests.imaging.test_dicom import write_series
+
+    image, _ = cube_volume((24, 20, 6), (slice(4, 12), slice(4, 12), slice(1, 4)))
+    paths, _ = write_series(tmp_path / "dcm", image, series_uid="1.2.826.0.1.3680043.99.1")
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as handle:
+        for path in paths:
+            handle.write(path, path.name)
+    with start_server(tmp_path / "ws", ["--no-bundled_models"], wait_ready=False) as live, live.client() as client:
+        with open(archive, "rb") as file:
+            added = client.put("/datastore/image", data={"params": "{}"}, files={"file": ("series.zip", file)})
+        assert added.json() == {"image": "1.2.826.0.1.3680043.99.1"}
+        sample = client.post("/activelearning/first", json={"client_id": None}).json()
+    assert sample["SeriesInstanceUID"] == "1.2.826.0.1.3680043.99.1" and sample["StudyInstanceUID"] == "1.2.3"
+    assert sample["name"] == "1.2.826.0.1.3680043.99.1.nii.gz" and Path(sample["path"]).is_file()
+
+
+def test_an_existing_monai_label_folder_is_served_as_is(tmp_path: Path, cube_nifti: tuple) -> None:
+    path, mask, affine = cube_nifti
+    folder = tmp_path / "existing"
+    (folder / "labels" / "final").mkdir(parents=True)
+    for name in ("spleen_1", "spleen_2"):
+        (folder / f"{name}.nii.gz").write_bytes(path.read_bytes())
+    save_nifti(folder / "labels" / "final" / "spleen_1.nii.gz", mask, affine)
+    with start_server(tmp_path / "ws", ["--no-bundled_models", "--datastore", str(folder)],
+                      wait_ready=False) as live, live.client() as client:
+        stats = client.get("/datastore/").json()
+        sample = client.post("/activelearning/first", json={"client_id": "ann"}).json()
+        label = client.get("/datastore/label", params={"label": "spleen_1", "tag": "final"})
+    assert (stats["total"], stats["completed"], stats["train"]) == (2, 1, ["spleen_1"])
+    assert sample["id"] == "spleen_2" and Path(sample["path"]) == (folder / "spleen_2.nii.gz").resolve()
+    assert label.content == (folder / "labels" / "final" / "spleen_1.nii.gz").read_bytes()
