@@ -12,7 +12,7 @@ FLOORS = {
     "app": 5, "cli": 5, "__main__": 5,
     "api": 4,
     "services": 3, "settings": 3, "logs": 3,
-    "mmar": 2, "bundles": 2, "sessions": 2, "workspace": 2, "datastore": 2,
+    "mmar": 2, "bundles": 2, "sessions": 2, "workspace": 2, "datastore": 2, "learning": 2,
     "inference": 1, "engines": 1, "imaging": 1,
     "mmar.config": 0, "errors": 0, "metrics": 0, "security": 0, "__init__": 0,
 }
