@@ -205,8 +205,7 @@ def _check_values(label: Volume, classes: int, item: TrainItem) -> None:
                             f"(the model's labels); it holds {shown}", image=item.id)
 
 
-def prepare_item(transforms: Sequence[Transform], config: AIAAConfig, item: TrainItem, max_voxels: int,
-                 ) -> PreparedItem:
+def prepare_item(transforms: Sequence[Transform], config: AIAAConfig, item: TrainItem, max_voxels: int) -> PreparedItem:
     """Read an image and its label and run them through `transforms` (`training_transforms`).
 
     Args:

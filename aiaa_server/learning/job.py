@@ -100,8 +100,7 @@ def _setup_torch(spec: TrainSpec) -> torch.device:
     return device
 
 
-def _prepare(spec: TrainSpec, config: AIAAConfig, transforms: list[Any], items: list[TrainItem],
-             ) -> list[PreparedItem]:
+def _prepare(spec: TrainSpec, config: AIAAConfig, transforms: list[Any], items: list[TrainItem]) -> list[PreparedItem]:
     prepared = [prepare_item(transforms, config, item, spec.max_voxels) for item in items]
     log.info("prepared %d items: %s", len(prepared), ", ".join(f"{p.id} {tuple(p.image.shape)}" for p in prepared))
     return prepared
