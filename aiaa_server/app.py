@@ -14,7 +14,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aiaa_server import __version__
-from aiaa_server.api import admin, datastore, inference, metrics, models, monai_label, polygons, sessions, system
+from aiaa_server.api import (
+    admin,
+    datastore,
+    inference,
+    metrics,
+    models,
+    monai_label,
+    polygons,
+    sessions,
+    system,
+    training,
+)
 from aiaa_server.api.body_timeout import BodyTimeoutMiddleware
 from aiaa_server.api.cors import CorsPolicy
 from aiaa_server.api.metrics import MetricsMiddleware
@@ -44,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
         sweepers = [
             asyncio.create_task(services.sessions.sweep_periodically(settings.session_sweep_seconds)),
             asyncio.create_task(sweep_request_dirs_periodically(settings.tmp_dir)),
+            asyncio.create_task(services.training.run_forever()),
         ]
         try:
             yield
@@ -67,7 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout)
     app.add_middleware(MetricsMiddleware, metrics=services.http_metrics)  # outermost: times CORS preflights too
     _add_error_handlers(app)
-    for module in (system, models, inference, admin, sessions, polygons, metrics, monai_label, datastore):
+    for module in (system, models, inference, training, admin, sessions, polygons, metrics, monai_label, datastore):
         app.include_router(module.router)
     _complete_schema(app)
     return app

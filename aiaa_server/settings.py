@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     datastore_lock_seconds: float = Field(
         600.0, gt=0, le=86400, description="how long an image handed out by active learning stays with its annotator"
     )
+    training_threads: int = Field(1, ge=1, le=64, description="torch threads of a training job's process")
+    training_memory_mb: int = Field(8192, ge=512, description="address-space limit of a training job's process")
+    training_max_queue: int = Field(8, ge=1, le=1000, description="training jobs that may wait behind the running one")
     triton_backend: Literal["pytorch", "python"] = Field(
         "pytorch", description="Triton backend in the generated repository: pytorch (production) or python (CPU tests)"
     )
@@ -246,6 +249,10 @@ class Settings(BaseSettings):
     @property
     def datastore_dir(self) -> Path:
         return self.datastore if self.datastore is not None else self.workspace / "datastore"
+
+    @property
+    def training_dir(self) -> Path:
+        return self.workspace / "training"
 
     @property
     def log_file(self) -> Path:

@@ -27,5 +27,11 @@ def list_models(
     model: Annotated[str | None, Query(description="return just this model, as one object")] = None,
 ) -> list[ModelInfo] | ModelInfo:
     if model is not None:
-        return services.registry.get(model).info
-    return services.registry.infos(label=label, model_type=type)
+        return _with_version(services, services.registry.get(model).info)
+    return [_with_version(services, info) for info in services.registry.infos(label=label, model_type=type)]
+
+
+def _with_version(services: ServicesDep, info: ModelInfo) -> ModelInfo:
+    """A trained version being served shows its number and validation Dice (`trained_version`, `validation_dice`)."""
+    figures = services.training.serving_figures(info.name)
+    return ModelInfo(**{**info.model_dump(), **figures}) if figures else info

@@ -1,5 +1,5 @@
 """MONAI Label's app API as its 0.8 clients (3D Slicer, OHIF v3, MITK) call it: `GET /info/`, `POST /infer/{model}`,
-`POST /activelearning/{strategy}`, `GET /auth/`; `/train/` and `/scoring/` answer 501 until training lands.
+`POST /activelearning/{strategy}`, `GET /auth/`; `/scoring/` answers 501 (training: `api/training.py`).
 
 The same models, pool, sessions, metrics and logs serve these routes and the AIAA ones.
 """
@@ -26,8 +26,7 @@ INFER_DOC = multipart_request({
     "file": {**BINARY, "description": "the image, instead of ?image= (a datastore id) or ?session_id="},
     "label": {**BINARY, "description": "accepted and not used (no scribbles model is served)"},
 })
-NOT_YET = ("training from saved labels is not available on this server yet: annotate with the served models; "
-           "saved labels stay in the datastore for training")
+NOT_YET = "scoring is not available on this server: training jobs report their validation Dice (GET /train/)"
 
 
 class InferOutput(str, enum.Enum):
@@ -70,25 +69,6 @@ async def next_sample(request: Request, services: ServicesDep, strategy: str) ->
 @router.get("/auth", include_in_schema=False)
 def auth() -> dict[str, bool]:
     return {"enabled": False}
-
-
-@router.get("/train/", summary="Training status (404 with ?check_if_running=true: nothing runs)",
-            responses=errors(404, 501))
-async def train_status(check_if_running: Annotated[bool, Query()] = False) -> JSONResponse:
-    if check_if_running:
-        return JSONResponse({"detail": "no training task is running", "code": "not_found"}, status_code=404)
-    return _not_implemented()
-
-
-@router.post("/train/", summary="Start training (not available yet)", responses=errors(501))
-@router.post("/train/{model}", include_in_schema=False)
-async def train_start(model: str | None = None) -> JSONResponse:
-    return _not_implemented()
-
-
-@router.delete("/train/", summary="Stop training (not available yet)", responses=errors(501))
-async def train_stop() -> JSONResponse:
-    return _not_implemented()
 
 
 @router.get("/scoring/", summary="Scoring status (not available yet)", responses=errors(501))

@@ -17,6 +17,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -230,7 +231,19 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValidationError) as exc:
         print(f"cannot read the job spec {args[0]}: {exc}", file=sys.stderr)
         return EXIT_BAD_SPEC
+    _stop_when_orphaned(os.getppid())
     return run_job(spec)
+
+
+def _stop_when_orphaned(parent: int, every_s: float = 1.0) -> None:
+    """A server killed with -9 cannot stop its job: the job stops itself (SIGTERM to itself, ending `stopped`)
+    once its parent is gone, instead of training on for nobody."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from aiaa_server.mmar.archives import ArchiveLimits
 from aiaa_server.mmar.registry import ModelRegistry
 from aiaa_server.mmar.sandbox import SandboxLimits
 from aiaa_server.mmar.store import ModelStore
+from aiaa_server.mmar.versions import ModelVersions
 from aiaa_server.security import AdminPolicy
 from aiaa_server.services.datastore import DatastoreService
 from aiaa_server.services.inference import InferenceService
@@ -21,6 +22,7 @@ from aiaa_server.services.monai_label import MonaiLabelService
 from aiaa_server.services.polygons import PolygonService
 from aiaa_server.services.runtime import factory_from_settings, tune_process
 from aiaa_server.services.system import SystemService
+from aiaa_server.services.training import TrainingLimits, TrainingService
 from aiaa_server.sessions import SessionStore
 from aiaa_server.sessions.backends import session_backend
 from aiaa_server.settings import Settings
@@ -45,6 +47,7 @@ class Services:
     model_admin: ModelAdmin = field(init=False)
     polygons: PolygonService = field(init=False)
     system: SystemService = field(init=False)
+    training: TrainingService = field(init=False)
     monai_label: MonaiLabelService = field(init=False)
 
     def __post_init__(self) -> None:
@@ -54,7 +57,9 @@ class Services:
         self.model_admin = _model_admin(settings, self.registry)
         self.polygons = PolygonService(settings.decode_limits)
         self.system = SystemService(self.registry, self.log_tail)
-        self.monai_label = MonaiLabelService(self.registry, self.inference, self.datastore)
+        self.training = _training(settings, self.registry, self.datastore)
+        self.monai_label = MonaiLabelService(self.registry, self.inference, self.datastore, self.training)
+        _training_metrics(self.metrics, self.training)
 
     @classmethod
     def build(cls, settings: Settings, log_tail: LogTail) -> Services:
@@ -80,12 +85,14 @@ class Services:
         settings = self.settings
         uploads = () if settings.allow_uploaded_code else (settings.workspace_models_dir,)
         self.registry.scan(settings.model_dirs, untrusted=uploads)
+        self.training.restore_serving()
         log.info("serving %d model(s): %s", len(self.registry), ", ".join(self.registry.names()) or "none")
 
     def close(self) -> None:
         """Stop the inference pool (without waiting), close the session store and the datastore."""
         self.pool.shutdown(wait=False)
         self.sessions.close()
+        self.training.shutdown()
         self.datastore.datastore.close()
 
 
@@ -109,6 +116,24 @@ def _datastore(settings: Settings) -> DatastoreService:
                              max_lock_seconds=max(settings.datastore_lock_seconds, 24 * 3600.0))
     store = LocalDatastore(settings.datastore_dir, limits)
     return DatastoreService(store, settings.tmp_dir, settings.decode_limits, settings.result_gzip_level)
+
+
+def _training(settings: Settings, registry: ModelRegistry, datastore: DatastoreService) -> TrainingService:
+    limits = TrainingLimits(threads=settings.training_threads, memory_bytes=settings.training_memory_mb * 2**20,
+                            max_queue=settings.training_max_queue)
+    uploads = () if settings.allow_uploaded_code else (settings.workspace_models_dir,)
+    return TrainingService(registry, datastore, ModelVersions(settings.workspace_models_dir), settings.training_dir,
+                           limits, untrusted=uploads, device=settings.device)
+
+
+def _training_metrics(metrics: MetricsRegistry, training: TrainingService) -> None:
+    metrics.gauge("aiaa_training_jobs", "Training jobs kept in memory, by state", ["state"],
+                  function=lambda: [((state,), count) for state, count in training.gauges()["states"].items()])
+    metrics.gauge("aiaa_training_epoch", "Epochs done by the running (or last) training job", ["model"],
+                  function=lambda: [((model,), value) for model, value in training.gauges()["epoch"].items()])
+    metrics.gauge("aiaa_training_validation_dice",
+                  "Validation Dice of the running (or last) job: serving weights and best candidate", ["model", "weights"],
+                  function=lambda: list(training.gauges()["dice"].items()))
 
 
 def _session_store(settings: Settings) -> SessionStore:

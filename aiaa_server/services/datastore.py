@@ -54,6 +54,15 @@ class DatastoreService:
     async def datalist(self) -> list[TrainItem]:
         return await asyncio.to_thread(self.datastore.datalist)
 
+    async def labelled(self) -> list[tuple[str, Path, Path]]:
+        """(id, image file, `final` label file) of every image with a final label, sorted by id."""
+        def collect() -> list[tuple[str, Path, Path]]:
+            store = self.datastore
+            return [(image_id, store.get_image_path(image_id), store.get_label_path(image_id, "final"))
+                    for image_id in store.stats().train]
+
+        return await asyncio.to_thread(collect)
+
     async def everything(self) -> DatastoreJson:
         return await asyncio.to_thread(self.datastore.json)
 

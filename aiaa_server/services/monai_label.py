@@ -20,6 +20,7 @@ from aiaa_server.mmar.config import AIAAConfig, ModelType
 from aiaa_server.mmar.registry import ModelRegistry
 from aiaa_server.services.datastore import DatastoreService
 from aiaa_server.services.inference import Endpoint, ImageUpload, InferenceRequest, InferenceResult, InferenceService
+from aiaa_server.services.training import TrainingService, TrainParams
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +50,27 @@ class MonaiInferRequest:
 class MonaiLabelService:
     """What the MONAI Label routes need: the app info, inference with MONAI Label params, active learning."""
 
-    def __init__(self, registry: ModelRegistry, inference: InferenceService, datastore: DatastoreService) -> None:
+    def __init__(self, registry: ModelRegistry, inference: InferenceService, datastore: DatastoreService,
+                 training: TrainingService) -> None:
         self.registry = registry
         self.inference = inference
         self.datastore = datastore
+        self.training = training
 
     async def info(self) -> dict[str, Any]:
         """MONAI Label's app info: models with type, labels, dimension; strategies; datastore totals."""
-        models = {name: model_info(model.config) for name in self.registry.names()
-                  if (model := self.registry.find(name)) is not None}
+        models = {name: {**model_info(model.config), **self.training.serving_figures(name)}
+                  for name in self.registry.names() if (model := self.registry.find(name)) is not None}
+        trainers = {name: {"description": f"fine-tune {name} from the datastore's final labels",
+                           "config": TrainParams().model_dump()}
+                    for name in models if self.training.trainable(name)}
         labels = list(dict.fromkeys(label for info in models.values() for label in info["labels"]))
         stats = await self.datastore.stats()
         return {
             "name": "aiaa-server", "version": __version__,
             "description": "AI-assisted annotation server (NVIDIA Clara AIAA and MONAI Label protocols)",
-            "labels": labels, "models": models, "trainers": {}, "scoring": {}, "train_stats": {},
+            "labels": labels, "models": models, "trainers": trainers, "scoring": {},
+            "train_stats": self.training.train_stats(),
             "strategies": {name: {"description": STRATEGY_DESCRIPTIONS[name]} for name in STRATEGIES},
             "datastore": stats.model_dump(),
         }

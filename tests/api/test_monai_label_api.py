@@ -227,12 +227,15 @@ def test_active_learning_hands_an_image_to_one_client_at_a_time(server: LiveServ
     assert len(ids) == len(set(ids)) >= 2 and {"al_a", "al_b"} <= set(ids)
 
 
-def test_training_and_scoring_answer_501_until_available(server: LiveServer) -> None:
+def test_scoring_answers_501_and_training_needs_a_trainable_model(server: LiveServer) -> None:
     with server.client() as client:
         assert client.get("/auth/").json() == {"enabled": False}
         assert client.get("/train/", params={"check_if_running": "true"}).status_code == 404
-        for method, path in (("GET", "/train/"), ("POST", "/train/"), ("POST", "/train/x"), ("DELETE", "/train/"),
-                             ("GET", "/scoring/"), ("POST", "/scoring/dice")):
+        assert client.get("/train/").status_code == 404  # no job has run on this server
+        assert client.post("/train/absent", json={}).status_code == 404
+        refused = client.post("/train/demo_deepgrow_3d", json={})
+        assert refused.status_code == 400 and "segmentation" in refused.json()["detail"]
+        for method, path in (("GET", "/scoring/"), ("POST", "/scoring/dice")):
             answer = client.request(method, path)
             assert answer.status_code == 501 and answer.json()["code"] == "not_implemented", (method, path)
 
