@@ -124,6 +124,7 @@ def test_only_these_examples_are_not_run() -> None:
         "README.md the tests run the tests",
         "README.md starts a second server, in the foreground",
         "README.md downloads from NVIDIA NGC (needs the internet and NGC's terms)",
+        "README.md starts a training job (minutes of CPU; tests/api/test_training_api.py runs one)",
         "client/README.md installs the client",
         "models/demo_deepgrow_2d/docs/Readme.md training: tens of minutes (a short run is tested in tests/demo)",
         "models/demo_deepgrow_3d/docs/Readme.md training: tens of minutes (a short run is tested in tests/demo)",
