@@ -56,6 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
             asyncio.create_task(services.sessions.sweep_periodically(settings.session_sweep_seconds)),
             asyncio.create_task(sweep_request_dirs_periodically(settings.tmp_dir)),
             asyncio.create_task(services.training.run_forever()),
+            asyncio.create_task(services.uncertainty.run_forever()),
         ]
         try:
             yield

@@ -129,6 +129,13 @@ class Settings(BaseSettings):
     training_threads: int = Field(1, ge=1, le=64, description="torch threads of a training job's process")
     training_memory_mb: int = Field(8192, ge=512, description="address-space limit of a training job's process")
     training_max_queue: int = Field(8, ge=1, le=1000, description="training jobs that may wait behind the running one")
+    uncertainty_model: str | None = Field(
+        None, description="segmentation model whose uncertainty ranks images for /activelearning/uncertainty "
+        "(default: the first served segmentation model by name)"
+    )
+    uncertainty_interval: float = Field(
+        30.0, gt=0, le=86400, description="seconds between rounds of scoring new unlabelled images' uncertainty"
+    )
     triton_backend: Literal["pytorch", "python"] = Field(
         "pytorch", description="Triton backend in the generated repository: pytorch (production) or python (CPU tests)"
     )
@@ -141,7 +148,7 @@ class Settings(BaseSettings):
         value = value.strip().lower()
         return "local" if value == "aiaa" else value
 
-    @field_validator("admin_token", mode="before")
+    @field_validator("admin_token", "uncertainty_model", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

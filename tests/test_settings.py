@@ -90,3 +90,16 @@ def test_the_datastore_defaults_to_the_workspace_and_must_exist_when_given(tmp_p
     assert Settings(datastore=tmp_path).datastore_dir == tmp_path
     with pytest.raises(ValidationError, match="datastore: not a folder"):
         Settings(datastore=tmp_path / "missing")
+
+
+def test_uncertainty_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = settings_from_cli([])
+    assert (defaults.uncertainty_model, defaults.uncertainty_interval) == (None, 30.0)
+    flags = settings_from_cli(["--uncertainty_model", "spleen", "--uncertainty_interval", "2.5"])
+    assert (flags.uncertainty_model, flags.uncertainty_interval) == ("spleen", 2.5)
+    monkeypatch.setenv("AIAA_UNCERTAINTY_MODEL", " ")
+    monkeypatch.setenv("AIAA_UNCERTAINTY_INTERVAL", "60")
+    env = settings_from_cli([])
+    assert (env.uncertainty_model, env.uncertainty_interval) == (None, 60.0)  # blank: the default model
+    with pytest.raises(ValidationError):
+        Settings(uncertainty_interval=0)

@@ -3,7 +3,9 @@
 Strategies (MONAI Label's names):
 
 * `first`: the first image, in sorted id order, with no `final` label and no live lock;
-* `random`: a uniformly random such image, drawn from the datastore's `rng` (seed it for repeatable picks).
+* `random`: a uniformly random such image, drawn from the datastore's `rng` (seed it for repeatable picks);
+* `uncertainty`: the such image with the highest score in the caller's `scores` (the serving model's uncertainty,
+  computed elsewhere); images without a (finite) score come after every scored one, each group by id.
 
 A hand-out locks the image to the client until `expires` (`lock_seconds`, at most `max_lock_seconds`), so two
 annotators asking at once get different images; saving a `final` label or `release_image` frees it, and an
@@ -16,6 +18,8 @@ A mixin of `LocalDatastore` (`local.py`), which provides the folder scanning, me
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("first", "random")
+STRATEGIES = ("first", "random", "uncertainty")
 
 
 class ActiveLearning:
@@ -48,14 +52,16 @@ class ActiveLearning:
 
     def next_sample(
         self: LocalDatastore, strategy: str = "random", client_id: str | None = None, *,
-        lock_seconds: float | None = None,
+        lock_seconds: float | None = None, scores: Mapping[str, float] | None = None,
     ) -> ImageInfo | None:
         """Pick the next image to annotate and lock it to `client_id`.
 
         Args:
-            strategy: `first` or `random`.
+            strategy: `first`, `random` or `uncertainty`.
             client_id: the annotator asking (None: an anonymous client, whose locks count like any other).
             lock_seconds: how long the lock lasts; None: `limits.lock_seconds`; cut to `limits.max_lock_seconds`.
+            scores: image id -> score, higher first, for `uncertainty` (None: no image is scored); the others
+                ignore it.
 
         Returns:
             the chosen image's info, its new lock included; None when every image has a `final` label or is locked.
@@ -79,7 +85,7 @@ class ActiveLearning:
             free = [image_id for image_id in candidates if locks[image_id] is None]
             if not free:
                 return None
-            chosen = free[0] if strategy == "first" else self.rng.choice(free)
+            chosen = self._pick(strategy, free, scores or {})
             held = sorted((lock.ts, image_id) for image_id, lock in locks.items()
                           if lock is not None and lock.client_id == client)
             for _ts, image_id in held[: max(len(held) - self.limits.max_locks_per_client + 1, 0)]:
@@ -92,6 +98,14 @@ class ActiveLearning:
             self._write_meta(chosen, meta)
             log.info("datastore: %s handed %s to client %r for %.0f s", strategy, chosen, client, seconds)
             return self._image_info(chosen, images[chosen], meta)
+
+    def _pick(self: LocalDatastore, strategy: str, free: list[str], scores: Mapping[str, float]) -> str:
+        """One of the `free` ids (sorted, not empty) by `strategy`."""
+        if strategy == "first":
+            return free[0]
+        if strategy == "random":
+            return self.rng.choice(free)
+        return min(free, key=lambda image_id: _score_rank(scores.get(image_id), image_id))
 
     def release_image(self: LocalDatastore, image_id: str, client_id: str | None = None, *,
                       force: bool = False) -> bool:
@@ -129,3 +143,10 @@ class ActiveLearning:
         with self._guard():
             found = {image_id: self._active_lock(self._read_meta(image_id)) for image_id in self._scan_images()}
             return {image_id: lock for image_id, lock in sorted(found.items()) if lock is not None}
+
+
+def _score_rank(score: object, image_id: str) -> tuple[int, float, str]:
+    """Sort key of `uncertainty`: scored images first, highest score first, then by id; then the unscored by id."""
+    if isinstance(score, int | float) and not isinstance(score, bool) and math.isfinite(score):
+        return (0, -float(score), image_id)
+    return (1, 0.0, image_id)

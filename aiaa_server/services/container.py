@@ -23,6 +23,7 @@ from aiaa_server.services.polygons import PolygonService
 from aiaa_server.services.runtime import factory_from_settings, tune_process
 from aiaa_server.services.system import SystemService
 from aiaa_server.services.training import TrainingLimits, TrainingService
+from aiaa_server.services.uncertainty import UncertaintyScorer
 from aiaa_server.sessions import SessionStore
 from aiaa_server.sessions.backends import session_backend
 from aiaa_server.settings import Settings
@@ -48,6 +49,7 @@ class Services:
     polygons: PolygonService = field(init=False)
     system: SystemService = field(init=False)
     training: TrainingService = field(init=False)
+    uncertainty: UncertaintyScorer = field(init=False)
     monai_label: MonaiLabelService = field(init=False)
 
     def __post_init__(self) -> None:
@@ -58,8 +60,12 @@ class Services:
         self.polygons = PolygonService(settings.decode_limits)
         self.system = SystemService(self.registry, self.log_tail)
         self.training = _training(settings, self.registry, self.datastore)
-        self.monai_label = MonaiLabelService(self.registry, self.inference, self.datastore, self.training)
+        self.uncertainty = UncertaintyScorer(self.registry, self.pool, self.datastore, settings.uncertainty_model,
+                                             settings.uncertainty_interval)
+        self.monai_label = MonaiLabelService(self.registry, self.inference, self.datastore, self.training,
+                                             self.uncertainty)
         _training_metrics(self.metrics, self.training)
+        _uncertainty_metrics(self.metrics, self.uncertainty)
 
     @classmethod
     def build(cls, settings: Settings, log_tail: LogTail) -> Services:
@@ -89,7 +95,9 @@ class Services:
         log.info("serving %d model(s): %s", len(self.registry), ", ".join(self.registry.names()) or "none")
 
     def close(self) -> None:
-        """Stop the inference pool (without waiting), close the session store and the datastore."""
+        """Stop uncertainty scoring and the inference pool (without waiting), close the session store and the
+        datastore."""
+        self.uncertainty.close()
         self.pool.shutdown(wait=False)
         self.sessions.close()
         self.training.shutdown()
@@ -134,6 +142,16 @@ def _training_metrics(metrics: MetricsRegistry, training: TrainingService) -> No
     metrics.gauge("aiaa_training_validation_dice",
                   "Validation Dice of the running (or last) job: serving weights and best candidate", ["model", "weights"],
                   function=lambda: list(training.gauges()["dice"].items()))
+
+
+def _uncertainty_metrics(metrics: MetricsRegistry, scorer: UncertaintyScorer) -> None:
+    metrics.gauge("aiaa_uncertainty_scored_images",
+                  "Unlabelled datastore images with an uncertainty score kept", (),
+                  function=lambda: [((), float(scorer.kept))])
+    metrics.gauge("aiaa_uncertainty_scorings", "Images scored for uncertainty since the start", (),
+                  function=lambda: [((), float(scorer.scored))])
+    metrics.gauge("aiaa_uncertainty_refreshes", "Times every uncertainty score was dropped for new weights", (),
+                  function=lambda: [((), float(scorer.refreshes))])
 
 
 def _session_store(settings: Settings) -> SessionStore:

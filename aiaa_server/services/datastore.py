@@ -8,9 +8,9 @@ import hashlib
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 SERIES_UID_KEY = "SeriesInstanceUID"
 RAW_LABEL_SUFFIX = ".bin"  # OHIF's labelmap: one uint8 per voxel, x fastest (MONAI Label's binary_to_image)
 HASH_CHUNK = 1 << 20
+
+
+class ImageFile(NamedTuple):
+    """An image file of the datastore and a stamp of its content (size, mtime, inode): a replaced image's differs."""
+
+    id: str
+    path: Path
+    stamp: tuple[int, int, int]
 
 
 class DatastoreService:
@@ -60,6 +68,22 @@ class DatastoreService:
             store = self.datastore
             return [(image_id, store.get_image_path(image_id), store.get_label_path(image_id, "final"))
                     for image_id in store.stats().train]
+
+        return await asyncio.to_thread(collect)
+
+    async def unlabelled(self) -> list[ImageFile]:
+        """Every image without a `final` label, sorted by id (one removed meanwhile is left out)."""
+        def collect() -> list[ImageFile]:
+            store = self.datastore
+            found = []
+            for image_id in store.stats().ready:
+                try:
+                    path = store.get_image_path(image_id)
+                    stat = path.stat()
+                except (NotFound, OSError):
+                    continue
+                found.append(ImageFile(image_id, path, (stat.st_size, stat.st_mtime_ns, stat.st_ino)))
+            return found
 
         return await asyncio.to_thread(collect)
 
@@ -221,8 +245,10 @@ class DatastoreService:
 
     # ---- active learning --------------------------------------------------------------------------------------
 
-    async def next_sample(self, strategy: str, client_id: str | None, lock_seconds: float | None) -> ImageInfo | None:
-        return await asyncio.to_thread(self.datastore.next_sample, strategy, client_id, lock_seconds=lock_seconds)
+    async def next_sample(self, strategy: str, client_id: str | None, lock_seconds: float | None,
+                          scores: Mapping[str, float] | None = None) -> ImageInfo | None:
+        return await asyncio.to_thread(self.datastore.next_sample, strategy, client_id, lock_seconds=lock_seconds,
+                                       scores=scores)
 
 
 def _digest(path: Path, algo: str) -> str:

@@ -21,12 +21,16 @@ from aiaa_server.mmar.registry import ModelRegistry
 from aiaa_server.services.datastore import DatastoreService
 from aiaa_server.services.inference import Endpoint, ImageUpload, InferenceRequest, InferenceResult, InferenceService
 from aiaa_server.services.training import TrainingService, TrainParams
+from aiaa_server.services.uncertainty import UncertaintyScorer
 
 log = logging.getLogger(__name__)
 
 STRATEGY_DESCRIPTIONS = {
     "first": "the first image (by id) without a final label that no other annotator holds",
     "random": "a random image without a final label that no other annotator holds",
+    "uncertainty": "the image without a final label, held by no other annotator, that the serving segmentation "
+                   "model is least sure about (mean voxel entropy of its softmax output; images not scored yet "
+                   "come last, by id)",
 }
 # MONAI Label model types the clients know (Slicer: segmentation, deepgrow, deepedit, scribbles, detection).
 MONAI_TYPES = {ModelType.SEGMENTATION: "segmentation", ModelType.DEEPGROW: "deepgrow",
@@ -51,11 +55,12 @@ class MonaiLabelService:
     """What the MONAI Label routes need: the app info, inference with MONAI Label params, active learning."""
 
     def __init__(self, registry: ModelRegistry, inference: InferenceService, datastore: DatastoreService,
-                 training: TrainingService) -> None:
+                 training: TrainingService, uncertainty: UncertaintyScorer | None = None) -> None:
         self.registry = registry
         self.inference = inference
         self.datastore = datastore
         self.training = training
+        self.uncertainty = uncertainty
 
     async def info(self) -> dict[str, Any]:
         """MONAI Label's app info: models with type, labels, dimension; strategies; datastore totals."""
@@ -107,7 +112,9 @@ class MonaiLabelService:
         lock = body.get("lock_seconds")
         if lock is not None and (isinstance(lock, bool) or not isinstance(lock, int | float)):
             raise InvalidParams("lock_seconds must be a number of seconds", key="lock_seconds")
-        chosen = await self.datastore.next_sample(strategy, client_id if isinstance(client_id, str) else None, lock)
+        scores = self.uncertainty.scores() if strategy == "uncertainty" and self.uncertainty is not None else None
+        chosen = await self.datastore.next_sample(strategy, client_id if isinstance(client_id, str) else None, lock,
+                                                  scores)
         if chosen is None:
             return {}
         return {"id": chosen.id, **chosen.monai_info()}

@@ -107,3 +107,52 @@ def test_locks_survive_a_restart(five: LocalDatastore, clock: FakeClock) -> None
 def test_unknown_strategies_are_refused(five: LocalDatastore) -> None:
     with pytest.raises(BadRequest, match="first, random"):
         five.next_sample("epistemic")
+
+
+def test_uncertainty_hands_out_the_highest_score_first(five: LocalDatastore, clock: FakeClock) -> None:
+    scores = {"a": 0.99, "b": 0.2, "c": 0.7, "d": 0.5, "e": 0.7}  # a is done: never handed out, whatever its score
+    got = [five.next_sample("uncertainty", f"ann{i}", scores=scores).id for i in range(4)]
+    assert got == ["c", "e", "d", "b"]  # ties by id
+    assert five.next_sample("uncertainty", "ann9", scores=scores) is None  # all locked
+    info = five.get_image_info("c")
+    assert info.lock.client_id == "ann0" and info.lock.strategy == "uncertainty"
+    assert info.lock.expires == clock.now + 60 and info.strategy["uncertainty"]["client_id"] == "ann0"
+
+
+def test_uncertainty_puts_unscored_images_after_every_scored_one(five: LocalDatastore) -> None:
+    scores = {"e": 0.01, "c": float("nan")}  # not a number counts as no score
+    got = [five.next_sample("uncertainty", f"ann{i}", scores=scores).id for i in range(4)]
+    assert got == ["e", "b", "c", "d"]
+
+
+def test_uncertainty_without_scores_goes_by_id(five: LocalDatastore) -> None:
+    assert [five.next_sample("uncertainty", f"ann{i}").id for i in range(2)] == ["b", "c"]
+    assert five.next_sample("uncertainty", "ann2", scores={}).id == "d"
+
+
+def test_uncertainty_respects_locks_expiry_and_per_client_bounds(five: LocalDatastore, clock: FakeClock) -> None:
+    scores = {"b": 0.1, "c": 0.9, "d": 0.8, "e": 0.3}
+    assert five.next_sample("first", "other").id == "b"  # held by another annotator under another strategy
+    assert five.next_sample("uncertainty", "ann", scores={"b": 1.0}).id == "c"  # b is taken, whatever its score
+    clock.advance(1)
+    assert five.next_sample("uncertainty", "ann", scores=scores).id == "d"
+    clock.advance(1)
+    assert five.next_sample("uncertainty", "ann", scores=scores).id == "e"  # max 2 locks: c, its oldest, is freed
+    assert set(five.locks()) == {"b", "d", "e"}
+    assert five.next_sample("uncertainty", "third", scores=scores).id == "c"
+    clock.advance(60)  # every lock has expired
+    assert five.next_sample("uncertainty", "fourth", scores=scores).id == "c"
+
+
+def test_no_uncertain_image_goes_to_two_annotators_at_once(five: LocalDatastore) -> None:
+    results: list[str | None] = []
+    scores = {"b": 0.4, "c": 0.3, "d": 0.2, "e": 0.1}
+    def ask(i: int) -> None:
+        sample = five.next_sample("uncertainty", f"ann{i}", scores=scores)
+        results.append(sample.id if sample else None)
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r for r in results if r is not None) == ["b", "c", "d", "e"] and results.count(None) == 4

@@ -43,3 +43,17 @@ def test_build_wires_the_services(tmp_path: Path, process_tuning: None) -> None:
         assert sys.getswitchinterval() == pytest.approx(GIL_SWITCH_INTERVAL)
     finally:
         services.close()
+
+
+def test_build_wires_the_uncertainty_scorer(tmp_path: Path, process_tuning: None) -> None:
+    settings = Settings(workspace=tmp_path / "ws", bundled_models=False, uncertainty_model="m",
+                        uncertainty_interval=5)
+    services = Services.build(settings, LogTail(10))
+    try:
+        scorer = services.uncertainty
+        assert scorer.registry is services.registry and scorer.pool is services.pool
+        assert scorer.datastore is services.datastore and services.monai_label.uncertainty is scorer
+        assert (scorer.model_name, scorer.interval_s, scorer.limits) == ("m", 5, settings.decode_limits)
+    finally:
+        services.close()
+    assert services.uncertainty._closed
