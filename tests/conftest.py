@@ -39,7 +39,10 @@ def test_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory, test_models_dir: Path) -> Iterator[LiveServer]:
     """One real aiaa-server (bundled demo models + test models) shared by the end-to-end tests."""
-    live = start_server(tmp_path_factory.mktemp("server") / "workspace", ["--models", str(test_models_dir)])
+    # The uncertainty scorer has its own server in tests/api/test_uncertainty_api.py; here it would only add
+    # background segmentations to the other tests' timing.
+    live = start_server(tmp_path_factory.mktemp("server") / "workspace",
+                        ["--models", str(test_models_dir), "--uncertainty_interval", "3600"])
     yield live
     live.stop()
 
