@@ -156,7 +156,7 @@ def test_bad_uploads_and_ids_get_4xx(server: LiveServer, cube_nifti: tuple, tmp_
         assert client.post("/infer/test_threshold", params={"image": "nobody"},
                            data={"params": "{}"}).status_code == 404
         assert client.post("/infer/test_threshold", data={"params": "{}"}).status_code == 400
-        assert client.post("/activelearning/uncertainty", json={}).status_code == 400
+        assert client.post("/activelearning/epistemic", json={}).status_code == 400
 
 
 def test_raw_bin_label_lands_on_the_image_grid(server: LiveServer, cube_nifti: tuple) -> None:
