@@ -125,6 +125,7 @@ class InferencePool:
         self._owed_clicks = 0  # clicks an aged batch job went ahead of: they run before the next aged one
         self._mean_run = {lane: 1.0 for lane in Lane}  # running means, for Retry-After estimates
         self._metrics = _PoolMetrics(registry, self) if registry is not None else None
+        self.on_busy: Callable[[bool], None] | None = None  # told when the pool starts (True) and stops running jobs
         self._threads = [
             threading.Thread(target=self._work, args=(i < self.reserved,), name=f"{name}-{i}", daemon=True)
             for i in range(workers)
@@ -236,13 +237,26 @@ class InferencePool:
                     return
                 self._running[job.lane] += 1
                 self._busy_workers[reserved] += 1
+                if sum(self._running.values()) == 1:
+                    self._tell_busy(True)
             try:
                 self._execute(job)
             finally:
                 with self._cond:
                     self._running[job.lane] -= 1
                     self._busy_workers[reserved] -= 1
+                    if sum(self._running.values()) == 0:
+                        self._tell_busy(False)
                     self._cond.notify_all()
+
+    def _tell_busy(self, busy: bool) -> None:
+        """`on_busy(busy)`, under the pool's lock so that the calls come in the order of the transitions."""
+        if self.on_busy is None:
+            return
+        try:
+            self.on_busy(busy)
+        except Exception:  # a listener must never stop a worker
+            log.exception("inference pool: on_busy listener failed")
 
     def _execute(self, job: _Job) -> None:
         if not job.future.set_running_or_notify_cancel():

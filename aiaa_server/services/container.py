@@ -60,6 +60,7 @@ class Services:
         self.polygons = PolygonService(settings.decode_limits)
         self.system = SystemService(self.registry, self.log_tail)
         self.training = _training(settings, self.registry, self.datastore)
+        self.pool.on_busy = self.training.pause_while
         self.uncertainty = UncertaintyScorer(self.registry, self.pool, self.datastore, settings.uncertainty_model,
                                              settings.uncertainty_interval)
         self.monai_label = MonaiLabelService(self.registry, self.inference, self.datastore, self.training,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 1.0
 STOP_GRACE_S = 30.0
+PR_SET_PDEATHSIG = 1
 MIN_IMPROVEMENT = 1e-6  # a candidate must beat the serving Dice by more than rounding noise
 
 
@@ -114,6 +116,7 @@ class TrainingService:
         self.originals: dict[str, Path] = {}
         self._queue: asyncio.Queue[TrainJob] = asyncio.Queue()
         self._current: TrainJob | None = None
+        self._inference_busy = False
 
     # ---- models and versions ----------------------------------------------------------------------------------
 
@@ -228,8 +231,18 @@ class TrainingService:
         job.stop_requested = True
         if job.process is not None and job.process.returncode is None:
             _signal(job.process, signal.SIGTERM)
+            _signal(job.process, signal.SIGCONT)  # a job frozen for a click handles its SIGTERM once thawed
             asyncio.get_running_loop().call_later(STOP_GRACE_S, _signal, job.process, signal.SIGKILL)
         return job
+
+    def pause_while(self, inference_busy: bool) -> None:
+        """Freeze the running job while the inference pool runs anything (SIGSTOP), thaw it when the pool is idle
+        (SIGCONT): clicks and segmentations keep the CPU, caches and memory bandwidth to themselves.
+        Called by the pool's workers (`InferencePool.on_busy`)."""
+        job = self._current
+        self._inference_busy = inference_busy
+        if job is not None and job.process is not None and not job.stop_requested:
+            _signal(job.process, signal.SIGSTOP if inference_busy else signal.SIGCONT)
 
     def shutdown(self) -> None:
         """Stop the running job's process (the server is going away; its candidate is cleaned at the next start)."""
@@ -278,6 +291,8 @@ class TrainingService:
             sys.executable, "-m", "aiaa_server.learning.job", str(spec_path),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             start_new_session=True, preexec_fn=_limited(self.limits), env=_job_env(self.limits))
+        if self._inference_busy:
+            self.pause_while(True)
         reader = asyncio.create_task(_collect(job))
         while job.process.returncode is None:
             with contextlib.suppress(asyncio.TimeoutError):
@@ -355,9 +370,26 @@ def _job_env(limits: TrainingLimits) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
 
 
+def _die_with_parent() -> None:
+    """SIGKILL the job when the server dies, even while it is frozen (Linux prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+
+def _idle_priority() -> None:
+    """Run only on CPU time nothing else wants (Linux SCHED_IDLE): with a mere `nice` the job still takes time
+    slices from inference threads, and every parallel op of a click waits for its slowest thread."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        os.nice(19)
+
+
 def _limited(limits: TrainingLimits) -> Any:
-    def apply() -> None:  # in the child, before exec: lower priority (clicks first) and bounded memory
-        os.nice(10)
+    def apply() -> None:  # in the child, before exec: lowest priority (clicks first) and bounded memory
+        _die_with_parent()
+        _idle_priority()
         resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 

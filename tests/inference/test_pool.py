@@ -204,3 +204,35 @@ def test_clicks_waiting_for_an_aged_batch_job_go_before_the_next_one() -> None:
         future.result(5)
     assert order == ["seg0", "click0", "click1", "seg1", "seg2"]
     pool.shutdown(wait=True)
+
+
+def test_on_busy_is_told_when_the_pool_starts_and_stops_running_jobs_in_order() -> None:
+    pool = InferencePool(workers=2, max_queue=8)
+    calls: list[bool] = []
+    pool.on_busy = calls.append
+    release = threading.Event()
+    both = [pool.submit(Lane.BATCH, release.wait, 30), pool.submit(Lane.INTERACTIVE, release.wait, 30)]
+    while sum(pool.in_flight(lane) for lane in Lane) < 2:
+        time.sleep(0.01)
+    assert calls == [True]  # the second job started while the pool was already busy
+    release.set()
+    for future in both:
+        future.result(timeout=30)
+    while calls[-1] is not False:
+        time.sleep(0.01)
+    pool.submit(Lane.INTERACTIVE, lambda: None).result(timeout=30)
+    while len(calls) < 4:
+        time.sleep(0.01)
+    assert calls == [True, False, True, False]
+    pool.shutdown()
+
+
+def test_a_failing_on_busy_listener_does_not_stop_the_workers() -> None:
+    pool = InferencePool(workers=1, max_queue=4)
+
+    def broken(busy: bool) -> None:
+        raise RuntimeError("listener bug")
+
+    pool.on_busy = broken
+    assert [pool.submit(Lane.BATCH, lambda i=i: i).result(timeout=30) for i in range(3)] == [0, 1, 2]
+    pool.shutdown()
