@@ -26,7 +26,9 @@ def _transform_name(transform: object) -> str:
     return type(transform).__name__
 
 
-def _apply(transforms: Sequence[Transform], data: dict[str, Any], stage: str, error: type[AIAAError]) -> dict[str, Any]:
+def apply_transforms(transforms: Sequence[Transform], data: dict[str, Any], stage: str,
+                     error: type[AIAAError]) -> dict[str, Any]:
+    """`data` through `transforms`; a failure other than an AIAAError becomes `error` naming the stage and transform."""
     for transform in transforms:
         try:
             data = transform(data)
@@ -84,7 +86,7 @@ class ModelPipeline:
         Raises:
             IncompatibleInput: (422) a transform fails on this input.
         """
-        return _apply(self.pre_transforms[: self.cache_index], data, "pre-transform", IncompatibleInput)
+        return apply_transforms(self.pre_transforms[: self.cache_index], data, "pre-transform", IncompatibleInput)
 
     def preprocess_request(self, data: dict[str, Any]) -> dict[str, Any]:
         """The rest of pre-processing (what reads the request: clicks, parameters), after `preprocess_image`.
@@ -92,7 +94,7 @@ class ModelPipeline:
         Raises:
             IncompatibleInput: (422) a transform fails on this input.
         """
-        return _apply(self.pre_transforms[self.cache_index :], data, "pre-transform", IncompatibleInput)
+        return apply_transforms(self.pre_transforms[self.cache_index :], data, "pre-transform", IncompatibleInput)
 
     def infer(self, data: dict[str, Any]) -> dict[str, Any]:
         """Run the network on `data[input_key]`, a (C, *spatial) image, as a batch of one (by sliding window
@@ -106,7 +108,7 @@ class ModelPipeline:
             ServiceUnavailable: (503) the engine's server (Triton) cannot be reached.
         """
         if self.network is not None:
-            data = _apply([self.network], data, "network", ModelError)
+            data = apply_transforms([self.network], data, "network", ModelError)
             if self.output_key not in data:
                 raise ModelError(f"the network of model {self.name!r} wrote no {self.output_key!r}")
             return data
@@ -149,7 +151,7 @@ class ModelPipeline:
         Raises:
             ModelError: (500) a post-transform or the writer failed.
         """
-        return self._write(_apply(self.post_transforms, data, "post-transform", ModelError))
+        return self._write(apply_transforms(self.post_transforms, data, "post-transform", ModelError))
 
     def _write(self, data: dict[str, Any]) -> WriterOutput:
         try:
@@ -170,9 +172,9 @@ class ModelPipeline:
         if self.growth is None:
             return self.postprocess(self.infer(self.preprocess_request(data)))
         stages = Stages(
-            pre=lambda transforms, d: _apply(transforms, d, "pre-transform", IncompatibleInput),
+            pre=lambda transforms, d: apply_transforms(transforms, d, "pre-transform", IncompatibleInput),
             infer=self.infer,
-            post=lambda transforms, d: _apply(transforms, d, "post-transform", ModelError),
+            post=lambda transforms, d: apply_transforms(transforms, d, "post-transform", ModelError),
         )
         return self._write(self.growth.run(data, stages))
 

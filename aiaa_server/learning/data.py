@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from monai.transforms.traits import LazyTrait
 
-from aiaa_server.errors import AIAAError, BadRequest, InvalidParams
+from aiaa_server.errors import BadRequest, InvalidParams
 from aiaa_server.imaging.io import Volume, read_volume
+from aiaa_server.inference.pipeline import apply_transforms
 from aiaa_server.inference.tensors import plain_tensor, volume_to_tensor
 from aiaa_server.learning.spec import TrainItem
 from aiaa_server.mmar.components import CustomCode, build_component, resolve_component
@@ -228,15 +229,7 @@ def prepare_item(transforms: Sequence[Transform], config: AIAAConfig, item: Trai
     _check_grid(image, label, item)
     _check_values(label, len(config.labels) + 1, item)
     data: dict[str, Any] = {config.inference.input: volume_to_tensor(image), LABEL_KEY: volume_to_tensor(label)}
-    for transform in transforms:
-        try:
-            data = transform(data)
-        except AIAAError:
-            raise
-        except Exception as exc:
-            cause = exc.__cause__ or exc  # MONAI wraps failures in "applying transform ..." RuntimeErrors
-            raise BadRequest(f"pre-transform {type(transform).__name__} failed on {item.id!r}: {cause}",
-                             image=item.id) from exc
+    data = apply_transforms(transforms, data, f"training pre-transform of {item.id!r}:", BadRequest)
     return _sample(item.id, data[config.inference.input], data[LABEL_KEY], max_voxels)
 
 
