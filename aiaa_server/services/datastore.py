@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 SERIES_UID_KEY = "SeriesInstanceUID"
 RAW_LABEL_SUFFIX = ".bin"  # OHIF's labelmap: one uint8 per voxel, x fastest (MONAI Label's binary_to_image)
 HASH_CHUNK = 1 << 20
+CHECKSUM_ALGORITHMS = frozenset({"sha256", "sha1", "md5", "sha224", "sha384", "sha512"})  # fixed-length digests
 
 
 class ImageFile(NamedTuple):
@@ -169,7 +170,7 @@ class DatastoreService:
             return True
         algo, _, digest = check_sum.rpartition(":")
         algo = (algo or "SHA256").lower()
-        if algo not in hashlib.algorithms_guaranteed:
+        if algo not in CHECKSUM_ALGORITHMS:
             raise BadRequest(f"unknown checksum algorithm {algo!r}: use SHA256:<hex>", parameter="check_sum")
         if algo == "sha256" and info.checksum:
             return info.checksum.split(":", 1)[1] == digest.lower()

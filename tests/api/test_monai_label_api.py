@@ -121,6 +121,8 @@ def test_head_checks_and_downloads(server: LiveServer, cube_nifti: tuple, tmp_pa
         assert client.head("/datastore/image", params={"image": "checked", "check_sum": checksum}).status_code == 200
         assert client.head("/datastore/image", params={"image": "checked", "check_sum": "SHA256:00"}).status_code == 404
         assert client.head("/datastore/image", params={"image": "absent"}).status_code == 404
+        for unknown in ("SHAKE_128:00", "BLAKE3:00"):  # shake digests need a length: refused, not a 500
+            assert client.head("/datastore/image", params={"image": "checked", "check_sum": unknown}).status_code == 400
         assert client.head("/datastore/label", params={"image": "checked", "tag": "final"}).status_code == 404
         save_label(client, "checked", mask, affine, tmp_path)
         assert client.head("/datastore/label", params={"image": "checked", "tag": "final"}).status_code == 200
