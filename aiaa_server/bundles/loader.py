@@ -104,7 +104,7 @@ def read_bundle_config(path: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _bundle_imports(folder: Path) -> Iterator[None]:
+def bundle_imports(folder: Path) -> Iterator[None]:
     """While building: the bundle's own `scripts` package importable (as `monai.bundle run` makes it), then
     forgotten again, so each bundle gets its own."""
     if not (folder / "scripts").is_dir():
@@ -122,7 +122,9 @@ def _bundle_imports(folder: Path) -> Iterator[None]:
                 del sys.modules[name]
 
 
-def _parser(folder: Path, raw: dict[str, Any], metadata: dict[str, Any], device: torch.device) -> Any:
+def bundle_parser(folder: Path, raw: dict[str, Any], metadata: dict[str, Any], device: torch.device) -> Any:
+    """MONAI's `ConfigParser` over a raw bundle config (`serving_config` applied) with the serving overrides of
+    the module docstring; call it and parse its parts inside `bundle_imports(folder)`."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser(serving_config(raw))
@@ -134,7 +136,8 @@ def _parser(folder: Path, raw: dict[str, Any], metadata: dict[str, Any], device:
     return parser
 
 
-def _parsed(parser: Any, key: str, folder: Path) -> Any:
+def parsed_part(parser: Any, key: str, folder: Path) -> Any:
+    """The parsed config part `key` (e.g. `train#preprocessing`); InvalidModel naming it when it cannot be built."""
     try:
         return parser.get_parsed_content(key)
     except Exception as exc:
@@ -159,7 +162,7 @@ def weights_path(parser: Any, folder: Path) -> Path | None:
     """The state dict the bundle's CheckpointLoader names (inside the bundle), else `models/model.pt`; None
     when neither exists."""
     for config_id in _checkpoint_ids(parser):
-        value = _parsed(parser, config_id, folder)
+        value = parsed_part(parser, config_id, folder)
         candidate = Path(str(value))
         candidate = (candidate if candidate.is_absolute() else folder / candidate).resolve()
         if candidate.is_relative_to(folder) and candidate.is_file():
@@ -190,7 +193,7 @@ def _engine(folder: Path, parser: Any, name: str, config: AIAAConfig, engines: E
             device: torch.device) -> tuple[Engine, Path]:
     weights = weights_path(parser, folder)
     if weights is not None and "network_def" in parser:
-        network = _parsed(parser, "network_def", folder)
+        network = parsed_part(parser, "network_def", folder)
         if not isinstance(network, torch.nn.Module):
             raise InvalidModel(f"{folder.name}: network_def is a {type(network).__name__}, not a torch module")
         try:
@@ -249,11 +252,11 @@ def load_bundle(folder: Path, engines: EngineProvider | TorchScriptPool, default
     model_name = name or folder.name
     config = bundle_config(metadata)
     device = resolve_device(None, default_device)
-    with _bundle_imports(folder):
-        parser = _parser(folder, read_bundle_config(config_path), metadata.model_dump(), device)
-        preprocessing = _parsed(parser, "preprocessing", folder)
-        inferer = _parsed(parser, "inferer", folder)
-        postprocessing = _parsed(parser, "postprocessing", folder) if "postprocessing" in parser else None
+    with bundle_imports(folder):
+        parser = bundle_parser(folder, read_bundle_config(config_path), metadata.model_dump(), device)
+        preprocessing = parsed_part(parser, "preprocessing", folder)
+        inferer = parsed_part(parser, "inferer", folder)
+        postprocessing = parsed_part(parser, "postprocessing", folder) if "postprocessing" in parser else None
         engine, model_file = _engine(folder, parser, model_name, config, engines, device)
     interactive = config.type is ModelType.DEEPGROW
     pre = [ClicksAsGuidance(metadata.labels), preprocessing] if interactive else [preprocessing]

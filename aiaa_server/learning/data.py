@@ -224,13 +224,30 @@ def prepare_item(transforms: Sequence[Transform], config: AIAAConfig, item: Trai
         BadRequest: a preprocessed volume over `max_voxels`, or transforms that leave image and label on
             different grids.
     """
+    return prepare_pair(transforms, item, len(config.labels) + 1, max_voxels, config.inference.input)
+
+
+def prepare_pair(transforms: Sequence[Transform], item: TrainItem, classes: int, max_voxels: int,
+                 image_key: str = "image") -> PreparedItem:
+    """Read an image and its label as `image_key` and `LABEL_KEY` (each (X, Y, Z) MetaTensors, as the server's
+    `LoadImaged` passes decoded images on) and run them through `transforms`, which name both keys.
+
+    Args:
+        transforms: transforms on `image_key` and `LABEL_KEY` (a training config's, or `training_transforms`).
+        item: the image and label files.
+        classes: label values allowed: 0..classes-1.
+        max_voxels: bound on the preprocessed volume's voxels (per channel).
+        image_key: the image's data key.
+
+    Returns and Raises: as `prepare_item`.
+    """
     image = read_volume(item.image, item.image.name)
     label = read_volume(item.label, item.label.name)
     _check_grid(image, label, item)
-    _check_values(label, len(config.labels) + 1, item)
-    data: dict[str, Any] = {config.inference.input: volume_to_tensor(image), LABEL_KEY: volume_to_tensor(label)}
+    _check_values(label, classes, item)
+    data: dict[str, Any] = {image_key: volume_to_tensor(image), LABEL_KEY: volume_to_tensor(label)}
     data = apply_transforms(transforms, data, f"training pre-transform of {item.id!r}:", BadRequest)
-    return _sample(item.id, data[config.inference.input], data[LABEL_KEY], max_voxels)
+    return _sample(item.id, data[image_key], data[LABEL_KEY], max_voxels)
 
 
 def _sample(item_id: str, image: Any, label: Any, max_voxels: int) -> PreparedItem:

@@ -31,10 +31,10 @@ from pydantic import ValidationError
 
 from aiaa_server.datastore.atomic import atomic_write_json
 from aiaa_server.errors import AIAAError, BadRequest
-from aiaa_server.learning.data import PreparedItem, load_training_config, prepare_item, training_transforms
-from aiaa_server.learning.spec import EpochRecord, TrainItem, TrainSpec, TrainStatus, read_spec, write_status
-from aiaa_server.learning.trainer import Trainer, TrainerOptions, load_network
-from aiaa_server.mmar.config import AIAAConfig
+from aiaa_server.learning.data import PreparedItem
+from aiaa_server.learning.recipes import Recipe, build_recipe
+from aiaa_server.learning.spec import EpochRecord, TrainSpec, TrainStatus, read_spec, write_status
+from aiaa_server.learning.trainer import Trainer
 from aiaa_server.mmar.fsync import fsync_dir, fsync_tree
 
 log = logging.getLogger("aiaa_server.learning.job")
@@ -101,26 +101,6 @@ def _setup_torch(spec: TrainSpec) -> torch.device:
     return device
 
 
-def _prepare(spec: TrainSpec, config: AIAAConfig, transforms: list[Any], items: list[TrainItem]) -> list[PreparedItem]:
-    prepared = [prepare_item(transforms, config, item, spec.max_voxels) for item in items]
-    log.info("prepared %d items: %s", len(prepared), ", ".join(f"{p.id} {tuple(p.image.shape)}" for p in prepared))
-    return prepared
-
-
-def _build_trainer(spec: TrainSpec, device: torch.device) -> tuple[Trainer, list[PreparedItem], list[PreparedItem]]:
-    config, custom = load_training_config(spec.model_dir, trusted=spec.trusted)
-    transforms = training_transforms(config, custom)
-    network = load_network(spec.model_dir, device)
-    args = config.inference.args
-    options = TrainerOptions(
-        classes=len(config.labels) + 1, inference=args, spatial_dims=config.spatial_dims,
-        patch=spec.patch or (list(args.roi) if args.roi else None), samples_per_item=spec.samples_per_item,
-        learning_rate=spec.learning_rate, seed=spec.seed, device=device,
-    )
-    trainer = Trainer(network, options)
-    return trainer, _prepare(spec, config, transforms, spec.train), _prepare(spec, config, transforms, spec.val)
-
-
 def _budget_spent(spec: TrainSpec, status: StatusFile) -> bool:
     return spec.time_budget_s is not None and status.elapsed() >= spec.time_budget_s
 
@@ -144,7 +124,7 @@ def _train(spec: TrainSpec, status: StatusFile, trainer: Trainer, train: list[Pr
                       **({"best_dice": dice, "best_epoch": epoch} if best else {}))
 
 
-def _write_output(spec: TrainSpec, trainer: Trainer, status: TrainStatus) -> None:
+def _write_output(spec: TrainSpec, recipe: Recipe, status: TrainStatus) -> None:
     """Build the candidate MMAR beside `output_dir` and rename it into place."""
     building = partial_dir(spec.output_dir)
     source = spec.model_dir.resolve()
@@ -154,9 +134,9 @@ def _write_output(spec: TrainSpec, trainer: Trainer, status: TrainStatus) -> Non
 
     shutil.copytree(source, building, ignore=skip_networks)
     (building / "models").mkdir()
-    torch.jit.save(trainer.best_network(), str(building / "models" / "model.ts"))
+    recipe.save(recipe.trainer.best_network(), building)
     atomic_write_json(building / METRICS_FILE, {
-        "baseline_dice": status.baseline_dice, "best_dice": status.best_dice, "best_epoch": status.best_epoch,
+        "training_config": status.training_config, "baseline_dice": status.baseline_dice, "best_dice": status.best_dice, "best_epoch": status.best_epoch,
         "epochs": [record.model_dump() for record in status.epochs],
         "train_ids": [item.id for item in spec.train], "val_ids": [item.id for item in spec.val],
     })
@@ -193,13 +173,15 @@ def _run(spec: TrainSpec, status: StatusFile) -> int:
         device = _setup_torch(spec)
         log.info("fine-tuning %s: %d training and %d validation images, at most %d epochs", spec.model_name,
                  len(spec.train), len(spec.val), spec.max_epochs)
-        trainer, train, val = _build_trainer(spec, device)
-        status.update(message="measuring the baseline")
-        status.update(baseline_dice=trainer.validation_dice(val), message="training")
+        recipe = build_recipe(spec, device)
+        log.info("training config: %s; prepared %s", recipe.source,
+                 ", ".join(f"{p.id} {tuple(p.image.shape)}" for p in [*recipe.train, *recipe.val]))
+        status.update(message="measuring the baseline", training_config=recipe.source)
+        status.update(baseline_dice=recipe.trainer.validation_dice(recipe.val), message="training")
         log.info("baseline validation Dice %.4f", status.status.baseline_dice)
-        _train(spec, status, trainer, train, val)
+        _train(spec, status, recipe.trainer, recipe.train, recipe.val)
         _ignore_stop_signals()
-        _write_output(spec, trainer, status.status)
+        _write_output(spec, recipe, status.status)
         status.update(state="done", message=f"best epoch {status.status.best_epoch}", finished=time.time())
         log.info("done: best epoch %d, candidate written to %s", status.status.best_epoch, spec.output_dir)
         return EXIT_OK

@@ -33,8 +33,10 @@ class TrainSpec(BaseModel):
 
     Attributes:
         model_name: the served model's name (reported only).
-        model_dir: the serving MMAR folder: `config/config_aiaa.json` and `models/model.ts` (TorchScript, the
-            weights trained; a `models/model.pt2` beside it is ignored: a `torch.export` program cannot train).
+        model_dir: the serving model folder: an MMAR (`config/config_aiaa.json`, `models/model.ts`: TorchScript, the
+            weights trained; a `models/model.pt2` beside it is ignored: a `torch.export` program cannot train;
+            `config/config_train.json` when usable) or a MONAI bundle (`configs/train.json`, `network_def` and its
+            `models/model.pt`); see `learning.recipes`.
         output_dir: where the candidate MMAR is written when the job ends `done`; must not exist yet.
         status_path: the `TrainStatus` JSON file the job keeps up to date.
         train: the items trained on.
@@ -42,7 +44,7 @@ class TrainSpec(BaseModel):
         max_epochs: epochs at most (1 to 1000); an epoch is one pass over `train`.
         time_budget_s: no epoch starts once this many seconds have passed since the job started (the first
             epoch always runs); None: no budget.
-        learning_rate: Adam's learning rate, in (0, 1].
+        learning_rate: the optimiser's learning rate, in (0, 1]; None: the training config's, else 1e-4.
         seed: seeds torch, numpy and the random crops.
         threads: torch's intra-op threads.
         max_voxels: bound on one preprocessed volume (voxels per channel, network space); bigger ones fail the job.
@@ -64,7 +66,7 @@ class TrainSpec(BaseModel):
     val: list[TrainItem] = Field(min_length=1)
     max_epochs: int = Field(ge=1, le=1000)
     time_budget_s: float | None = Field(None, gt=0, allow_inf_nan=False)
-    learning_rate: float = Field(gt=0, le=1, allow_inf_nan=False)
+    learning_rate: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
     seed: int = 0
     threads: int = Field(1, ge=1, le=256)
     max_voxels: int = Field(ge=1)
@@ -94,6 +96,7 @@ class TrainStatus(BaseModel):
         baseline_dice: the serving weights' validation Dice on `val` (None until measured).
         best_dice: the best epoch's validation Dice (None before the first epoch).
         best_epoch: that epoch's number; its weights are the ones written.
+        training_config: which training config the job uses (and why not the model's own, when it has one).
         message: what the job is doing, or why it failed.
         started: when the job started (Unix time).
         finished: when it ended (Unix time); None while running.
@@ -106,6 +109,7 @@ class TrainStatus(BaseModel):
     baseline_dice: float | None = None
     best_dice: float | None = None
     best_epoch: int | None = None
+    training_config: str = ""
     message: str = ""
     started: float
     finished: float | None = None

@@ -6,10 +6,10 @@ whole volume), so the baseline and every epoch are scored on what serving would 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,6 +25,18 @@ TORCHSCRIPT_FILES = (Path("models") / "model.ts", Path("models") / "model.pt")
 IMAGE_KEY = "image"
 FLIP_PROBABILITY = 0.5
 POSITIVE_CROPS, NEGATIVE_CROPS = 2, 1  # crops centred on foreground twice as often as on background
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+Predictor = Callable[[torch.Tensor, Forward], torch.Tensor]
+"""(1, C, *spatial) batch and the network's checked forward -> (1, classes, *spatial) logits."""
+
+
+class Sampler(Protocol):
+    """Draws one optimiser step's batch from a prepared item."""
+
+    def batch(self, item: PreparedItem) -> tuple[torch.Tensor, torch.Tensor]:
+        """images (B, C, *spatial) float32 and labels (B, 1, *spatial) int64."""
+        ...
 
 
 def load_network(model_dir: Path, device: torch.device) -> torch.jit.ScriptModule:
@@ -98,6 +110,52 @@ class PatchSampler:
         return images.float().contiguous(), labels.long().contiguous()
 
 
+class TransformSampler:
+    """Training batches from a training config's random transforms (`RandCropByPosNegLabeld`, flips, ...) run on
+    the cached deterministic part of each item, as MONAI's `CacheDataset` runs them: a transform returning several
+    crops gives a batch of them, one returning a dict a batch of one.
+
+    Args:
+        transforms: the random tail of the training pre-transforms, on the keys `image` and `label`.
+        seed: seeds their random state.
+    """
+
+    def __init__(self, transforms: Sequence[Any], seed: int) -> None:
+        self._transforms = Compose(list(transforms))
+        self._transforms.set_random_state(seed=seed)
+
+    def batch(self, item: PreparedItem) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch of the transforms' outputs for `item` (see `Sampler`).
+
+        Raises:
+            BadRequest: the transforms lose a key or leave image and label on different grids.
+        """
+        samples = self._transforms({IMAGE_KEY: item.image.clone(), LABEL_KEY: item.label.clone()})
+        samples = samples if isinstance(samples, list) else [samples]
+        try:
+            images = torch.stack([torch.as_tensor(s[IMAGE_KEY]).as_subclass(torch.Tensor) for s in samples])
+            labels = torch.stack([torch.as_tensor(s[LABEL_KEY]).as_subclass(torch.Tensor) for s in samples])
+        except (KeyError, RuntimeError) as exc:
+            raise BadRequest(f"the training config's random transforms give no stackable image/label pair: {exc}") from exc
+        if images.shape[2:] != labels.shape[2:]:
+            raise BadRequest(f"the training config's random transforms give image {tuple(images.shape)} and label "
+                             f"{tuple(labels.shape)}: not on one grid")
+        return images.float().contiguous(), labels.round().long().contiguous()
+
+
+def window_predictor(args: InferenceArgs) -> Predictor:
+    """Logits as the server's MMAR pipeline computes them: sliding window over `args.roi` with `args.overlap` when
+    `args.scanning_window`, else one pass over the whole volume."""
+    def predict(batch: torch.Tensor, forward: Forward) -> torch.Tensor:
+        if not args.scanning_window or args.roi is None:
+            return forward(batch)
+        return sliding_window_inference(batch, roi_size=list(args.roi)[-(batch.ndim - 2):],
+                                        sw_batch_size=args.sw_batch_size, predictor=forward, overlap=args.overlap,
+                                        mode=args.mode, device=torch.device("cpu"))
+
+    return predict
+
+
 def dice_per_class(prediction: torch.Tensor, truth: torch.Tensor, classes: int) -> list[float]:
     """Dice of each foreground class 1..classes-1 between two label maps of the same shape.
 
@@ -141,20 +199,50 @@ class TrainerOptions:
     device: torch.device
 
 
-class Trainer:
-    """Fine-tunes a TorchScript segmentation network on prepared items, keeping the best epoch's weights.
+OptimizerFactory = Callable[[list[torch.nn.Parameter], float], torch.optim.Optimizer]
 
-    Args:
-        network: the network, in train/eval mode as each step needs; its output is (B, classes, *spatial).
-        options: see `TrainerOptions`.
+
+def adam(parameters: list[torch.nn.Parameter], learning_rate: float) -> torch.optim.Optimizer:
+    """The default optimiser: Adam at `learning_rate`."""
+    return torch.optim.Adam(parameters, lr=learning_rate)
+
+
+@dataclass
+class TrainingParts:
+    """What a training config may set instead of the defaults (each None: the default).
+
+    Attributes:
+        sampler: draws the batches; default `PatchSampler` over the options' patch.
+        loss: takes (logits, labels (B, 1, *spatial) int64); default Dice + cross-entropy on softmax.
+        optimizer: builds the optimiser from the parameters and the learning rate; default Adam.
+        predictor: the validation forward; default `window_predictor(options.inference)`.
     """
 
-    def __init__(self, network: torch.jit.ScriptModule, options: TrainerOptions) -> None:
+    sampler: Sampler | None = None
+    loss: torch.nn.Module | None = None
+    optimizer: OptimizerFactory | None = None
+    predictor: Predictor | None = None
+
+
+class Trainer:
+    """Fine-tunes a segmentation network on prepared items, keeping the best epoch's weights.
+
+    Args:
+        network: the network (TorchScript or a module), in train/eval mode as each step needs; its output is
+            (B, classes, *spatial).
+        options: see `TrainerOptions`.
+        parts: a training config's sampler, loss, optimiser and validation forward (see `TrainingParts`).
+    """
+
+    def __init__(self, network: torch.nn.Module, options: TrainerOptions, parts: TrainingParts | None = None) -> None:
+        parts = parts or TrainingParts()
         self.network = network
         self.options = options
-        self.sampler = PatchSampler(options.patch, options.samples_per_item, options.spatial_dims, options.seed)
-        self.loss = DiceCELoss(to_onehot_y=True, softmax=True)
-        self.optimizer = torch.optim.Adam(network.parameters(), lr=options.learning_rate)
+        self.sampler: Sampler = parts.sampler or PatchSampler(options.patch, options.samples_per_item,
+                                                              options.spatial_dims, options.seed)
+        self.loss = parts.loss or DiceCELoss(to_onehot_y=True, softmax=True)
+        self.optimizer = (parts.optimizer or adam)(list(network.parameters()), options.learning_rate)
+        self.predictor = parts.predictor or window_predictor(options.inference)
         self.order = np.random.default_rng(options.seed)
         self.best_state: dict[str, torch.Tensor] | None = None
 
@@ -186,14 +274,7 @@ class Trainer:
 
     def _predict(self, image: torch.Tensor) -> torch.Tensor:
         """(C, *spatial) image -> (*spatial) int64 class indices, run as the server's pipeline runs it."""
-        batch = image[None].to(self.options.device)
-        args = self.options.inference
-        if not args.scanning_window or args.roi is None:
-            logits = self._outputs(batch)
-        else:
-            logits = sliding_window_inference(batch, roi_size=list(args.roi)[-(batch.ndim - 2):],
-                                              sw_batch_size=args.sw_batch_size, predictor=self._outputs,
-                                              overlap=args.overlap, mode=args.mode, device=torch.device("cpu"))
+        logits = self.predictor(image[None].to(self.options.device), self._outputs)
         return torch.as_tensor(logits).as_subclass(torch.Tensor)[0].argmax(0).cpu()
 
     def validation_dice(self, items: Sequence[PreparedItem]) -> float:
@@ -213,7 +294,7 @@ class Trainer:
         """Remember the network's current weights as the best so far."""
         self.best_state = copy.deepcopy({k: v.detach() for k, v in self.network.state_dict().items()})
 
-    def best_network(self) -> torch.jit.ScriptModule:
+    def best_network(self) -> torch.nn.Module:
         """The network with the best weights kept (its current ones when none were), on the CPU, in eval mode."""
         if self.best_state is not None:
             self.network.load_state_dict(self.best_state)

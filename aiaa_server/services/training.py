@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import logging
-import os
-import resource
 import signal
 import sys
 import time
@@ -26,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from aiaa_server.bundles.layout import train_config_path
 from aiaa_server.errors import BadRequest, Conflict, InvalidModel, ServiceUnavailable
 from aiaa_server.learning.spec import TrainItem, TrainSpec, TrainStatus, read_status
 from aiaa_server.learning.split import validation_split
@@ -33,12 +31,12 @@ from aiaa_server.mmar.config import ModelType
 from aiaa_server.mmar.registry import ModelRegistry
 from aiaa_server.mmar.versions import ModelVersions, VersionInfo
 from aiaa_server.services.datastore import DatastoreService
+from aiaa_server.services.job_process import job_env, limited, signal_group
 
 log = logging.getLogger(__name__)
 
 POLL_S = 1.0
 STOP_GRACE_S = 30.0
-PR_SET_PDEATHSIG = 1
 MIN_IMPROVEMENT = 1e-6  # a candidate must beat the serving Dice by more than rounding noise
 
 
@@ -48,7 +46,8 @@ class TrainParams(BaseModel):
     max_epochs: int = Field(10, ge=1, le=1000, description="epochs at most")
     time_budget_s: float | None = Field(None, gt=0, le=7 * 24 * 3600.0,
                                         description="no new epoch starts after this many seconds")
-    learning_rate: float = Field(1e-4, gt=0, le=1.0)
+    learning_rate: float | None = Field(None, gt=0, le=1.0,
+                                        description="default: the model's training config's, else 1e-4")
     val_split: float = Field(0.2, gt=0, lt=1, description="share of the labelled images kept for validation")
 
 
@@ -121,9 +120,12 @@ class TrainingService:
     # ---- models and versions ----------------------------------------------------------------------------------
 
     def trainable(self, name: str) -> bool:
+        """A segmentation MMAR with a TorchScript network, or a bundle with a train config."""
         model = self.registry.find(name)
-        return (model is not None and model.config.type is ModelType.SEGMENTATION
-                and (self._original(name) / "models" / "model.ts").is_file())
+        if model is None or model.config.type is not ModelType.SEGMENTATION:
+            return False
+        folder = self._original(name)
+        return (folder / "models" / "model.ts").is_file() or train_config_path(folder) is not None
 
     def restore_serving(self) -> None:
         """After the scan: remember each model's original folder and serve the version its pointer names."""
@@ -200,7 +202,8 @@ class TrainingService:
         self.registry.get(name)
         if not self.trainable(name):
             raise BadRequest(f"model {name!r} cannot be trained here: training takes segmentation MMARs whose "
-                             "network is TorchScript (models/model.ts)", model=name)
+                             "network is TorchScript (models/model.ts) and MONAI bundles with configs/train.json",
+                             model=name)
         stats = await self.datastore.stats()
         if stats.completed < 2:
             raise Conflict(f"training needs at least 2 images with a final label; the datastore has {stats.completed}")
@@ -230,9 +233,9 @@ class TrainingService:
             return self.last()
         job.stop_requested = True
         if job.process is not None and job.process.returncode is None:
-            _signal(job.process, signal.SIGTERM)
-            _signal(job.process, signal.SIGCONT)  # a job frozen for a click handles its SIGTERM once thawed
-            asyncio.get_running_loop().call_later(STOP_GRACE_S, _signal, job.process, signal.SIGKILL)
+            signal_group(job.process, signal.SIGTERM)
+            signal_group(job.process, signal.SIGCONT)  # a job frozen for a click handles its SIGTERM once thawed
+            asyncio.get_running_loop().call_later(STOP_GRACE_S, signal_group, job.process, signal.SIGKILL)
         return job
 
     def pause_while(self, inference_busy: bool) -> None:
@@ -242,14 +245,14 @@ class TrainingService:
         job = self._current
         self._inference_busy = inference_busy
         if job is not None and job.process is not None and not job.stop_requested:
-            _signal(job.process, signal.SIGSTOP if inference_busy else signal.SIGCONT)
+            signal_group(job.process, signal.SIGSTOP if inference_busy else signal.SIGCONT)
 
     def shutdown(self) -> None:
         """Stop the running job's process (the server is going away; its candidate is cleaned at the next start)."""
         job = self._current
         if job is not None and job.process is not None:
             job.stop_requested = True
-            _signal(job.process, signal.SIGKILL)
+            signal_group(job.process, signal.SIGKILL)
 
     def gauges(self) -> dict[str, Any]:
         """Scrape-time figures for /metrics: jobs by state, the running job's epoch, serving/candidate Dice."""
@@ -290,7 +293,7 @@ class TrainingService:
         job.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "aiaa_server.learning.job", str(spec_path),
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_limited(self.limits), env=_job_env(self.limits))
+            start_new_session=True, preexec_fn=limited(self.limits.memory_bytes), env=job_env(self.limits.threads))
         if self._inference_busy:
             self.pause_while(True)
         reader = asyncio.create_task(_collect(job))
@@ -329,7 +332,8 @@ class TrainingService:
             self.versions.clean_staging(job.model)
             return
         metrics = {"baseline_dice": progress.baseline_dice, "best_dice": progress.best_dice,
-                   "best_epoch": progress.best_epoch, "trained_from": self.versions.serving(job.model),
+                   "best_epoch": progress.best_epoch, "training_config": progress.training_config,
+                   "trained_from": self.versions.serving(job.model),
                    "job": job.id, "train_ids": [i.id for i in spec.train], "val_ids": [i.id for i in spec.val]}
         version = self.versions.add(job.model, spec.output_dir, {**_read_metrics(spec.output_dir), **metrics})
         better = (progress.best_dice or 0.0) > (progress.baseline_dice or 0.0) + MIN_IMPROVEMENT
@@ -350,12 +354,6 @@ def _read_metrics(folder: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _signal(process: asyncio.subprocess.Process, which: signal.Signals) -> None:
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, which)
-
-
 async def _collect(job: TrainJob) -> None:
     """Keep the job's last output lines (MONAI Label's `details`) and log them."""
     assert job.process is not None and job.process.stdout is not None
@@ -363,37 +361,6 @@ async def _collect(job: TrainJob) -> None:
         line = raw.decode("utf-8", errors="replace").rstrip()[:500]
         job.details.append(line)
         log.info("training %s: %s", job.id[:8], line)
-
-
-def _job_env(limits: TrainingLimits) -> dict[str, str]:
-    threads = str(limits.threads)
-    return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
-
-
-def _die_with_parent() -> None:
-    """SIGKILL the job when the server dies, even while it is frozen (Linux prctl PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
-
-
-def _idle_priority() -> None:
-    """Run only on CPU time nothing else wants (Linux SCHED_IDLE): with a mere `nice` the job still takes time
-    slices from inference threads, and every parallel op of a click waits for its slowest thread."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        os.nice(19)
-
-
-def _limited(limits: TrainingLimits) -> Any:
-    def apply() -> None:  # in the child, before exec: lowest priority (clicks first) and bounded memory
-        _die_with_parent()
-        _idle_priority()
-        resource.setrlimit(resource.RLIMIT_AS, (limits.memory_bytes, limits.memory_bytes))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
 
 
 __all__ = ["TrainJob", "TrainParams", "TrainingLimits", "TrainingService", "VersionInfo"]
