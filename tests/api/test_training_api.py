@@ -15,11 +15,13 @@ import pytest
 
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import decode_result
+from tests.support.bundles import write_bundle, write_train_config
 from tests.support.server import LiveServer, start_server
 from tests.support.trainable import ball_volume, write_trainable_mmar
 from tests.support.volumes import dice, lps_affine, save_nifti
 
 MODEL = "weak_seg"
+BUNDLE = "spleen_bundle"
 JOB_GUARD_S = 900  # a hung job fails the test instead of hanging it; not a speed check
 TRAIN = {"max_epochs": 60, "time_budget_s": 45, "learning_rate": 0.01, "val_split": 0.25}
 AFFINE = lps_affine((1.5, 1.5, 2.0))
@@ -29,6 +31,8 @@ AFFINE = lps_affine((1.5, 1.5, 2.0))
 def trainer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, dict[str, np.ndarray], Path]]:
     root = tmp_path_factory.mktemp("train")
     write_trainable_mmar(root / "models" / MODEL)
+    write_train_config(write_bundle(root / "models" / BUNDLE, "spleen_ct_segmentation", small=True, seed=5),
+                       learning_rate=0.01)
     rng = np.random.default_rng(3)
     truths = {}
     with start_server(root / "ws", ["--no-bundled_models", "--models", str(root / "models")]) as live, \
@@ -62,10 +66,10 @@ def finished(client: httpx.Client, job_id: str) -> dict[str, Any]:
     raise AssertionError(f"training job {job_id} did not finish")
 
 
-def mean_dice(client: httpx.Client, cases: list[str], truths: dict[str, np.ndarray]) -> float:
+def mean_dice(client: httpx.Client, cases: list[str], truths: dict[str, np.ndarray], model: str = MODEL) -> float:
     scores = []
     for case in cases:
-        answer = client.post(f"/infer/{MODEL}", params={"image": case, "output": "image"}, data={"params": "{}"})
+        answer = client.post(f"/infer/{model}", params={"image": case, "output": "image"}, data={"params": "{}"})
         assert answer.status_code == 200, answer.text
         mask, _ = decode_result(answer.content, ImageFormat.NIFTI_GZ)
         scores.append(dice(mask > 0, truths[case] > 0))
@@ -80,6 +84,23 @@ def test_training_refuses_what_it_cannot_do(trainer: tuple[LiveServer, dict[str,
         assert bad.status_code == 400 and "max_epochs" in bad.json()["detail"]
         assert client.post(f"/train/{MODEL}", json={"learning_rate": "fast"}).status_code == 400
         assert client.put(f"/admin/model/{MODEL}/versions/99").status_code == 404
+
+
+def test_a_bundle_trains_with_its_train_json_and_serves_the_promoted_weights(
+        trainer: tuple[LiveServer, dict[str, np.ndarray], Path]) -> None:
+    live, truths, _ = trainer
+    with live.client() as client:
+        before = mean_dice(client, sorted(truths), truths, BUNDLE)
+        job = client.post(f"/train/{BUNDLE}", json={"max_epochs": 6, "val_split": 0.25}).json()
+        done = finished(client, job["id"])
+        assert done["status"] == "DONE", done
+        result = done["result"]
+        assert result["training_config"] == "configs/train.json"
+        assert result["promoted"] and result["best_dice"] > result["baseline_dice"]
+        assert client.get("/v1/models", params={"model": BUNDLE}).json()["trained_version"] == 1
+        assert mean_dice(client, sorted(truths), truths, BUNDLE) > before
+        rolled = client.put(f"/admin/model/{BUNDLE}/versions/0").json()
+        assert rolled["serving"] == 0 and mean_dice(client, sorted(truths), truths, BUNDLE) == before
 
 
 def test_a_better_version_is_promoted_and_a_worse_one_is_not(

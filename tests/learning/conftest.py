@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 import torch
 
+from aiaa_server.engines.torchscript import TorchScriptPool
+from aiaa_server.imaging.io import read_volume
+from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.learning.spec import TrainItem, TrainSpec
+from aiaa_server.mmar.folders import load_model_folder
 from tests.support.mmars import segmentation_config, write_mmar
-from tests.support.volumes import lps_affine, save_nifti
+from tests.support.volumes import dice, lps_affine, save_nifti
 
 CASE_SHAPE = (48, 48, 32)
 CASE_SPACING = (2.0, 2.0, 2.0)  # the config's Spacingd resamples to 2 mm: same grid, LPS flipped to RAS
@@ -88,6 +92,14 @@ def make_spec(root: Path, items: list[TrainItem], val_count: int = 2, **override
         "max_voxels": 200_000, "patch": None,
     }
     return TrainSpec.model_validate({**fields, **overrides})
+
+
+def served_dice(model_dir: Path, image: Path, label: Path) -> float:
+    """Dice of the mask the server's own pipeline answers for `image` with the model (MMAR or bundle) in `model_dir`."""
+    pipeline = load_model_folder(model_dir, TorchScriptPool()).pipeline
+    data = pipeline.preprocess_image({"image": volume_to_tensor(read_volume(image, image.name))})
+    mask = np.asarray(pipeline.run_request(data).image)
+    return dice(mask > 0, np.asarray(read_volume(label, label.name).array) > 0)
 
 
 def write_spec(spec: TrainSpec, path: Path) -> Path:

@@ -13,15 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aiaa_server.engines.torchscript import TorchScriptPool
-from aiaa_server.imaging.io import read_volume
-from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.learning.job import EXIT_BAD_SPEC, EXIT_FAILED, EXIT_OK, main, run_job
 from aiaa_server.learning.spec import TrainSpec, read_status
-from aiaa_server.mmar.folders import load_model_folder
-from tests.learning.conftest import TinySegNet, make_spec, write_cases, write_spec
+from tests.learning.conftest import TinySegNet, make_spec, served_dice, write_cases, write_spec
 from tests.support.programs import add_program
-from tests.support.volumes import dice, lps_affine, save_nifti
+from tests.support.volumes import lps_affine, save_nifti
 from tests.support.waiting import until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,14 +33,6 @@ def _start_job(spec: TrainSpec, root: Path) -> subprocess.Popen[bytes]:
 
 def _job_log(root: Path) -> str:
     return (root / "job.log").read_text(errors="replace")
-
-
-def _served_dice(model_dir: Path, image: Path, label: Path) -> float:
-    """Dice of the mask the server's own pipeline answers for `image` with the model in `model_dir`."""
-    pipeline = load_model_folder(model_dir, TorchScriptPool()).pipeline
-    data = pipeline.preprocess_image({"image": volume_to_tensor(read_volume(image, image.name))})
-    mask = np.asarray(pipeline.run_request(data).image)
-    return dice(mask > 0, np.asarray(read_volume(label, label.name).array) > 0)
 
 
 def test_job_fine_tunes_a_weakened_model_into_a_servable_candidate(training_root: Path) -> None:
@@ -67,8 +55,8 @@ def test_job_fine_tunes_a_weakened_model_into_a_servable_candidate(training_root
     assert metrics["train_ids"] == ["case0", "case1", "case2", "case3"] and metrics["val_ids"] == ["case4", "case5"]
     assert [record["epoch"] for record in metrics["epochs"]] == [record.epoch for record in status.epochs]
     val = items[-1]
-    assert _served_dice(spec.model_dir, val.image, val.label) == 0.0
-    assert _served_dice(out, val.image, val.label) > 0.5
+    assert served_dice(spec.model_dir, val.image, val.label) == 0.0
+    assert served_dice(out, val.image, val.label) > 0.5
 
 
 def test_sigterm_stops_the_job_without_output(training_root: Path) -> None:
