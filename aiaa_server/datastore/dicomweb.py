@@ -2,8 +2,9 @@
 
 Image ids are SeriesInstanceUIDs. The list comes from QIDO-RS (one series search per modality asked for, or one
 for all that leaves out segmentations, structure sets, reports and other non-image series), at most
-`limits.max_images` series, reused for `list_ttl_s` seconds. When a refresh fails the last list is kept (logged)
-until the next try, one TTL later; with no list yet the failure is an `UpstreamError` (502).
+`limits.max_images` series, reused for `list_ttl_s` seconds and refreshed before the datastore's lock is taken,
+never while holding it. When a refresh fails the last list is kept (logged) until the next try, one TTL later;
+with no list yet the failure is an `UpstreamError` (502).
 
 An image's file is fetched on demand: WADO-RS retrieves the series' instances into a local cache bounded in bytes
 (least recently used evicted first, `series_cache.py`), refusing a series over `max_instances` or
@@ -22,12 +23,13 @@ PACS (`NotImplementedOnServer`, 501).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,13 +137,16 @@ class DicomWebDatastore(LocalDatastore):
         self.remote = DicomWebRemote(url, username=username, password=password, token=token, verify=verify,
                                      connect_timeout_s=self.options.connect_timeout_s,
                                      read_timeout_s=self.options.read_timeout_s)
+        self._listing: dict[str, SeriesRecord] | None = None
+        self._listed_at = -math.inf
+        self._listing_lock = threading.Lock()
+        self._holding = threading.local()  # whether this thread is inside `_guard`
+        self._started = False  # no listing while the folder is being set up
         super().__init__(root, limits, name=name or self.remote.url, description=description, clock=clock, rng=rng)
         self.decode_limits = decode_limits
         self.cache = SeriesCache(Path(cache_dir) if cache_dir else self._meta_root / "dicomweb",
                                  self.options.max_cache_bytes, image_ext=IMAGE_EXT, clock=clock)
-        self._listing: dict[str, SeriesRecord] | None = None
-        self._listed_at = -math.inf
-        self._listing_lock = threading.Lock()
+        self._started = True
 
     def close(self) -> None:
         """Release the lock file and the HTTP session (the datastore is unusable afterwards)."""
@@ -164,7 +169,21 @@ class DicomWebDatastore(LocalDatastore):
             self._listed_at = time.monotonic()
             return sorted(self._listing)
 
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        """The datastore's lock, with a stale listing refreshed before it is taken: no network inside it."""
+        if getattr(self._holding, "depth", 0) == 0 and self._started:
+            self._series()
+        self._holding.depth = getattr(self._holding, "depth", 0) + 1
+        try:
+            with super()._guard():
+                yield
+        finally:
+            self._holding.depth -= 1
+
     def _series(self) -> dict[str, SeriesRecord]:
+        if getattr(self._holding, "depth", 0) and self._listing is not None:
+            return self._listing  # inside the lock: the listing `_guard` refreshed on the way in
         with self._listing_lock:
             if self._listing is None or time.monotonic() - self._listed_at >= self.options.list_ttl_s:
                 try:
@@ -229,7 +248,8 @@ class DicomWebDatastore(LocalDatastore):
 
     def fetch(self, image_id: str) -> CachedSeries:
         """The cached series of an image, downloaded and decoded first unless cached (concurrent calls for one
-        series download it once).
+        series download it once); a cached series whose instance count the server now lists otherwise is fetched
+        again.
 
         Raises:
             BadRequest: (400) an unsafe id. NotFound: (404) not a listed series, or gone from the server.
@@ -239,6 +259,11 @@ class DicomWebDatastore(LocalDatastore):
         """
         record = self.series_record(image_id)
         cached = self.cache.get(image_id)
+        if cached is not None and record.instances not in (None, cached.instances):
+            log.info("dicomweb: series %s now has %d instances, not %d: fetching it again", image_id,
+                     record.instances, cached.instances)
+            self.cache.remove(image_id)
+            cached = None
         if cached is not None:
             return cached
         limit = self.options.max_instances
@@ -268,9 +293,11 @@ class DicomWebDatastore(LocalDatastore):
         """The decoded volume file of `image_id` (fetched first unless cached); see `fetch` for the errors."""
         return self.fetch(image_id).image
 
-    def get_image_info(self, image_id: str) -> ImageInfo:
-        """The info of one image, its series fetched first (so `path` exists); see `fetch` for the errors."""
-        self.fetch(image_id)
+    def get_image_info(self, image_id: str, *, fetch: bool = True) -> ImageInfo:
+        """The info of one image, its series fetched first (so `path` exists) unless `fetch` is False (then an
+        image not cached has its would-be path, size 0, no checksum); see `fetch` for the errors."""
+        if fetch:
+            self.fetch(image_id)
         with self._guard():
             return self._image_info(image_id, self._image_name(image_id), self._read_meta(image_id))
 

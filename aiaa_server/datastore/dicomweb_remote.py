@@ -161,6 +161,9 @@ class DicomWebRemote:
             raise UpstreamError(f"the DICOMweb server {self.url} did not answer within {self.timeout[1]:g} s "
                                 f"({what})", url=self.url) from exc
         except requests.RequestException as exc:
+            if isinstance(exc, requests.JSONDecodeError):
+                raise UpstreamError(f"the DICOMweb server {self.url} gave a malformed answer ({what}): not JSON",
+                                    url=self.url) from exc
             raise UpstreamError(f"the DICOMweb server {self.url} failed ({what}): {_reason(exc)}", url=self.url) from exc
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:  # a malformed answer
             raise UpstreamError(f"the DICOMweb server {self.url} gave a malformed answer ({what}): {exc}",
@@ -171,7 +174,8 @@ class DicomWebRemote:
         if status in (401, 403):
             return UpstreamError(f"the DICOMweb server {self.url} refused our credentials (HTTP {status}, {what}): "
                                  "check the datastore's user, password or token", url=self.url, status=status)
-        return UpstreamError(f"the DICOMweb server {self.url} answered HTTP {status} ({what})", url=self.url,
+        hint = ": is that URL the DICOMweb root (e.g. Orthanc's /dicom-web)?" if status in (400, 404, 405) else ""
+        return UpstreamError(f"the DICOMweb server {self.url} answered HTTP {status} ({what}){hint}", url=self.url,
                              status=status)
 
     # ---- QIDO-RS ----------------------------------------------------------------------------------------------
@@ -191,8 +195,8 @@ class DicomWebRemote:
         with self._upstream("QIDO-RS series search"):
             found = self.client.search_for_series(study_instance_uid=study_uid, fields=list(SERIES_FIELDS),
                                                   search_filters=filters, limit=limit)
-            if not isinstance(found, list):
-                raise TypeError("the series search did not answer a JSON array")
+            if not isinstance(found, list) or not all(isinstance(item, dict) for item in found):
+                raise TypeError("the series search did not answer a JSON array of DICOM datasets")
             records = [_series_record(item) for item in found[:limit]]
         return [record for record in records if record is not None]
 

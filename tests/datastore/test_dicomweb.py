@@ -19,6 +19,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from aiaa_demo.datasets.dicom_export import volume_to_dicom_series
 from aiaa_server.datastore import DatastoreLimits
 from aiaa_server.datastore.dicomweb import DicomWebDatastore, DicomWebOptions
 from aiaa_server.datastore.dicomweb_remote import DicomWebRemote
@@ -26,7 +27,7 @@ from aiaa_server.errors import BadRequest, NotFound, NotImplementedOnServer, Pay
 from aiaa_server.imaging.dicom import read_dicom_series
 from aiaa_server.imaging.io import read_volume
 from tests.datastore.conftest import AuthPacs
-from tests.support.orthanc import LoadedPacs
+from tests.support.orthanc import LoadedPacs, OrthancServer
 from tests.support.server import free_port
 
 
@@ -119,6 +120,20 @@ def test_concurrent_fetches_of_one_series_download_it_once(store: DicomWebDatast
         paths = list(pool.map(store.get_image_path, [uid] * 4))
     assert calls == [uid]
     assert len(set(paths)) == 1 and paths[0].is_file()
+
+
+def test_a_series_that_grew_on_the_pacs_is_fetched_again(store: DicomWebDatastore, pacs: LoadedPacs,
+                                                         stowed: list[str], tmp_path: Path) -> None:
+    series = volume_to_dicom_series(np.arange(4 * 3 * 3, dtype=np.int16).reshape(4, 3, 3), np.eye(4), tmp_path / "s")
+    stowed.append(series.series_uid)
+    pacs.orthanc.upload(series.paths[:2])
+    store.refresh()
+    assert store.get_image_info(series.series_uid, fetch=False).size == 0  # not fetched yet
+    assert read_volume(store.get_image_path(series.series_uid), "x.nii.gz").array.shape == (4, 3, 2)
+    pacs.orthanc.upload(series.paths[2:])
+    store.refresh()
+    assert read_volume(store.get_image_path(series.series_uid), "x.nii.gz").array.shape == (4, 3, 3)
+    assert len(store.series_files(series.series_uid)) == 3
 
 
 def test_the_cache_evicts_the_least_recently_used_series(pacs: LoadedPacs, tmp_path: Path) -> None:
@@ -302,6 +317,18 @@ def test_an_unreachable_pacs_is_a_clear_error(tmp_path: Path) -> None:
     assert url in caught.value.message
 
 
+@pytest.mark.parametrize(("path", "message"), [("/nothing", "HTTP 404 .* DICOMweb root"),
+                                                 ("", "HTTP 400 .* DICOMweb root")])
+def test_a_url_that_is_not_the_dicomweb_root_says_so(orthanc: OrthancServer, tmp_path: Path, path: str,
+                                                      message: str) -> None:
+    ds = DicomWebDatastore(f"dicomweb+{orthanc.url}{path}", tmp_path / "ds")  # Orthanc's REST API, not DICOMweb
+    try:
+        with pytest.raises(UpstreamError, match=message):
+            ds.list_images()
+    finally:
+        ds.close()
+
+
 def test_a_silent_pacs_times_out(tmp_path: Path) -> None:
     with socket.socket() as listener:  # accepts connections (the backlog) and never answers
         listener.bind(("127.0.0.1", 0))
@@ -316,12 +343,14 @@ def test_a_silent_pacs_times_out(tmp_path: Path) -> None:
 
 
 def test_the_last_listing_outlives_a_pacs_outage(tmp_path: Path) -> None:
-    orthanc_like = _OneSeriesServer()
+    orthanc_like = _QidoServer([series_json("1.2", "1.2.3", "CT")])
     try:
         ds = DicomWebDatastore(orthanc_like.url, tmp_path / "ds", token="t0ken",
                                options=DicomWebOptions(list_ttl_s=0))
         assert ds.list_images() == ["1.2.3"]
         assert orthanc_like.authorizations == ["Bearer t0ken"]
+        assert ds.stats().total == 1 and ds.json().objects["1.2.3"].image.info["Modality"] == "CT"
+        assert len(orthanc_like.authorizations) == 3  # one search per call, before the lock, none inside it
     finally:
         orthanc_like.stop()
     try:
@@ -332,13 +361,40 @@ def test_the_last_listing_outlives_a_pacs_outage(tmp_path: Path) -> None:
         ds.close()
 
 
-class _OneSeriesServer:
-    """A minimal QIDO-RS endpoint on loopback answering one series, recording the Authorization headers."""
+def series_json(study: object, series: object, modality: str) -> dict[str, object]:
+    return {"0020000D": {"vr": "UI", "Value": [study]}, "0020000E": {"vr": "UI", "Value": [series]},
+            "00080060": {"vr": "CS", "Value": [modality]}}
 
-    def __init__(self) -> None:
-        record = {"0020000D": {"vr": "UI", "Value": ["1.2"]}, "0020000E": {"vr": "UI", "Value": ["1.2.3"]},
-                  "00080060": {"vr": "CS", "Value": ["CT"]}}
-        body = json.dumps([record]).encode()
+
+def test_series_with_unsafe_uids_or_no_image_are_left_out(tmp_path: Path) -> None:
+    hostile = _QidoServer([series_json("1.2", "1.2.3", "MR"), series_json("1.2", "../../etc", "CT"),
+                           series_json("1.2/x", "1.2.4", "CT"), series_json("1.2", 42, "CT"),
+                           series_json("1.2", "1.2.5", "SEG"), series_json("1.2", "1.2.6", "RTSTRUCT")])
+    ds = DicomWebDatastore(hostile.url, tmp_path / "ds")
+    try:
+        assert ds.list_images() == ["1.2.3"]
+    finally:
+        ds.close()
+        hostile.stop()
+
+
+@pytest.mark.parametrize("answer", [b"<html>proxy error</html>", b'{"Value": [1, 2]', b'"text"', b'["a1b2"]'])
+def test_a_malformed_answer_is_an_upstream_error(tmp_path: Path, answer: bytes) -> None:
+    broken = _QidoServer(answer)
+    ds = DicomWebDatastore(broken.url, tmp_path / "ds")
+    try:
+        with pytest.raises(UpstreamError, match=broken.url.removeprefix("dicomweb+")):
+            ds.list_images()
+    finally:
+        ds.close()
+        broken.stop()
+
+
+class _QidoServer:
+    """A minimal QIDO-RS endpoint on loopback answering `records` to every GET, recording Authorization headers."""
+
+    def __init__(self, records: list[dict[str, object]] | bytes) -> None:
+        body = records if isinstance(records, bytes) else json.dumps(records).encode()
         seen: list[str | None] = []
         self.authorizations = seen
 

