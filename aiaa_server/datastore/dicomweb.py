@@ -235,9 +235,12 @@ class DicomWebDatastore(LocalDatastore):
         record = self._series().get(image_id)
         dicom = record.info if record is not None else {}
         path = cached.image if cached is not None else self.cache.image_path(image_id)
+        size = 0
+        if cached is not None:
+            with contextlib.suppress(OSError):  # evicted meanwhile
+                size = path.stat().st_size
         return ImageInfo(
-            id=image_id, name=name, ext=IMAGE_EXT, path=str(path),
-            size=path.stat().st_size if cached is not None else 0,
+            id=image_id, name=name, ext=IMAGE_EXT, path=str(path), size=size,
             ts=cached.ts if cached is not None else 0.0,
             checksum=cached.checksum if cached is not None else None,
             info={**(meta["image"].get("info") or {}), **dicom},
