@@ -62,7 +62,7 @@ class DicomSeries(NamedTuple):
 
 def _sop_name(dataset: Dataset) -> str:
     sop = dataset.get("SOPClassUID")
-    return UID(str(sop)).name if sop else "DICOM"
+    return UID(str(sop)).name if sop else ""
 
 
 def _is_image(dataset: Dataset) -> bool:
@@ -89,8 +89,9 @@ def _read_slices(paths: Sequence[Path], deadline: Deadline) -> list[_Slice]:
         dataset = read_header(path, deadline)
         if "PixelData" not in dataset:
             if _is_image(dataset):
-                raise InvalidImage(f"a DICOM image ({_sop_name(dataset)}) has no Pixel Data: it cannot be "
-                                   "decoded (sent as a header-only export?)")
+                kind = f" ({_sop_name(dataset)})" if _sop_name(dataset) else ""
+                raise InvalidImage(f"a DICOM image{kind} has no Pixel Data: it cannot be decoded (sent as a "
+                                   "header-only export?)")
             continue  # DICOMDIR, structured reports, presentation states…
         _check_slice(dataset)
         slices.append(_Slice(dataset, np.asarray([float(v) for v in dataset.ImagePositionPatient])))

@@ -25,7 +25,7 @@ from aiaa_server.imaging.io import LPS_TO_RAS
 
 MANUFACTURER = "aiaa-server"
 MAX_SEGMENTS = 255  # label values; highdicom scans every frame once per described segment
-GRID_TOLERANCE_VOXELS = 0.5  # a source pixel must fall within half a voxel of its mask voxel
+GRID_TOLERANCE_VOXELS = 0.25  # a source pixel must fall within a quarter voxel of its mask voxel
 PLACEMENT = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns")
 REFERENCES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
 # Type 2 attributes highdicom copies from the first source image: empty when the upload had none

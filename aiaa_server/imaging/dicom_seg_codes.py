@@ -80,9 +80,10 @@ _SIDES = {"left": codes.SCT.Left, "l": codes.SCT.Left, "right": codes.SCT.Right,
 
 
 def _words(name: str) -> list[str]:
-    """`kidney_left`, `Left Kidney`, `leftKidney` -> their lower-case words."""
+    """`kidney_left`, `Left Kidney`, `leftKidney` -> their lower-case words, plurals also singular (`lungs`)."""
     spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", name)
-    return [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
+    words = [w for w in re.split(r"[^a-z0-9]+", spaced.lower()) if w]
+    return words + [w[:-1] for w in words if len(w) > 3 and w.endswith("s")]
 
 
 def segment_codes(name: str) -> SegmentCodes:

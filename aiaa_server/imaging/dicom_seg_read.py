@@ -9,7 +9,7 @@ spacing, and only then are the frames decoded, one at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +100,7 @@ def _geometry(ds: Dataset, frames: int) -> _Frames:
     if len(per_frame) != frames:
         raise InvalidImage(f"the DICOM SEG has {len(per_frame)} per-frame functional groups for {frames} frames")
     labelmap = str(ds.SegmentationType) == "LABELMAP"
-    segments, positions, orientations, spacings = [], [], set(), set()
+    segments, positions, orientations, spacings = [], [], [], []
     for number, frame in enumerate(per_frame):
         position = _value(frame, shared, "PlanePositionSequence", "ImagePositionPatient")
         cosines = _value(frame, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
@@ -110,21 +110,24 @@ def _geometry(ds: Dataset, frames: int) -> _Frames:
             raise InvalidImage(f"frame {number + 1} of the DICOM SEG has no position, orientation, pixel spacing or "
                                "segment number: it cannot be placed")
         positions.append([float(v) for v in position])
-        orientations.add(tuple(round(float(v), 4) for v in cosines))
-        spacings.add(tuple(float(v) for v in spacing))
+        orientations.append([float(v) for v in cosines])
+        spacings.append([float(v) for v in spacing])
         segments.append(0 if labelmap else int(segment))
-    if len(orientations) > 1 or len(spacings) > 1:
+    if not (np.allclose(orientations, orientations[0], atol=1e-4) and np.allclose(spacings, spacings[0], rtol=1e-4)):
         raise InvalidImage("the frames of the DICOM SEG have different orientations or pixel spacings")
     plane = Dataset()
-    plane.ImageOrientationPatient = list(next(iter(orientations)))
+    plane.ImageOrientationPatient = orientations[0]
     row, col, normal = orientation(plane)
     between = _value(None, shared, "PixelMeasuresSequence", "SpacingBetweenSlices")
     return _Frames(np.asarray(segments), np.asarray(positions).reshape(-1, 3), row, col, normal,
-                   next(iter(spacings)), float(between) if between not in (None, "") and float(between) > 0 else None)
+                   (spacings[0][0], spacings[0][1]),
+                   float(between) if between not in (None, "") and float(between) > 0 else None)
 
 
 def _names(ds: Dataset, frames: _Frames) -> dict[int, str]:
     names = {int(item.SegmentNumber): str(item.get("SegmentLabel", "")) for item in ds.get("SegmentSequence") or []}
+    if str(ds.SegmentationType) == "LABELMAP":
+        names.pop(0, None)  # a label map SEG may describe its background
     if not names or min(names) < 1 or max(names) > 65535:
         raise InvalidImage("the DICOM SEG describes no segments, or segment numbers outside 1…65535")
     undescribed = sorted(set(frames.segments.tolist()) - set(names) - {0})
@@ -133,21 +136,27 @@ def _names(ds: Dataset, frames: _Frames) -> dict[int, str]:
     return names
 
 
-def _own_grid(frames: _Frames, columns: int, rows: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """The SEG's own grid: its planes' span along the normal, stepping by SpacingBetweenSlices when the planes
-    lie on it (else by their smallest gap). Returns (affine, k of each frame, slices)."""
+def _own_grid(frames: _Frames) -> tuple[np.ndarray, np.ndarray, int]:
+    """The SEG's own grid: its planes' span along the normal, in steps of SpacingBetweenSlices when the planes
+    lie on it (else of their smallest gap), the step then fitted to the planes. Returns (affine, k of each frame,
+    slices)."""
     distances = frames.positions @ frames.normal
-    planes = np.unique(np.round(distances, 3))
+    planes, plane_of = np.unique(np.round(distances, 3), return_inverse=True)
     gaps = np.diff(planes)
-    step = float(gaps.min()) if len(gaps) else (frames.spacing_between or 1.0)
-    if frames.spacing_between and len(gaps) and _on_grid(gaps, frames.spacing_between):
-        step = frames.spacing_between
-    if len(gaps) and not _on_grid(gaps, step):
+    guess = float(gaps.min()) if len(gaps) else (frames.spacing_between or 1.0)
+    if frames.spacing_between and _on_grid(gaps, frames.spacing_between):
+        guess = frames.spacing_between
+    if not _on_grid(gaps, guess):
         raise InvalidImage("the planes of the DICOM SEG are not evenly spaced along their normal: no one grid holds "
                            "them; read it with a reference image")
-    ks = np.rint((distances - planes[0]) / step).astype(np.int64)
+    plane_k = np.concatenate([[0], np.cumsum(np.rint(gaps / guess).astype(np.int64))])  # per gap: no drift
+    span = int(plane_k[-1])
+    step = (planes[-1] - planes[0]) / span if span else guess
+    if np.abs(planes - planes[0] - plane_k * step).max() > slice_tolerance_mm(step):
+        raise InvalidImage("the planes of the DICOM SEG drift off a regular grid along their normal; read it with a "
+                           "reference image")
+    ks = plane_k[plane_of.reshape(-1)]
     first = frames.positions[np.argmin(distances)]
-    span = int(ks.max())
     vector = (frames.positions[np.argmax(distances)] - first) / span if span else frames.normal * step
     if not np.allclose(frames.positions, first + np.outer(ks, vector), atol=slice_tolerance_mm(step)):
         raise InvalidImage("the frames of the DICOM SEG are shifted within their planes: no one grid holds them")
@@ -157,8 +166,10 @@ def _own_grid(frames: _Frames, columns: int, rows: int) -> tuple[np.ndarray, np.
 
 
 def _on_grid(gaps: np.ndarray, step: float) -> bool:
+    """Whether every gap is a whole number (at least 1) of steps, within the slice tolerance."""
     multiples = gaps / step
-    return bool(np.all(np.abs(multiples - np.rint(multiples)) * step <= slice_tolerance_mm(step)))
+    return bool(np.all((np.abs(multiples - np.rint(multiples)) * step <= slice_tolerance_mm(step))
+                       & (np.rint(multiples) >= 1)))
 
 
 def _reference_grid(frames: _Frames, columns: int, rows: int, reference: Volume) -> np.ndarray:
@@ -185,12 +196,30 @@ def _reference_grid(frames: _Frames, columns: int, rows: int, reference: Volume)
     return ks
 
 
+def _packed_frames(ds: Dataset, order: Sequence[int]) -> Iterator[np.ndarray]:
+    """Uncompressed BINARY frames (bits packed across frame boundaries) as [row, column] uint8, in `order`."""
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    size = rows * columns
+    data = np.frombuffer(ds.PixelData, dtype=np.uint8)
+    for index in order:
+        start, end = index * size, (index + 1) * size
+        bits = np.unpackbits(data[start // 8:(end + 7) // 8], bitorder="little")
+        yield bits[start % 8:start % 8 + size].reshape(rows, columns)
+
+
+def _frames_in(ds: Dataset, order: Sequence[int]) -> Iterator[np.ndarray]:
+    encapsulated = ds.file_meta.TransferSyntaxUID.is_encapsulated if "TransferSyntaxUID" in ds.file_meta else False
+    if int(ds.BitsAllocated) == 1 and not encapsulated:
+        return _packed_frames(ds, order)
+    return iter_pixels(ds, indices=list(order))
+
+
 def _paint(ds: Dataset, frames: _Frames, ks: np.ndarray, labels: np.ndarray, deadline: Deadline) -> None:
     """Decode the frames one at a time onto `labels`; where segments overlap the highest number wins."""
     kind = str(ds.SegmentationType)
     threshold = float(ds.get("MaximumFractionalValue", 255) or 255) / 2 if kind == "FRACTIONAL" else 0
-    order = np.argsort(frames.segments, kind="stable")
-    for index, pixels in zip(order, iter_pixels(ds, indices=order.tolist())):
+    order = np.argsort(frames.segments, kind="stable").tolist()
+    for index, pixels in zip(order, _frames_in(ds, order)):
         deadline.check()
         plane = labels[:, :, ks[index]]
         if kind == "LABELMAP":
@@ -252,11 +281,11 @@ def read_dicom_seg(source: Path | bytes, reference: Volume | None = None,
         frames = _geometry(ds, count)
         names = _names(ds, frames)
         if reference is None:
-            affine, ks, slices = _own_grid(frames, columns, rows)
+            affine, ks, slices = _own_grid(frames)
         else:
             ks, affine, slices = _reference_grid(frames, columns, rows, reference), reference.affine, None
         shape = (columns, rows, slices or reference.spatial_shape[2])
-        dtype = np.uint8 if max(names) <= 255 else np.uint16
+        dtype = np.uint16 if max(names) > 255 or int(ds.BitsAllocated) == 16 else np.uint8
         check_shape(shape, np.dtype(dtype).itemsize, limits, what="label map of the DICOM SEG")
         labels = np.zeros(shape, dtype=dtype)
         _paint(ds, frames, ks, labels, deadline)
