@@ -10,7 +10,8 @@ out.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import highdicom as hd
 import numpy as np
@@ -21,7 +22,7 @@ from pydicom.sr.codedict import codes
 from aiaa_server import __version__
 from aiaa_server.errors import AIAAError, IncompatibleInput, InvalidImage, InvalidParams
 from aiaa_server.imaging.dicom_seg_codes import segment_codes
-from aiaa_server.imaging.io import LPS_TO_RAS
+from aiaa_server.imaging.io import LPS_TO_RAS, check_affine
 
 MANUFACTURER = "aiaa-server"
 MAX_SEGMENTS = 255  # label values; highdicom scans every frame once per described segment
@@ -78,6 +79,7 @@ def _check_grid(shape: tuple[int, ...], affine: np.ndarray, source: Sequence[Dat
     if tuple(shape) != expected:
         raise IncompatibleInput(f"the mask has shape {list(shape)} but its source series is {list(expected)} "
                                 "(columns, rows, slices): a DICOM SEG needs the mask on the series' own grid")
+    check_affine(np.asarray(affine, dtype=np.float64))
     to_voxels = np.linalg.inv(np.asarray(affine, dtype=np.float64)) @ LPS_TO_RAS
     first, last = _source_points(source)
     slices = np.arange(len(source), dtype=np.float64)
@@ -90,8 +92,9 @@ def _check_grid(shape: tuple[int, ...], affine: np.ndarray, source: Sequence[Dat
                                     "voxels off its mask voxel): it is not on the series' own grid")
 
 
-def _descriptions(top: int, names: Mapping[int, str], algorithm: hd.AlgorithmIdentificationSequence | None,
-                  kind: str) -> list[hd.seg.SegmentDescription]:
+def _descriptions(top: int, names: Mapping[int, str],
+                  algorithm: hd.AlgorithmIdentificationSequence | None) -> list[hd.seg.SegmentDescription]:
+    kind = "AUTOMATIC" if algorithm is not None else "MANUAL"
     described = []
     for number in range(1, top + 1):
         name = str(names.get(number) or f"label {number}")
@@ -116,6 +119,16 @@ def _first_source(first: Dataset) -> Dataset:
     if "Modality" not in completed:
         completed.Modality = "OT"
     return completed
+
+
+@contextmanager
+def _bad_source_is_invalid() -> Iterator[None]:
+    try:
+        yield
+    except AIAAError:
+        raise
+    except (ValueError, TypeError, AttributeError) as exc:  # malformed header values; highdicom's own checks
+        raise InvalidImage(f"could not write a DICOM SEG for this series: {exc}") from exc
 
 
 def _algorithm(name: str | None, version: str) -> hd.AlgorithmIdentificationSequence | None:
@@ -160,33 +173,28 @@ def write_dicom_seg(
             0…MAX_SEGMENTS.
         IncompatibleInput: (422) a mask whose shape or affine is not the source series' grid.
         InvalidImage: (400) source headers without what a SEG must copy or reference (e.g. FrameOfReferenceUID),
-            or from more than one series.
+            or from more than one series; a NaN or singular affine.
     """
     names = {int(k): v for k, v in (label_names or {}).items() if int(k) > 0}
     values = _label_map(np.asarray(labels))
-    _check_source(source)
-    _check_grid(values.shape, affine, source)
     top = max([int(values.max()) if values.size else 0, *names])
     if top == 0:
         raise InvalidParams("the mask is empty and no label is named: a DICOM SEG needs at least one segment")
     if top > MAX_SEGMENTS:
         raise InvalidParams(f"label value {top} is named; a DICOM SEG takes label values up to {MAX_SEGMENTS}")
     identification = _algorithm(algorithm, algorithm_version)
-    kind = "AUTOMATIC" if identification is not None else "MANUAL"
-    try:
+    with _bad_source_is_invalid():
+        _check_source(source)
+        _check_grid(values.shape, affine, source)
         seg = hd.seg.Segmentation(
             source_images=[_first_source(source[0]), *source[1:]],
             pixel_array=np.ascontiguousarray(values.transpose(2, 1, 0)),  # frames [k, row, column]
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=_descriptions(top, names, identification, kind),
+            segment_descriptions=_descriptions(top, names, identification),
             series_instance_uid=hd.UID(), series_number=series_number,
             sop_instance_uid=hd.UID(), instance_number=1,
             manufacturer=MANUFACTURER, manufacturer_model_name=MANUFACTURER, software_versions=__version__,
             device_serial_number="1", series_description=series_description[:64], omit_empty_frames=True)
-    except AIAAError:
-        raise
-    except (ValueError, TypeError, AttributeError) as exc:  # highdicom's checks of the source headers
-        raise InvalidImage(f"could not write a DICOM SEG for this series: {exc}") from exc
     buffer = io.BytesIO()
     dcmwrite(buffer, seg, enforce_file_format=True)
     return buffer.getvalue()

@@ -142,13 +142,18 @@ def test_masks_a_seg_cannot_hold_are_refused(tmp_path: Path, change, error, mess
         write_dicom_seg(change(some_labels(volume.spatial_shape)), volume.affine, headers)
 
 
-def test_source_without_frame_of_reference_is_refused(tmp_path: Path) -> None:
+def test_source_headers_a_seg_cannot_reference_are_refused(tmp_path: Path) -> None:
     written = write_ct_series(tmp_path / "dcm", hu_volume(), edit=lambda _k, ds: delattr(ds, "FrameOfReferenceUID"))
     volume, headers = read_dicom_series_with_headers(written.paths, tmp_path / "work")
     with pytest.raises(InvalidImage, match="9 of the 9 source DICOM headers have no FrameOfReferenceUID"):
         write_dicom_seg(some_labels(volume.spatial_shape), volume.affine, headers, NAMES)
     with pytest.raises(InvalidParams, match="needs the headers"):
         write_dicom_seg(some_labels(volume.spatial_shape), volume.affine, [], NAMES)
+    written = write_ct_series(tmp_path / "dcm2", hu_volume())
+    volume, headers = read_dicom_series_with_headers(written.paths, tmp_path / "work2")
+    headers[2].ImagePositionPatient = [0.0, 0.0]
+    with pytest.raises(InvalidImage, match="could not write a DICOM SEG for this series"):
+        write_dicom_seg(some_labels(volume.spatial_shape), volume.affine, headers, NAMES)
 
 
 def test_source_without_patient_attributes_still_gets_a_seg(tmp_path: Path) -> None:
