@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from aiaa_server.imaging.dicom import read_dicom_series
+from aiaa_server.imaging.dicom import read_dicom_series_with_headers
+from aiaa_server.imaging.dicom_headers import save_headers
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
 from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits
@@ -35,6 +36,7 @@ def dicom_series_to_file(
     fmt: ImageFormat,
     gzip_level: int = 1,
     limits: DecodeLimits = DEFAULT_LIMITS,
+    headers_path: Path | None = None,
 ) -> StoredSeries:
     """Decode one DICOM series, write it to `out_path` in `fmt`, and decode the written file.
 
@@ -45,6 +47,8 @@ def dicom_series_to_file(
         fmt: the save format: `ImageFormat.NIFTI` (uncompressed), `NIFTI_GZ` or `NRRD` (gzip-compressed).
         gzip_level: the gzip level of the compressed formats.
         limits: the decode bounds, for the DICOM series and for re-reading the written file.
+        headers_path: where to keep the series' headers (`save_headers`, in the volume's slice order) for a
+            DICOM SEG of a result later; None keeps none.
 
     Returns:
         A `StoredSeries`: `volume`, the written file decoded (array [i, j, k] in the series' dtype, its
@@ -54,8 +58,10 @@ def dicom_series_to_file(
         InvalidImage: (400) the files are not one decodable DICOM series.
         PayloadTooLarge: (413) the series is over a limit in `limits`.
     """
-    series = read_dicom_series(paths, work_dir, limits=limits)
+    series, headers = read_dicom_series_with_headers(paths, work_dir, limits=limits)
     shutil.rmtree(work_dir, ignore_errors=True)
+    if headers_path is not None:
+        save_headers(headers, headers_path)
     payload = encode_volume(series.array, series, fmt, dtype=series.array.dtype,
                             compress=fmt is not ImageFormat.NIFTI, gzip_level=gzip_level)
     out_path.write_bytes(payload)

@@ -11,12 +11,14 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.encaps import encapsulate
+from pydicom.uid import BasicTextSRStorage, CTImageStorage, ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
 
 from aiaa_server.errors import InvalidImage, PayloadTooLarge
-from aiaa_server.imaging.dicom import read_dicom_series
+from aiaa_server.imaging.dicom import read_dicom_series, read_dicom_series_with_headers, read_series_headers
 from aiaa_server.imaging.io import LPS_TO_RAS
 from aiaa_server.imaging.limits import DecodeLimits
+from tests.support.dicom_series import oblique, write_ct_series
 
 
 def oblique_directions(degrees: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
@@ -282,3 +284,103 @@ def test_files_without_preamble_still_look_like_dicom(tmp_path: Path) -> None:
         bare.append(out)
     np.testing.assert_array_equal(read_dicom_series(bare, tmp_path / "work").array, hu)
     assert not looks_like_dicom(b"\0" * 200) and not looks_like_dicom(b"not dicom at all" * 10)
+
+
+# -- series that cannot form one volume: refused with the problem named --------------------------------------
+
+
+def test_image_without_pixel_data_is_refused(tmp_path: Path) -> None:
+    written = write_ct_series(tmp_path / "dcm", hu_volume((6, 5, 3)),
+                              edit=lambda k, ds: delattr(ds, "PixelData") if k == 1 else None)
+    with pytest.raises(InvalidImage, match=r"a DICOM image \(CT Image Storage\) has no Pixel Data"):
+        read_dicom_series(written.paths, tmp_path / "work")
+
+
+def test_non_images_beside_the_series_are_skipped(tmp_path: Path) -> None:
+    written = write_ct_series(tmp_path / "dcm", hu_volume((6, 5, 3)))
+    report = Dataset()
+    report.file_meta = FileMetaDataset()
+    report.file_meta.MediaStorageSOPClassUID, report.file_meta.MediaStorageSOPInstanceUID = BasicTextSRStorage, "1.9"
+    report.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    report.SOPClassUID, report.SOPInstanceUID = BasicTextSRStorage, "1.9"
+    report.save_as(str(tmp_path / "report.dcm"), enforce_file_format=True)
+    volume = read_dicom_series([*written.paths, tmp_path / "report.dcm"], tmp_path / "work")
+    np.testing.assert_array_equal(volume.array, written.hu)
+
+
+def test_a_missing_slice_is_refused_as_uneven_spacing(tmp_path: Path) -> None:
+    written = write_ct_series(tmp_path / "dcm", hu_volume((6, 5, 8)), order="spatial")
+    with pytest.raises(InvalidImage, match=r"not evenly spaced \(gaps from 2.500 to 5.000 mm") as refused:
+        read_dicom_series(written.paths[:3] + written.paths[4:], tmp_path / "work")
+    assert refused.value.details == {"min_gap_mm": 2.5, "max_gap_mm": 5.0}
+
+
+def test_mixed_spacings_are_refused_and_rounded_positions_are_not(tmp_path: Path) -> None:
+    mixed = write_ct_series(tmp_path / "mixed", hu_volume((6, 5, 8)),
+                            position=lambda k, n: np.array([0.0, 0.0, 2.5 * k if k < 4 else 10 + 3.0 * (k - 4)]))
+    with pytest.raises(InvalidImage, match="not evenly spaced"):
+        read_dicom_series(mixed.paths, tmp_path / "work")
+    rounded = write_ct_series(tmp_path / "rounded", hu_volume((6, 5, 8)),
+                              position=lambda k, n: np.round(np.array([0.0, 0.0, 2.5 * k + 0.04 * (-1) ** k]), 2))
+    assert read_dicom_series(rounded.paths, tmp_path / "work2").spatial_shape == (6, 5, 8)
+
+
+@pytest.mark.parametrize("declared", [None, 15.0])
+def test_gantry_tilt_is_refused(tmp_path: Path, declared: float | None) -> None:
+    """Slices stacked along a tilted direction (the gantry's), not along their own normal: a sheared grid."""
+    shear = np.tan(np.radians(15.0)) * 2.5
+
+    def tilted(k: int, normal: np.ndarray) -> np.ndarray:
+        return np.array([-100.0, -120.0 + k * shear, 35.0]) + k * 2.5 * normal
+
+    def declare(_k: int, ds: Dataset) -> None:
+        if declared is not None:
+            ds.GantryDetectorTilt = declared
+
+    written = write_ct_series(tmp_path / "dcm", hu_volume((6, 5, 6)), position=tilted, edit=declare)
+    said = "; GantryDetectorTilt 15°" if declared else ""
+    with pytest.raises(InvalidImage, match=f"stacked 15.00° off their normal \\(gantry tilt{said}\\)"):
+        read_dicom_series(written.paths, tmp_path / "work")
+
+
+def test_tilt_in_the_orientation_itself_is_not_gantry_tilt(tmp_path: Path) -> None:
+    """Scanners that write the tilt into ImageOrientationPatient stack slices along the normal: a plain grid."""
+    written = write_ct_series(tmp_path / "dcm", hu_volume((6, 5, 6)), directions=oblique(0.0, 15.0),
+                              edit=lambda _k, ds: setattr(ds, "GantryDetectorTilt", 15.0))
+    volume = read_dicom_series(written.paths, tmp_path / "work")
+    np.testing.assert_allclose(volume.affine, written.affine, atol=1e-6)
+
+
+def test_compressed_slices_without_a_decoder_name_their_transfer_syntax(tmp_path: Path) -> None:
+    def jpeg_lossless(_k: int, ds: Dataset) -> None:
+        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+        ds.PixelData = encapsulate([b"\xff\xd8 not really jpeg \xff\xd9"])
+        ds["PixelData"].VR = "OB"
+
+    written = write_ct_series(tmp_path / "dcm", hu_volume((6, 5, 3)), edit=jpeg_lossless)
+    with pytest.raises(InvalidImage, match=r"JPEG Lossless, Non-Hierarchical, First-Order Prediction .*"
+                                           r"\(1\.2\.840\.10008\.1\.2\.4\.70\), which this server cannot decode"):
+        read_dicom_series(written.paths, tmp_path / "work")
+    with pytest.raises(InvalidImage) as refused:
+        read_series_headers(written.paths, tmp_path / "work")  # found from the headers: no pixel is decoded
+    assert refused.value.details == {"transfer_syntax": JPEGLosslessSV1}
+
+
+def test_a_seg_sent_as_a_series_is_named(tmp_path: Path) -> None:
+    from aiaa_server.imaging.dicom_seg import write_dicom_seg
+
+    written = write_ct_series(tmp_path / "dcm", hu_volume((6, 5, 3)))
+    volume, headers = read_dicom_series_with_headers(written.paths, tmp_path / "work")
+    (tmp_path / "seg.dcm").write_bytes(write_dicom_seg(np.ones((6, 5, 3), np.uint8), volume.affine, headers))
+    with pytest.raises(InvalidImage, match=r"DICOM Segmentation \(SEG\): it is a label"):
+        read_dicom_series([tmp_path / "seg.dcm"], tmp_path / "work2")
+
+
+@pytest.mark.parametrize("order", ["shuffled", "reversed", "spatial"])
+def test_headers_follow_the_volume_whatever_the_file_order(tmp_path: Path, order: str) -> None:
+    written = write_ct_series(tmp_path / "dcm", hu_volume((6, 5, 5)), directions=oblique(), order=order)
+    headers = read_series_headers(written.paths, tmp_path / "work")
+    volume, same = read_dicom_series_with_headers(written.paths, tmp_path / "work2")
+    assert [h.SOPInstanceUID for h in headers] == [h.SOPInstanceUID for h in same] == written.uids
+    np.testing.assert_array_equal(volume.array, written.hu)
+    assert all("PixelData" not in h for h in headers)
