@@ -12,8 +12,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
+from aiaa_server.datastore.dicomweb_remote import parse_dicomweb_url
 from aiaa_server.imaging.limits import DecodeLimits
 from aiaa_server.security import parse_hosts
+
+DICOMWEB_SCHEMES = ("dicomweb+http://", "dicomweb+https://")
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 CORS_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s]+", re.IGNORECASE)
@@ -119,8 +122,17 @@ class Settings(BaseSettings):
         "grpc", description="protocol to Triton; grpc for large volumes (Triton refuses HTTP bodies over 64 MiB)"
     )
     triton_timeout: float = Field(60.0, gt=0, description="seconds one Triton call may take")
-    datastore: Path | None = Field(
-        None, description="MONAI Label datastore folder (images + labels/final); default: <workspace>/datastore"
+    datastore: str | None = Field(
+        None, max_length=2048,
+        description="MONAI Label datastore: a folder (images + labels/final; default <workspace>/datastore), or a "
+        "DICOMweb server as dicomweb+http(s)://[user:password@]host:port/dicom-web (series become images; labels "
+        "are kept in <workspace>/datastore and go back as DICOM SEG)",
+    )
+    dicomweb_token: SecretStr | None = Field(
+        None, description="bearer token for the DICOMweb datastore (instead of user:password in its URL)"
+    )
+    dicomweb_cache_mb: int = Field(
+        8192, ge=64, description="most MiB of fetched DICOMweb series kept on disk (least recently used go first)"
     )
     datastore_max_images: int = Field(100_000, ge=1, description="most images the datastore may hold")
     datastore_lock_seconds: float = Field(
@@ -148,7 +160,7 @@ class Settings(BaseSettings):
         value = value.strip().lower()
         return "local" if value == "aiaa" else value
 
-    @field_validator("admin_token", "uncertainty_model", mode="before")
+    @field_validator("admin_token", "uncertainty_model", "dicomweb_token", "datastore", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
@@ -163,8 +175,13 @@ class Settings(BaseSettings):
 
     @field_validator("datastore")
     @classmethod
-    def _datastore_is_a_folder(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_dir():
+    def _datastore_is_a_folder(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.lower().startswith("dicomweb+"):
+            parse_dicomweb_url(value)  # ValueError naming the problem
+            return value
+        if not Path(value).is_dir():
             raise ValueError(f"datastore: not a folder: {value} (create it, or leave --datastore out for "
                              "<workspace>/datastore)")
         return value
@@ -254,8 +271,17 @@ class Settings(BaseSettings):
         return self.workspace / "sessions"
 
     @property
+    def datastore_url(self) -> str | None:
+        """The DICOMweb datastore's URL when `datastore` names one."""
+        return self.datastore if self.datastore and self.datastore.lower().startswith(DICOMWEB_SCHEMES) else None
+
+    @property
     def datastore_dir(self) -> Path:
-        return self.datastore if self.datastore is not None else self.workspace / "datastore"
+        """The datastore folder: `datastore` when it is a folder, else `<workspace>/datastore` (where a DICOMweb
+        datastore keeps its labels, metadata and series cache)."""
+        if self.datastore is None or self.datastore_url is not None:
+            return self.workspace / "datastore"
+        return Path(self.datastore)
 
     @property
     def training_dir(self) -> Path:

@@ -49,6 +49,7 @@ from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 log = logging.getLogger(__name__)
 
 IMAGE_EXT = ".nii.gz"
+HEADERS_FILE = "dicom_headers.json"  # the series headers, for DICOM SEG results and labels
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,8 @@ class DicomWebDatastore(LocalDatastore):
     Raises:
         ValueError: a bad URL, credentials given twice over, or bad options.
     """
+
+    ids_are_series_uids = True
 
     def __init__(
         self,
@@ -284,13 +287,24 @@ class DicomWebDatastore(LocalDatastore):
             raise UpstreamError(f"the DICOMweb server {self.remote.url} sent no instances of series "
                                 f"{record.series_uid}", url=self.remote.url)
         dicom_series_to_file(files, folder / "work", folder / f"{record.series_uid}{IMAGE_EXT}",
-                             ImageFormat.NIFTI_GZ, options.gzip_level, limits=self.decode_limits)
+                             ImageFormat.NIFTI_GZ, options.gzip_level, limits=self.decode_limits,
+                             headers_path=folder / HEADERS_FILE)
         log.info("dicomweb: fetched series %s (%d instances)", record.series_uid, len(files))
         return len(files)
 
     def series_files(self, image_id: str) -> list[Path]:
         """The instance files of an image's series as the server sent them (fetched first unless cached)."""
         return self.fetch(image_id).files()
+
+    def dicom_headers_path(self, image_id: str) -> Path | None:
+        """The headers of the image's series (fetched first unless cached); see `fetch` for the errors."""
+        path = self.fetch(image_id).folder / HEADERS_FILE
+        return path if path.is_file() else None
+
+    def local_image_path(self, image_id: str) -> Path | None:
+        """The decoded volume file of `image_id` if its series is cached now (nothing is fetched), else None."""
+        cached = self.cache.get(image_id, touch=False)
+        return cached.image if cached is not None and cached.image.is_file() else None
 
     def get_image_path(self, image_id: str) -> Path:
         """The decoded volume file of `image_id` (fetched first unless cached); see `fetch` for the errors."""

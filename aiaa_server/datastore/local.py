@@ -68,6 +68,8 @@ class LocalDatastore(LabelStore, ActiveLearning, DatastoreViews):
         rng: the random source of the `random` strategy; pass `random.Random(seed)` for repeatable picks.
     """
 
+    ids_are_series_uids = False  # True where every image id is its DICOM SeriesInstanceUID (DICOMweb)
+
     def __init__(
         self,
         root: Path,
@@ -251,6 +253,7 @@ class LocalDatastore(LabelStore, ActiveLearning, DatastoreViews):
         client_id: str | None = None,
         info: dict[str, Any] | None = None,
         replace: bool = False,
+        dicom_headers: Path | None = None,
     ) -> ImageInfo:
         """Copy an image file into the datastore.
 
@@ -261,6 +264,8 @@ class LocalDatastore(LabelStore, ActiveLearning, DatastoreViews):
             client_id: who added it, kept in its info.
             info: the client's metadata for the image (a JSON object).
             replace: True: an image with this id is replaced (its labels are kept); False: that is a Conflict.
+            dicom_headers: the headers file of the DICOM series the image was decoded from (moved in; DICOM SEG
+                results and labels are written against it); None: the image has none.
 
         Returns:
             the stored image's info.
@@ -289,12 +294,37 @@ class LocalDatastore(LabelStore, ActiveLearning, DatastoreViews):
             if old is not None and old != dest.name:
                 (self.root / old).unlink(missing_ok=True)
                 fsync_dir(self.root)
+            self._keep_headers(image_id, dicom_headers)
             meta = self._read_meta(image_id)
             meta["image"] = {"ext": ext, "ts": self.clock(), "client_id": client_id, "size": size,
                              "mtime_ns": dest.stat().st_mtime_ns, "inode": dest.stat().st_ino, "checksum": checksum, "info": info}
             self._write_meta(image_id, meta)
             log.info("datastore: added image %s (%d bytes)", image_id, size)
             return self._image_info(image_id, dest.name, meta)
+
+    def _headers_file(self, image_id: str) -> Path:
+        return self._meta_root / "dicom" / f"{image_id}.json"
+
+    def _keep_headers(self, image_id: str, headers: Path | None) -> None:
+        target = self._headers_file(image_id)
+        if headers is None:
+            target.unlink(missing_ok=True)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(headers, target)
+        fsync_dir(target.parent)
+
+    def dicom_headers_path(self, image_id: str) -> Path | None:
+        """The headers of the DICOM series image `image_id` was decoded from; None when it came otherwise."""
+        path = self._headers_file(check_image_id(image_id))
+        return path if path.is_file() else None
+
+    def local_image_path(self, image_id: str) -> Path | None:
+        """The image file of `image_id` if it is on this machine now (nothing is fetched); None otherwise."""
+        try:
+            return self.get_image_path(image_id)
+        except NotFound:
+            return None
 
     def get_image_path(self, image_id: str) -> Path:
         """The image file of `image_id`.
@@ -352,6 +382,7 @@ class LocalDatastore(LabelStore, ActiveLearning, DatastoreViews):
 
     def _forget(self, image_id: str) -> None:
         self._meta_path(image_id).unlink(missing_ok=True)
+        self._headers_file(image_id).unlink(missing_ok=True)
         shutil.rmtree(self._meta_root / "history" / image_id, ignore_errors=True)
         fsync_dir(self._meta_root / "meta")
 

@@ -70,15 +70,15 @@ def parse_extension(extension: str) -> ImageFormat:
     """The format a `result_extension` value names, such as `.nrrd`, `nii.gz` or `.NII.GZ` (dot optional).
 
     Raises:
-        InvalidImage: anything but `.nii.gz`, `.nii`, `.nrrd` or `.png`.
+        InvalidImage: anything but `.nii.gz`, `.nii`, `.nrrd`, `.png` or `.dcm` (a DICOM SEG).
     """
     ext = extension.strip().lower()
     if not ext.startswith("."):
         ext = "." + ext
     fmt = _SUFFIXES.get(ext)
-    if fmt is None or not fmt.is_volume_format and fmt is not ImageFormat.PNG:
+    if fmt is None or not fmt.is_volume_format and fmt not in (ImageFormat.PNG, ImageFormat.DICOM):
         raise InvalidImage(
-            f"unsupported result_extension {extension!r}; use one of .nii.gz, .nii, .nrrd",
+            f"unsupported result_extension {extension!r}; use one of .nii.gz, .nii, .nrrd, .dcm (DICOM SEG)",
             result_extension=extension,
         )
     return fmt

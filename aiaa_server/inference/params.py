@@ -137,8 +137,9 @@ class ResultOptions(BaseModel):
     ]})
 
     result_extension: str | None = Field(
-        None, description="format of the result image: .nii.gz, .nii or .nrrd (dot optional, any case); "
-        "default: the uploaded image's format", examples=[".nrrd"],
+        None, description="format of the result image: .nii.gz, .nii or .nrrd (dot optional, any case), or .dcm: "
+        "a DICOM SEG referencing the source series (images that came as DICOM series); default: the uploaded "
+        "image's format", examples=[".nrrd"],
     )
     result_dtype: str | None = Field(
         None, description=f"voxel type of the result image, one of {', '.join(RESULT_DTYPES)}; default uint8",

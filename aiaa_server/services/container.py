@@ -123,8 +123,20 @@ def _datastore(settings: Settings) -> DatastoreService:
     limits = DatastoreLimits(max_image_bytes=settings.max_request_bytes, max_label_bytes=settings.max_request_bytes,
                              max_images=settings.datastore_max_images, lock_seconds=settings.datastore_lock_seconds,
                              max_lock_seconds=max(settings.datastore_lock_seconds, 24 * 3600.0))
-    store = LocalDatastore(settings.datastore_dir, limits)
+    store = LocalDatastore(settings.datastore_dir, limits) if settings.datastore_url is None else \
+        _dicomweb_datastore(settings, limits)
     return DatastoreService(store, settings.tmp_dir, settings.decode_limits, settings.result_gzip_level)
+
+
+def _dicomweb_datastore(settings: Settings, limits: DatastoreLimits) -> LocalDatastore:
+    from aiaa_server.datastore.dicomweb import DicomWebDatastore, DicomWebOptions
+
+    assert settings.datastore_url is not None
+    token = settings.dicomweb_token.get_secret_value() if settings.dicomweb_token else None
+    cache_bytes = settings.dicomweb_cache_mb * 2**20
+    options = DicomWebOptions(max_cache_bytes=cache_bytes, max_series_bytes=min(2 << 30, cache_bytes))
+    return DicomWebDatastore(settings.datastore_url, settings.datastore_dir, limits, options=options, token=token,
+                             decode_limits=settings.decode_limits)
 
 
 def _training(settings: Settings, registry: ModelRegistry, datastore: DatastoreService) -> TrainingService:

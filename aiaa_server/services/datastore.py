@@ -15,13 +15,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from aiaa_server.datastore import DatastoreJson, DatastoreStats, ImageInfo, LabelInfo, LocalDatastore, TrainItem
+from aiaa_server.datastore.dicomweb import DicomWebDatastore
 from aiaa_server.datastore.ids import split_name
-from aiaa_server.errors import BadRequest, Conflict, IncompatibleInput, InvalidImage, NotFound
-from aiaa_server.imaging.formats import ImageFormat, client_basename
+from aiaa_server.errors import AIAAError, BadRequest, Conflict, IncompatibleInput, InvalidImage, NotFound
+from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
 from aiaa_server.imaging.limits import DecodeLimits
+from aiaa_server.services.dicom_seg import label_names_from, seg_bytes, seg_to_label_file
 from aiaa_server.services.inference import ImageUpload
-from aiaa_server.sessions.files import store_image
+from aiaa_server.sessions.files import DICOM_HEADERS, store_image
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +75,18 @@ class DatastoreService:
         return await asyncio.to_thread(collect)
 
     async def unlabelled(self) -> list[ImageFile]:
-        """Every image without a `final` label, sorted by id (one removed meanwhile is left out)."""
+        """Every image without a `final` label that is on this machine, sorted by id (one removed meanwhile is
+        left out; a DICOMweb series not fetched yet too: scoring never downloads a PACS)."""
         def collect() -> list[ImageFile]:
             store = self.datastore
             found = []
             for image_id in store.stats().ready:
                 try:
-                    path = store.get_image_path(image_id)
-                    stat = path.stat()
-                except (NotFound, OSError):
+                    path = store.local_image_path(image_id)
+                    stat = path.stat() if path is not None else None
+                except OSError:
+                    continue
+                if path is None or stat is None:
                     continue
                 found.append(ImageFile(image_id, path, (stat.st_size, stat.st_mtime_ns, stat.st_ino)))
             return found
@@ -102,6 +107,8 @@ class DatastoreService:
             BadRequest: (400) no file, an unsafe id. InvalidImage: (400) not a decodable image.
             Conflict: (409) see above, or the datastore is full. PayloadTooLarge: (413) over a limit.
         """
+        if isinstance(self.datastore, DicomWebDatastore):
+            self.datastore.add_image(image_id, Path())  # 501 before any upload is decoded: images live on the PACS
         if not uploads:
             raise BadRequest("no image uploaded: send the image as the multipart file part `file`")
         return await asyncio.to_thread(self._add_image, image_id, list(uploads), params)
@@ -120,8 +127,10 @@ class DatastoreService:
                                "delete it first (DELETE /datastore/image?id=...) or upload under another id",
                                image=image_id)
             client_id = params.get("client_id") if isinstance(params.get("client_id"), str) else None
+            headers = Path(folder) / DICOM_HEADERS
             return self.datastore.add_image(image_id, path, ext=path.name[len("image"):], client_id=client_id,
-                                            info=info, replace=True)
+                                            info=info, replace=True,
+                                            dicom_headers=headers if headers.is_file() else None)
 
     def _own_id(self, uploads: list[ImageUpload], series_uid: str) -> str:
         """MONAI Label's default id: the uploaded file's name without its extension (a DICOM series: its UID)."""
@@ -150,7 +159,8 @@ class DatastoreService:
         try:
             return self.datastore.get_image_info(image)
         except (NotFound, BadRequest) as missing:
-            for image_id in self.datastore.list_images():
+            candidates = [] if self.datastore.ids_are_series_uids else self.datastore.list_images()
+            for image_id in candidates:
                 info = self.datastore.get_image_info(image_id)
                 if info.info.get(SERIES_UID_KEY) == image:
                     return info
@@ -205,13 +215,38 @@ class DatastoreService:
         model = params.get("model") if isinstance(params.get("model"), str) else None
         with tempfile.TemporaryDirectory(prefix="req-label-", dir=self.tmp_dir) as folder:
             path = self._label_file(reference, upload, Path(folder))
-            return self.datastore.save_label(image.id, path, tag, client_id=client_id, model=model,
-                                             label_info=params)
+            saved = self.datastore.save_label(image.id, path, tag, client_id=client_id, model=model,
+                                              label_info=params)
+            if tag == "final" and isinstance(self.datastore, DicomWebDatastore):
+                self._store_seg(image.id, reference, path, params)
+            return saved
+
+    def _store_seg(self, image_id: str, reference: Volume, label: Path, params: dict[str, Any]) -> None:
+        """Send a final label back to the PACS as a DICOM SEG (STOW-RS); it is already saved here."""
+        assert isinstance(self.datastore, DicomWebDatastore)
+        labels = read_volume(label, label.name, limits=self.limits).array
+        if not np.any(labels):
+            return  # nothing to segment: an empty SEG has no segment to carry
+        try:
+            seg = seg_bytes(labels, reference, self.datastore.dicom_headers_path(image_id), label_names_from(params),
+                            self.limits)
+            stored = self.datastore.store_dicom(seg)
+        except AIAAError as exc:
+            raise type(exc)(f"the label is saved here, but its DICOM SEG did not reach the PACS: {exc.message}",
+                            **exc.details) from exc
+        log.info("datastore: final label of %s stored on the PACS as SEG series %s", image_id,
+                 ", ".join(stored.series_uids))
+
+    async def dicom_headers(self, image_id: str) -> Path | None:
+        """The headers of the DICOM series an image was decoded from (None: it was not)."""
+        return await asyncio.to_thread(self.datastore.dicom_headers_path, image_id)
 
     def _label_file(self, reference: Volume, upload: ImageUpload, folder: Path) -> Path:
         name = client_basename(upload.filename).lower()
         if name.endswith(RAW_LABEL_SUFFIX):
             return self._raw_label(reference, upload.path, folder)
+        if detect_format(upload.path, upload.filename) is ImageFormat.DICOM:
+            return seg_to_label_file(upload.path, reference, folder / "label.nii.gz", self.limits, self.gzip_level)
         label = read_volume(upload.path, upload.filename, limits=self.limits)
         if label.spatial_shape != reference.spatial_shape:
             raise IncompatibleInput(f"the label's shape {list(label.spatial_shape)} is not the image's "

@@ -24,6 +24,7 @@ from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.pool import InferencePool, Lane
 from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.config import AIAAConfig, ModelType
+from aiaa_server.services.dicom_seg import NOT_FROM_DICOM, SEG_MEDIA_TYPE, seg_bytes
 from aiaa_server.sessions import SessionNotFound, SessionStore
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class InferenceRequest:
     upload: ImageUpload | None = None
     session_id: str | None = None
     keep_box: tuple[slice, ...] | None = None  # result voxels outside this box are cleared (an ROI)
+    dicom_headers: Path | None = None  # the upload's DICOM series headers (DICOM SEG results); sessions know theirs
     centroids: bool = False  # also report each label's mean voxel index (MONAI Label's `centroids`)
 
 
@@ -152,6 +154,7 @@ class InferenceService:
 
     def _run_sync(self, model: ServedModel, request: InferenceRequest, params: RequestParams) -> InferenceResult:
         started = time.perf_counter()
+        headers = self._dicom_headers(request, params.result)
         volume, image_data, source = self._prepared_image(model, request)
         prepared = time.perf_counter()
         pipeline = model.pipeline
@@ -159,7 +162,7 @@ class InferenceService:
         output = pipeline.run_request(data)
         inferred = time.perf_counter()
         image = output.image if request.keep_box is None else _cleared_outside(output.image, request.keep_box)
-        result = self._encode(model, volume, image, output.json, params.result)
+        result = self._encode(model, volume, image, output.json, params.result, headers)
         if request.centroids and image is not None:
             result.centroids = label_centroids(image, len(model.config.labels))
         done = time.perf_counter()
@@ -168,6 +171,20 @@ class InferenceService:
         log.info("%s %s on %s %s: %.3f s", request.endpoint.value, model.name, source, volume.spatial_shape,
                  done - started)
         return result
+
+    def _dicom_headers(self, request: InferenceRequest, options: ResultOptions) -> Path | None:
+        """The source series' headers when the result is a DICOM SEG (400 before any work when there are none)."""
+        if options.output_format(ImageFormat.NIFTI_GZ) is not ImageFormat.DICOM:
+            return None
+        headers = request.dicom_headers
+        if request.session_id and self.sessions is not None:
+            try:
+                headers = self.sessions.dicom_headers(request.session_id)
+            except SessionNotFound as exc:
+                raise SessionExpired("Session Expired", session_id=request.session_id) from exc
+        if headers is None:
+            raise BadRequest(NOT_FROM_DICOM, result_extension=".dcm")
+        return headers
 
     def _prepared_image(self, model: ServedModel, request: InferenceRequest) -> tuple[Volume, dict[str, Any], str]:
         """The volume and its image-only pre-processing: from the session's cache (decoded and pre-processed
@@ -210,9 +227,8 @@ class InferenceService:
                 model=model.name, shape=list(shape),
             )
 
-    def _encode(
-        self, model: ServedModel, volume: Volume, image: Any, json_result: dict[str, Any], options: ResultOptions
-    ) -> InferenceResult:
+    def _encode(self, model: ServedModel, volume: Volume, image: Any, json_result: dict[str, Any],
+                options: ResultOptions, headers: Path | None = None) -> InferenceResult:
         if image is None:
             return InferenceResult(params=json_result)
         if tuple(image.shape) != volume.spatial_shape:
@@ -222,6 +238,11 @@ class InferenceService:
                 "(e.g. aiaa.transforms.Restored)",
             )
         fmt = options.output_format(volume.format)
+        if fmt is ImageFormat.DICOM:
+            names = dict(enumerate(model.config.labels, start=1))
+            payload = seg_bytes(image, volume, headers, names, self.limits, model.name, str(model.config.version))
+            return InferenceResult(params=json_result, image=payload, media_type=SEG_MEDIA_TYPE,
+                                   filename=f"{_safe_stem(volume.name)}_{_safe_stem(model.name)}_seg.dcm")
         payload = encode_volume(
             image, volume, fmt, dtype=options.dtype, compress=options.compress(fmt), gzip_level=self.gzip_level
         )

@@ -88,16 +88,18 @@ class MonaiLabelService:
         """
         model = self.registry.get(request.model)
         params = aiaa_params(request.params, model.config)
-        upload = request.upload
+        upload, headers = request.upload, None
         if request.session_id is None and upload is None:
             if not request.image:
                 raise BadRequest("no image: add ?image=ID (a datastore image), upload the part `file`, or add "
                                  "?session_id=", parameter="image")
             found = await self.datastore.image_info(request.image)
             upload = ImageUpload(path=Path(found.path), filename=found.name)
+            headers = await self.datastore.dicom_headers(found.id)
         result = await self.inference.run(InferenceRequest(
             endpoint=Endpoint.INFERENCE, model=model.name, params=params, upload=upload,
-            session_id=request.session_id, keep_box=roi_box(request.params.get("roi")), centroids=True))
+            session_id=request.session_id, keep_box=roi_box(request.params.get("roi")), centroids=True,
+            dicom_headers=headers))
         labels = {name: index for index, name in enumerate(model.config.labels, start=1)}
         centroids = {f"label_{value}": [str(value), *map(str, point)] for value, point in result.centroids.items()}
         result.params = {**result.params, "label_names": labels, "latencies": result.latencies,

@@ -49,6 +49,9 @@ class StoredImage:
     dicom_ids: dict[str, str] = field(default_factory=dict)  # SeriesInstanceUID… of a DICOM upload
 
 
+DICOM_HEADERS = "dicom_headers.json"  # a DICOM series' headers, for DICOM SEG results
+
+
 def save_format(save_as: str | None) -> ImageFormat:
     """The format a DICOM series is stored in: `save_as` (`.nii`, `nii.gz`, `.nrrd`), NIfTI-gz by default."""
     if save_as is None or not save_as.strip():
@@ -78,7 +81,8 @@ def store_image(uploads: Sequence[SessionUpload], folder: Path, save_fmt: ImageF
     if all(f in (ImageFormat.DICOM, ImageFormat.ZIP) for f in formats):
         image_name = "image" + save_fmt.value
         volume, slices, ids = dicom_series_to_file([u.path for u in uploads], folder / "dicom-unpacked",
-                                                   folder / image_name, save_fmt, gzip_level, limits)
+                                                   folder / image_name, save_fmt, gzip_level, limits,
+                                                   headers_path=folder / DICOM_HEADERS)
         return StoredImage("dicom_series", image_name, volume, f"dicom series ({slices} slices)", save_fmt, ids)
     if len(uploads) == 1:
         raise InvalidImage(f"sessions hold 3D volumes (NIfTI, NRRD or DICOM); got a {formats[0].value} file")

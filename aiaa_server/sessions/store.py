@@ -43,6 +43,7 @@ from aiaa_server.sessions.backends import (
 )
 from aiaa_server.sessions.cache import ByteLRU, _Preprocessed
 from aiaa_server.sessions.files import (
+    DICOM_HEADERS,
     PARTIAL_SUFFIX,
     SessionUpload,
     folder_bytes,
@@ -326,6 +327,11 @@ class SessionStore:
             self._forget(session_id)
             raise SessionNotFound(f"session {session_id!r} does not exist or has expired", session_id=session_id)
         return touched
+
+    def dicom_headers(self, session_id: str) -> Path | None:
+        """The session's DICOM series headers (for DICOM SEG results) when its image came as a DICOM series."""
+        path = self._image_path(session_id).parent / DICOM_HEADERS
+        return path if path.is_file() else None
 
     def _image_path(self, session_id: str) -> Path:
         with self._guard:
