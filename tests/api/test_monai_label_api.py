@@ -3,6 +3,7 @@ automatic segmentation, DeepGrow clicks, save, datastore, sessions), then the da
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pydicom
 import pytest
 
 from aiaa_demo.synthetic_shapes import first_click, make_scene, next_click
@@ -18,6 +20,8 @@ from aiaa_server.imaging.io import decode_result
 from tests.support.multipart import parse_multipart
 from tests.support.server import LiveServer, start_server
 from tests.support.volumes import cube_volume, dice, lps_affine, save_nifti
+
+REPO = Path(__file__).resolve().parents[2]
 
 DEEPGROW_3D = "demo_deepgrow_3d"
 THRESHOLD = "test_threshold"
@@ -262,13 +266,27 @@ def test_a_dicom_series_keeps_its_ids_for_the_clients(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w") as handle:
         for path in paths:
             handle.write(path, path.name)
-    with start_server(tmp_path / "ws", ["--no-bundled_models"], wait_ready=False) as live, live.client() as client:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "classical_region_grow").symlink_to(REPO / "models" / "classical_region_grow")
+    click = json.dumps({"foreground": [[8, 8, 2]]})
+    with start_server(tmp_path / "ws", ["--no-bundled_models", "--models", str(models)],
+                      wait_ready=False) as live, live.client() as client:
         with open(archive, "rb") as file:
             added = client.put("/datastore/image", data={"params": "{}"}, files={"file": ("series.zip", file)})
         assert added.json() == {"image": "1.2.826.0.1.3680043.99.1"}
         sample = client.post("/activelearning/first", json={"client_id": None}).json()
+        seg = client.post("/infer/classical_region_grow", params={"image": added.json()["image"],
+                                                                   "output": "dicom_seg"}, data={"params": click})
     assert sample["SeriesInstanceUID"] == "1.2.826.0.1.3680043.99.1" and sample["StudyInstanceUID"] == "1.2.3"
     assert sample["name"] == "1.2.826.0.1.3680043.99.1.nii.gz" and Path(sample["path"]).is_file()
+    assert seg.status_code == 200, seg.text
+    dataset = pydicom.dcmread(io.BytesIO(seg.content))
+    assert dataset.Modality == "SEG"
+    assert dataset.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.826.0.1.3680043.99.1"
+    referenced = {str(item.ReferencedSOPInstanceUID) for item in dataset.ReferencedSeriesSequence[0]
+                  .ReferencedInstanceSequence}
+    assert referenced <= {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in paths}
 
 
 def test_an_existing_monai_label_folder_is_served_as_is(tmp_path: Path, cube_nifti: tuple) -> None:

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import BasicTextSRStorage, CTImageStorage, ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
+from pydicom.uid import BasicTextSRStorage, CTImageStorage, ExplicitVRLittleEndian, HTJ2KLossless, generate_uid
 
 from aiaa_server.errors import InvalidImage, PayloadTooLarge
 from aiaa_server.imaging.dicom import read_dicom_series, read_dicom_series_with_headers, read_series_headers
@@ -59,6 +59,7 @@ def write_series(
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, uid
         ds.Modality = "CT"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.3", series_uid
+        ds.FrameOfReferenceUID = "1.2.3.4"
         ds.InstanceNumber = hu.shape[2] - k  # deliberately not the spatial order
         ds.Rows, ds.Columns = hu.shape[1], hu.shape[0]
         ds.PixelSpacing = [row_spacing, col_spacing]
@@ -352,18 +353,18 @@ def test_tilt_in_the_orientation_itself_is_not_gantry_tilt(tmp_path: Path) -> No
 
 
 def test_compressed_slices_without_a_decoder_name_their_transfer_syntax(tmp_path: Path) -> None:
-    def jpeg_lossless(_k: int, ds: Dataset) -> None:
-        ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
-        ds.PixelData = encapsulate([b"\xff\xd8 not really jpeg \xff\xd9"])
+    def htj2k(_k: int, ds: Dataset) -> None:
+        ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+        ds.PixelData = encapsulate([b"\xff\x4f not really htj2k \xff\xd9"])
         ds["PixelData"].VR = "OB"
 
-    written = write_ct_series(tmp_path / "dcm", hu_volume((6, 5, 3)), edit=jpeg_lossless)
-    with pytest.raises(InvalidImage, match=r"JPEG Lossless, Non-Hierarchical, First-Order Prediction .*"
-                                           r"\(1\.2\.840\.10008\.1\.2\.4\.70\), which this server cannot decode"):
+    written = write_ct_series(tmp_path / "dcm", hu_volume((6, 5, 3)), edit=htj2k)
+    with pytest.raises(InvalidImage, match=r"High-Throughput JPEG 2000 Image Compression \(Lossless Only\) .*"
+                                           r"\(1\.2\.840\.10008\.1\.2\.4\.201\), which this server cannot decode"):
         read_dicom_series(written.paths, tmp_path / "work")
     with pytest.raises(InvalidImage) as refused:
         read_series_headers(written.paths, tmp_path / "work")  # found from the headers: no pixel is decoded
-    assert refused.value.details == {"transfer_syntax": JPEGLosslessSV1}
+    assert refused.value.details == {"transfer_syntax": HTJ2KLossless}
 
 
 def test_a_seg_sent_as_a_series_is_named(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import re
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
@@ -72,6 +75,37 @@ def _pillow(syntax: UID, fmt: str, eight_bit: bool = False) -> Callable[[Dataset
     return encode
 
 
+def _gdcm(syntax: UID) -> Callable[[Dataset], None]:
+    """Compressed by GDCM (JPEG Lossless: neither pydicom nor Pillow encodes it)."""
+    def encode(ds: Dataset) -> None:
+        import gdcm
+        import pydicom
+
+        codes = {JPEGLossless: gdcm.TransferSyntax.JPEGLosslessProcess14,
+                 JPEGLosslessSV1: gdcm.TransferSyntax.JPEGLosslessProcess14_1}
+        with tempfile.TemporaryDirectory() as folder:
+            source, target = str(Path(folder) / "in.dcm"), str(Path(folder) / "out.dcm")
+            ds.save_as(source, enforce_file_format=True)
+            reader = gdcm.ImageReader()
+            reader.SetFileName(source)
+            change = gdcm.ImageChangeTransferSyntax()
+            change.SetTransferSyntax(gdcm.TransferSyntax(codes[syntax]))
+            assert reader.Read()
+            change.SetInput(reader.GetImage())
+            assert change.Change()
+            writer = gdcm.ImageWriter()
+            writer.SetFileName(target)
+            writer.SetFile(reader.GetFile())
+            writer.SetImage(change.GetOutput())
+            assert writer.Write()
+            encoded = pydicom.dcmread(target)
+        ds.PixelData = encoded.PixelData
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = syntax
+
+    return encode
+
+
 # syntax -> (encoder, lossy: compare within this many stored units)
 ENCODINGS: dict[UID, tuple[Callable[[Dataset], None], float]] = {
     ImplicitVRLittleEndian: (_plain(ImplicitVRLittleEndian), 0),
@@ -85,6 +119,8 @@ ENCODINGS: dict[UID, tuple[Callable[[Dataset], None], float]] = {
     JPEG2000: (_pillow(JPEG2000, "JPEG2000"), 0),
     JPEGBaseline8Bit: (_pillow(JPEGBaseline8Bit, "JPEG", eight_bit=True), 4),
     JPEGExtended12Bit: (_pillow(JPEGExtended12Bit, "JPEG", eight_bit=True), 4),
+    JPEGLossless: (_gdcm(JPEGLossless), 0),
+    JPEGLosslessSV1: (_gdcm(JPEGLosslessSV1), 0),
 }
 
 
