@@ -163,6 +163,8 @@ class Settings(BaseSettings):
     @field_validator("admin_token", "uncertainty_model", "dicomweb_token", "datastore", mode="before")
     @classmethod
     def _empty_token_is_none(cls, value: object) -> object:
+        if isinstance(value, Path):
+            return str(value)
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("models")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from aiaa_server.datastore.atomic import atomic_copy, atomic_write_json, clean_temp_files, read_json, same_file
+from aiaa_server.datastore.dicom_headers import DicomHeaders
 from aiaa_server.datastore.ids import (
     DEFAULT_EXTENSIONS,
     LabelTag,
@@ -55,7 +56,7 @@ LABELS_DIR = "labels"
 FINAL = LabelTag.FINAL.value
 
 
-class LocalDatastore(LabelStore, ActiveLearning, DatastoreViews):
+class LocalDatastore(LabelStore, ActiveLearning, DatastoreViews, DicomHeaders):
     """Images and labels in a local folder, with metadata, label versions and active-learning locks.
 
     Args:
@@ -301,23 +302,6 @@ class LocalDatastore(LabelStore, ActiveLearning, DatastoreViews):
             self._write_meta(image_id, meta)
             log.info("datastore: added image %s (%d bytes)", image_id, size)
             return self._image_info(image_id, dest.name, meta)
-
-    def _headers_file(self, image_id: str) -> Path:
-        return self._meta_root / "dicom" / f"{image_id}.json"
-
-    def _keep_headers(self, image_id: str, headers: Path | None) -> None:
-        target = self._headers_file(image_id)
-        if headers is None:
-            target.unlink(missing_ok=True)
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(headers, target)
-        fsync_dir(target.parent)
-
-    def dicom_headers_path(self, image_id: str) -> Path | None:
-        """The headers of the DICOM series image `image_id` was decoded from; None when it came otherwise."""
-        path = self._headers_file(check_image_id(image_id))
-        return path if path.is_file() else None
 
     def local_image_path(self, image_id: str) -> Path | None:
         """The image file of `image_id` if it is on this machine now (nothing is fetched); None otherwise."""
