@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Request
 from aiaa_server.api.deps import ServicesDep
 from aiaa_server.api.forms import read_body
 from aiaa_server.api.openapi import BINARY, errors, multipart_request
-from aiaa_server.sessions import NotSupported, SessionCreated, SessionInfo
+from aiaa_server.sessions import SessionCreated, SessionInfo
 
 router = APIRouter(tags=["sessions"])
 
@@ -36,9 +36,10 @@ async def create_session(
     uncompress: Annotated[str | None, Query(description="accepted for compatibility; ignored")] = None,
 ) -> SessionCreated:
     async with read_body(request, services.settings.tmp_dir, max_bytes=services.settings.max_request_bytes) as body:
-        if not body.files and "dicom" in body.params:
-            raise NotSupported("pulling a DICOM series from a PACS is not supported: upload the DICOM files instead")
-        info = await asyncio.to_thread(services.sessions.create, body.files, expiry, save_as)
+        files = body.files
+        if not files and "dicom" in body.params:
+            files = await services.datastore.pacs_series(body.params["dicom"])
+        info = await asyncio.to_thread(services.sessions.create, files, expiry, save_as)
     return SessionCreated(session_id=info.session_id, session_info=info)
 
 

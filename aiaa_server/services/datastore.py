@@ -17,7 +17,16 @@ import numpy as np
 from aiaa_server.datastore import DatastoreJson, DatastoreStats, ImageInfo, LabelInfo, LocalDatastore, TrainItem
 from aiaa_server.datastore.dicomweb import DicomWebDatastore
 from aiaa_server.datastore.ids import split_name
-from aiaa_server.errors import AIAAError, BadRequest, Conflict, IncompatibleInput, InvalidImage, NotFound
+from aiaa_server.errors import (
+    AIAAError,
+    BadRequest,
+    Conflict,
+    IncompatibleInput,
+    InvalidImage,
+    InvalidParams,
+    NotFound,
+    NotImplementedOnServer,
+)
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
 from aiaa_server.imaging.io import Volume, encode_volume, read_volume
 from aiaa_server.imaging.limits import DecodeLimits
@@ -236,6 +245,26 @@ class DatastoreService:
                             **exc.details) from exc
         log.info("datastore: final label of %s stored on the PACS as SEG series %s", image_id,
                  ", ".join(stored.series_uids))
+
+    async def pacs_series(self, request: Any) -> list[ImageUpload]:
+        """The instance files of the series an AIAA client asks a session to pull (OHIF's `{"dicom": {...,
+        "series_uid"}}`), from the DICOMweb datastore; its `server_address`, `server_port` and `ae_title` are
+        not used: the server only fetches from the PACS it was configured with.
+
+        Raises:
+            NotImplementedOnServer: (501) the datastore is not a DICOMweb server. InvalidParams: (400) no
+            `series_uid`. NotFound: (404) not a series of the PACS. UpstreamError: (502) the PACS failed.
+        """
+        store = self.datastore
+        if not isinstance(store, DicomWebDatastore):
+            raise NotImplementedOnServer("pulling a DICOM series needs a PACS: start the server with --datastore "
+                                         "dicomweb+http(s)://host/dicom-web, or upload the DICOM files instead")
+        series_uid = request.get("series_uid") if isinstance(request, dict) else None
+        if not isinstance(series_uid, str) or not series_uid:
+            raise InvalidParams('dicom.series_uid is missing: send {"dicom": {"series_uid": "1.2..."}}',
+                                key="dicom.series_uid")
+        files = await asyncio.to_thread(store.series_files, series_uid)
+        return [ImageUpload(path=path, filename=path.name) for path in files]
 
     async def dicom_headers(self, image_id: str) -> Path | None:
         """The headers of the DICOM series an image was decoded from (None: it was not)."""

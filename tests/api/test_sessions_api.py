@@ -134,13 +134,13 @@ def test_unknown_session(server: LiveServer) -> None:
     assert response.status_code == 440 and response.json()["detail"] == "Session Expired"
 
 
-def test_pacs_pull_is_not_supported(server: LiveServer) -> None:
+def test_pacs_pull_needs_a_dicomweb_datastore(server: LiveServer) -> None:
     dicom = {"dicom": {"server_address": "pacs", "server_port": 104, "ae_title": "X", "query_level": "SERIES",
                        "patient_id": "p", "study_uid": "1.2", "series_uid": "1.2.3"}}
     with server.client() as client:
         response = client.put("/session/", params={"expiry": 0, "save_as": ".nii"}, json=dicom)
     assert response.status_code == 501
-    assert "not supported" in response.json()["detail"]
+    assert "--datastore dicomweb+http" in response.json()["detail"]
 
 
 def test_refuses_png_and_empty_uploads(server: LiveServer, tmp_path: Path) -> None:
