@@ -13,8 +13,7 @@ series shares one deadline (`DecodeLimits.dicom_timeout_s`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -23,8 +22,15 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from aiaa_server.errors import AIAAError, InvalidImage
-from aiaa_server.imaging.dicom_files import Deadline, check_transfer_syntax, expand, expand_zips, read_header
+from aiaa_server.errors import InvalidImage
+from aiaa_server.imaging.dicom_files import (
+    Deadline,
+    check_transfer_syntax,
+    expand,
+    expand_zips,
+    malformed_is_invalid,
+    read_header,
+)
 from aiaa_server.imaging.dicom_headers import strip_header
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import LPS_TO_RAS, Volume, check_affine
@@ -273,16 +279,6 @@ def _voxels(slices: list[_Slice], limits: DecodeLimits, deadline: Deadline) -> n
     return array
 
 
-@contextmanager
-def _malformed_is_invalid() -> Iterator[None]:
-    try:
-        yield
-    except AIAAError:
-        raise
-    except Exception as exc:  # pydicom raises many types for malformed values (a non-numeric position, ...)
-        raise InvalidImage(f"could not decode the DICOM series: {exc}") from exc
-
-
 def _decode(paths: Sequence[Path], work_dir: Path, limits: DecodeLimits) -> DicomSeries:
     deadline = Deadline(limits.dicom_timeout_s)
     series = _open_series(paths, work_dir, limits, deadline)
@@ -322,7 +318,7 @@ def read_dicom_series(paths: Sequence[Path], work_dir: Path, limits: DecodeLimit
             uneven slice gaps (a missing slice), gantry tilt, a SEG or multi-frame object.
         PayloadTooLarge: (413) over a limit, the limit named; raised before the pixels are decoded.
     """
-    with _malformed_is_invalid():
+    with malformed_is_invalid("the DICOM series"):
         return _decode(paths, work_dir, limits).volume
 
 
@@ -339,7 +335,7 @@ def read_dicom_series_with_headers(paths: Sequence[Path], work_dir: Path,
         InvalidImage: (400) as `read_dicom_series`.
         PayloadTooLarge: (413) as `read_dicom_series`.
     """
-    with _malformed_is_invalid():
+    with malformed_is_invalid("the DICOM series"):
         return _decode(paths, work_dir, limits)
 
 
@@ -358,7 +354,7 @@ def read_series_headers(paths: Sequence[Path], work_dir: Path, limits: DecodeLim
         InvalidImage: (400) as `read_dicom_series`, except for errors only decoding the pixels finds.
         PayloadTooLarge: (413) too many files or bytes, or past the deadline.
     """
-    with _malformed_is_invalid():
+    with malformed_is_invalid("the DICOM series"):
         return _headers(paths, work_dir, limits)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 import time
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +140,18 @@ def read_header(source: Path | bytes, deadline: Deadline, stop_when: StopWhen | 
         raise
     except Exception as exc:
         raise InvalidImage(f"a file of the upload is not DICOM: {exc}") from exc
+
+
+@contextmanager
+def malformed_is_invalid(what: str) -> Iterator[None]:
+    """Any failure but an AIAAError becomes InvalidImage (400) naming `what` (pydicom raises many types for
+    malformed values: a non-numeric position, a truncated sequence, ...)."""
+    try:
+        yield
+    except AIAAError:
+        raise
+    except Exception as exc:
+        raise InvalidImage(f"could not decode {what}: {exc}") from exc
 
 
 def check_transfer_syntax(dataset: Dataset) -> None:

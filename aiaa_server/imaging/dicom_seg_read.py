@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -20,9 +19,15 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import iter_pixels
 from pydicom.tag import BaseTag, Tag
 
-from aiaa_server.errors import AIAAError, IncompatibleInput, InvalidImage, PayloadTooLarge
+from aiaa_server.errors import IncompatibleInput, InvalidImage, PayloadTooLarge
 from aiaa_server.imaging.dicom import SEGMENTATION_CLASSES, orientation, slice_affine, slice_tolerance_mm
-from aiaa_server.imaging.dicom_files import MAX_HEADER_READS, Deadline, check_transfer_syntax, read_header
+from aiaa_server.imaging.dicom_files import (
+    MAX_HEADER_READS,
+    Deadline,
+    check_transfer_syntax,
+    malformed_is_invalid,
+    read_header,
+)
 from aiaa_server.imaging.io import LPS_TO_RAS, Volume, check_affine
 from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits, check_shape
 
@@ -228,16 +233,6 @@ def _paint(ds: Dataset, frames: _Frames, ks: np.ndarray, labels: np.ndarray, dea
             plane[pixels.T > threshold] = frames.segments[index]
 
 
-@contextmanager
-def _malformed_is_invalid() -> Iterator[None]:
-    try:
-        yield
-    except AIAAError:
-        raise
-    except Exception as exc:  # pydicom raises many types for malformed values
-        raise InvalidImage(f"could not decode the DICOM SEG: {exc}") from exc
-
-
 def _source_bytes(source: Path | bytes, limits: DecodeLimits) -> bytes:
     if isinstance(source, bytes):
         return source
@@ -274,7 +269,7 @@ def read_dicom_seg(source: Path | bytes, reference: Volume | None = None,
     """
     data = _source_bytes(source, limits)
     deadline = Deadline(limits.dicom_timeout_s)
-    with _malformed_is_invalid():
+    with malformed_is_invalid("the DICOM SEG"):
         head = read_header(data, deadline, stop_when=_before_per_frame_groups)
         count, rows, columns = _check_declared_sizes(head, len(data), limits)
         ds = read_header(data, deadline, max_reads=MAX_HEADER_READS + READS_PER_FRAME * count)

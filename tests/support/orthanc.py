@@ -22,7 +22,7 @@ import requests
 from aiaa_demo.datasets.cache import default_cache
 from aiaa_demo.datasets.convert import read_nifti
 from aiaa_demo.datasets.dicom_export import subsample, volume_to_dicom_series
-from tests.support.server import free_port
+from tests.support.server import free_port, stop_process
 
 PLUGIN_PATHS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so")
 INSTALL_HINT = "install Debian's orthanc and orthanc-dicomweb (bash .ci/deploy-deps.sh)"
@@ -87,13 +87,7 @@ class OrthancServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate, then kill if it does not exit within `timeout` seconds."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
 
 
 def orthanc_binary() -> str | None:
