@@ -25,6 +25,7 @@ from aiaa_server.api import (
     sessions,
     system,
     training,
+    ui,
 )
 from aiaa_server.api.body_timeout import BodyTimeoutMiddleware
 from aiaa_server.api.cors import CorsPolicy
@@ -81,7 +82,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout)
     app.add_middleware(MetricsMiddleware, metrics=services.http_metrics)  # outermost: times CORS preflights too
     _add_error_handlers(app)
-    for module in (system, models, inference, training, admin, sessions, polygons, metrics, monai_label, datastore):
+    for module in (system, models, inference, training, admin, sessions, polygons, metrics, monai_label, datastore,
+                   ui):
         app.include_router(module.router)
     app.mount(STATIC_PATH, static_files(), name="static")
     _complete_schema(app)
