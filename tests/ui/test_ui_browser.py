@@ -26,7 +26,9 @@ from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.select import Select
 
+from aiaa_demo.datasets.dicom_export import volume_to_dicom_series
 from aiaa_demo.phantoms import ORGAN_LABELS, make_abdomen_phantom, save_nifti
 from tests.support.server import LiveServer, start_server
 
@@ -212,6 +214,50 @@ def test_annotate_in_the_browser(live: LiveServer, browser: Any, phantom: tuple[
     browser.save_screenshot(str(tmp_path / "ui.png"))  # the whole page: the artefact to look at
     if os.environ.get("AIAA_UI_SCREENSHOT"):  # the README's picture: AIAA_UI_SCREENSHOT=docs/ui.png
         shutil.copy(tmp_path / "ui.png", REPO / os.environ["AIAA_UI_SCREENSHOT"])
+
+
+def test_a_dicom_series_and_dextr3d(live: LiveServer, browser: Any, tmp_path: Path) -> None:
+    """DICOM files go to the datastore (the server reads the series), the page shows the volume it stored, and six
+    extreme points of an organ clicked on it come back from DExtr3D as a mask on that organ."""
+    ct = make_abdomen_phantom(np.random.default_rng(5), shape=(96, 96, 32), lps_orientation=True)
+    series = volume_to_dicom_series(ct.image.astype(np.int16), ct.affine, tmp_path / "series")
+    browser.get(live.url("/ui/"))
+    browser.execute_async_script("aiaaUI.ready.then(arguments[0])")
+    browser.find_element(By.ID, "file").send_keys("\n".join(str(p) for p in series.paths))
+    wait_for(lambda: browser.find_element(By.ID, "status").text.startswith("ready"), "the DICOM session", browser)
+    image_id = browser.execute_script("return aiaaUI.state.datastoreId")
+    assert image_id and browser.find_element(By.ID, "imageId").get_attribute("value") == image_id
+    with live.client() as client:
+        stored = client.get("/datastore/image", params={"image": image_id})
+    stored_path = tmp_path / "stored.nii.gz"
+    stored_path.write_bytes(stored.content)
+    stored_affine = nib.load(stored_path).affine
+
+    organ = next(o for o in ("spleen", "left_kidney", "right_kidney", "liver")
+                 if (ct.labels == ORGAN_LABELS[o]).sum() > 300)  # the field of view cuts some organs off
+    organ_voxels = np.argwhere(ct.labels == ORGAN_LABELS[organ])
+    extremes = [organ_voxels[pick(organ_voxels[:, a])] for pick in (np.argmin, np.argmax) for a in range(3)]
+    to_stored = np.linalg.inv(stored_affine) @ ct.affine
+    points = [[round(float(v)) for v in (to_stored @ [*p, 1.0])[:3]] for p in extremes]
+    Select(browser.find_element(By.ID, "mode")).select_by_value("extreme")
+    for point in points:
+        click_voxel(browser, point)
+    assert browser.execute_script("return aiaaUI.state.extreme") == points
+    requests = browser.execute_script("return aiaaUI.state.requests")
+    browser.find_element(By.ID, "dextr").click()
+    idle_after(browser, requests + 1)
+
+    browser.find_element(By.ID, "download").click()
+    download = wait_for(lambda: next(browser.downloads.glob(f"{image_id}_label.nii.gz"), None), "the download")
+    wait_for(lambda: download.stat().st_size > 0 and not list(browser.downloads.glob("*.crdownload")), "the file")
+    mask = np.asarray(nib.load(download).dataobj) > 0
+    assert mask.shape == nib.load(stored_path).shape
+    # the organ on the stored grid (the same voxels as the phantom's, reindexed by the series' orientation)
+    organ_stored = np.zeros(mask.shape, bool)
+    index = np.rint((to_stored @ np.c_[organ_voxels, np.ones(len(organ_voxels))].T)[:3].T).astype(int)
+    organ_stored[tuple(index.T)] = True
+    dice = 2 * (mask & organ_stored).sum() / (mask.sum() + organ_stored.sum())
+    assert dice > 0.5, (organ, dice)
 
 
 def test_server_errors_show_their_detail(live: LiveServer, browser: Any) -> None:

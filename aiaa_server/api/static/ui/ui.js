@@ -134,6 +134,20 @@ async function openImage(bytes, name, datastoreId) {
   status(`ready: session ${state.session.slice(0, 8)}…`);
 }
 
+const VOLUME = /\.(nii|nii\.gz|nrrd)$/i;
+
+async function openDicom(files) {
+  // NiiVue reads no DICOM: the server assembles the series (its own series reader) into the datastore, under the
+  // series' id, and the page opens the volume it stored; labels saved later belong to that image.
+  status(`uploading ${files.length} DICOM file(s) to the datastore…`);
+  const form = formWith({ client_id: "web-annotator" });
+  files.forEach((file, index) => form.append(files.length === 1 ? "file" : `image${index}`, file, file.name));
+  const id = (await (await request("PUT", "datastore/", form)).json()).image;
+  const volume = await request("GET", `datastore/image?image=${encodeURIComponent(id)}`);
+  await openImage(await volume.arrayBuffer(), `${id}.nii.gz`, id);
+  refreshDatastore().catch(() => {});
+}
+
 async function showMask(bytes, remember = true) {
   if (remember) state.history.push({ mask: state.mask, ...state.applied });
   const old = nv.volumes[1];
@@ -379,8 +393,12 @@ function wireControls() {
   canvas.addEventListener("pointerup", onPointerUp);
   canvas.addEventListener("contextmenu", (event) => event.preventDefault());
   $("file").addEventListener("change", () => guarded("opening the file", async () => {
-    const file = $("file").files[0];
-    if (file) await openImage(await file.arrayBuffer(), file.name, null);
+    const files = [...$("file").files];
+    if (files.length === 1 && VOLUME.test(files[0].name)) {
+      await openImage(await files[0].arrayBuffer(), files[0].name, null);
+    } else if (files.length) {
+      await openDicom(files);
+    }
   }));
   $("datastoreRefresh").addEventListener("click", () => guarded("datastore", refreshDatastore));
   $("datastoreOpen").addEventListener("click", () => guarded("opening the datastore image", async () => {
