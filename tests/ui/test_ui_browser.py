@@ -194,9 +194,16 @@ def test_annotate_in_the_browser(live: LiveServer, browser: Any, phantom: tuple[
     assert browser.execute_script("return [aiaaUI.state.fg.length, aiaaUI.state.bg.length]") == [0, 0]
     assert red_pixels(browser, tmp_path / "undone.png") <= before + 20  # the planes and the 3D render
 
-    # automatic segmentation, then save to the datastore under an id the annotator chose
+    # automatic segmentation; its overlay fades out with the opacity slider; then save to the datastore under an
+    # id the annotator chose
     browser.find_element(By.ID, "segment").click()
     idle_after(browser, 3)
+    assert red_pixels(browser) > before + 200
+    set_range = ("const r = document.getElementById('opacity'); r.value = arguments[0];"
+                 "r.dispatchEvent(new Event('input'));")
+    browser.execute_script(set_range, "0")
+    wait_for(lambda: red_pixels(browser) <= before + 20, "a transparent label", browser)
+    browser.execute_script(set_range, "0.5")
     box = browser.find_element(By.ID, "imageId")
     box.clear()
     box.send_keys("ui_phantom")
@@ -214,6 +221,24 @@ def test_annotate_in_the_browser(live: LiveServer, browser: Any, phantom: tuple[
     browser.save_screenshot(str(tmp_path / "ui.png"))  # the whole page: the artefact to look at
     if os.environ.get("AIAA_UI_SCREENSHOT"):  # the README's picture: AIAA_UI_SCREENSHOT=docs/ui.png
         shutil.copy(tmp_path / "ui.png", REPO / os.environ["AIAA_UI_SCREENSHOT"])
+
+
+def test_open_from_the_datastore(live: LiveServer, browser: Any) -> None:
+    """The image saved above comes back from the datastore picker; its label saves without uploading it again."""
+    browser.get(live.url("/ui/"))
+    browser.execute_async_script("aiaaUI.ready.then(arguments[0])")
+    Select(browser.find_element(By.ID, "datastoreImages")).select_by_value("ui_phantom")
+    browser.find_element(By.ID, "datastoreOpen").click()
+    wait_for(lambda: browser.find_element(By.ID, "status").text.startswith("ready"), "the image", browser)
+    assert browser.execute_script("return aiaaUI.state.datastoreId") == "ui_phantom"
+    assert browser.find_element(By.ID, "imageId").get_attribute("value") == "ui_phantom"
+    browser.find_element(By.ID, "segment").click()
+    idle_after(browser, 1)
+    browser.find_element(By.ID, "save").click()
+    wait_for(lambda: "saved" in browser.find_element(By.ID, "status").text, "the save", browser)
+    with live.client() as client:
+        versions = client.get("/datastore/label/info", params={"label": "ui_phantom", "tag": "final"}).json()
+    assert len(versions["versions"]) >= 1  # the second save kept the first as a version
 
 
 def test_a_dicom_series_and_dextr3d(live: LiveServer, browser: Any, tmp_path: Path) -> None:
