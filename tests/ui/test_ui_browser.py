@@ -96,12 +96,16 @@ def idle_after(browser: Any, requests: int) -> None:
     assert browser.find_element(By.ID, "error").text == ""
 
 
-def red_pixels(browser: Any, path: Path | None = None) -> int:
-    """Pixels of the canvas where red dominates: the label overlay (the CT is grey)."""
+def canvas_rgb(browser: Any, path: Path | None = None) -> np.ndarray:
     png = browser.find_element(By.ID, "viewer").screenshot_as_png
     if path:
         path.write_bytes(png)
-    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def red_pixels(browser: Any, path: Path | None = None) -> int:
+    """Pixels of the canvas where red dominates: the label overlay (the CT is grey)."""
+    rgb = canvas_rgb(browser, path)
     return int(((rgb[..., 0] - rgb[..., 1] > 80) & (rgb[..., 0] - rgb[..., 2] > 80)).sum())
 
 
@@ -160,6 +164,14 @@ def test_annotate_in_the_browser(live: LiveServer, browser: Any, phantom: tuple[
     with live.client() as client:
         assert client.get(f"/session/{session}").status_code == 200
     before = red_pixels(browser)
+
+    # window and level: a bone level darkens the soft tissue the CT opened with
+    soft_tissue = canvas_rgb(browser)
+    set_number = ("const n = document.getElementById(arguments[0]); n.value = arguments[1];"
+                  "n.dispatchEvent(new Event('change'));")
+    browser.execute_script(set_number, "level", "400")
+    wait_for(lambda: canvas_rgb(browser).mean() < soft_tissue.mean() - 3, "a darker picture", browser)
+    browser.execute_script(set_number, "level", "40")
 
     liver = inside(labels, "liver")
     click_voxel(browser, liver)
