@@ -69,6 +69,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
                  "--disable-background-networking", "--disable-component-update"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never look for drivers on the internet
+    os.environ.setdefault("SE_AVOID_STATS", "true")
     driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
     driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
     driver.downloads = downloads
@@ -236,9 +238,13 @@ def test_annotate_in_the_browser(live: LiveServer, browser: Any, phantom: tuple[
 
 
 def test_open_from_the_datastore(live: LiveServer, browser: Any) -> None:
-    """The image saved above comes back from the datastore picker; its label saves without uploading it again."""
+    """The image saved above comes back from the datastore picker; its label saves without uploading it again.
+    The page left closes its session."""
+    left = browser.execute_script("return aiaaUI.state.session")
     browser.get(live.url("/ui/"))
     browser.execute_async_script("aiaaUI.ready.then(arguments[0])")
+    with live.client() as client:
+        wait_for(lambda: client.get(f"/session/{left}").status_code == 404, "the old session closed")
     Select(browser.find_element(By.ID, "datastoreImages")).select_by_value("ui_phantom")
     browser.find_element(By.ID, "datastoreOpen").click()
     wait_for(lambda: browser.find_element(By.ID, "status").text.startswith("ready"), "the image", browser)

@@ -392,6 +392,9 @@ function wireControls() {
   canvas.addEventListener("pointerdown", onPointerDown);
   canvas.addEventListener("pointerup", onPointerUp);
   canvas.addEventListener("contextmenu", (event) => event.preventDefault());
+  window.addEventListener("pagehide", () => {  // the page goes: its session goes too (else it expires)
+    if (state.session) fetch(api(`session/${state.session}`), { method: "DELETE", keepalive: true }).catch(() => {});
+  });
   $("file").addEventListener("change", () => guarded("opening the file", async () => {
     const files = [...$("file").files];
     if (files.length === 1 && VOLUME.test(files[0].name)) {
