@@ -25,11 +25,13 @@ from aiaa_server.api import (
     sessions,
     system,
     training,
+    ui,
 )
 from aiaa_server.api.body_timeout import BodyTimeoutMiddleware
 from aiaa_server.api.cors import CorsPolicy
 from aiaa_server.api.metrics import MetricsMiddleware
 from aiaa_server.api.openapi import complete_schema
+from aiaa_server.api.static_assets import STATIC_PATH, static_files
 from aiaa_server.errors import AIAAError, ServiceUnavailable, format_validation_errors
 from aiaa_server.logs import setup_logging
 from aiaa_server.security import warn_if_exposed
@@ -80,8 +82,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyTimeoutMiddleware, timeout_s=settings.body_timeout)
     app.add_middleware(MetricsMiddleware, metrics=services.http_metrics)  # outermost: times CORS preflights too
     _add_error_handlers(app)
-    for module in (system, models, inference, training, admin, sessions, polygons, metrics, monai_label, datastore):
+    for module in (system, models, inference, training, admin, sessions, polygons, metrics, monai_label, datastore,
+                   ui):
         app.include_router(module.router)
+    app.mount(STATIC_PATH, static_files(), name="static")
     _complete_schema(app)
     return app
 

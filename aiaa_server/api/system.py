@@ -1,4 +1,4 @@
-"""Landing page, Swagger UI on `/docs` and `/docs/` (200, no redirect), `/logs` (admin only), health checks."""
+"""Landing page, Swagger UI on `/docs` and `/docs/` (200, no redirect; its assets from the package), `/logs` (admin only), health checks."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from aiaa_server import __version__
 from aiaa_server.api.deps import AdminDep, SystemDep
 from aiaa_server.api.openapi import errors
+from aiaa_server.api.static_assets import STATIC_PATH
 from aiaa_server.mmar.loader import ModelInfo
 
 router = APIRouter(tags=["system"])
@@ -46,7 +47,15 @@ extension, OHIF or the AIAA clients at this address.</p>
 @router.get("/docs", include_in_schema=False)
 @router.get("/docs/", include_in_schema=False)
 def docs(request: Request) -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url=f"{_prefix(request)}/openapi.json", title="aiaa-server API")
+    """Swagger UI from the assets in the package (no CDN: it works offline), its URLs under the proxy prefix."""
+    prefix = _prefix(request)
+    assets = f"{prefix}{STATIC_PATH}/swagger"
+    return get_swagger_ui_html(
+        openapi_url=f"{prefix}/openapi.json", title="aiaa-server API",
+        swagger_js_url=f"{assets}/swagger-ui-bundle.js", swagger_css_url=f"{assets}/swagger-ui.css",
+        swagger_favicon_url=f"{assets}/favicon-32x32.png",
+        swagger_ui_parameters={"validatorUrl": None},  # else a badge image from validator.swagger.io
+    )
 
 
 @router.get("/logs", response_class=PlainTextResponse, responses=errors(401, 403, 422),
