@@ -222,9 +222,11 @@ class Writer:
         result = data.get(self.json_key)
         if result is None:
             result = {}
-        elif not isinstance(result, dict):
-            result = {self.json_key: result}
-        return WriterOutput(image=image, json=jsonable(result, self.json_key), json_key=self.json_key)
+        elif isinstance(result, dict):
+            result = jsonable(result, self.json_key)
+        else:
+            result = {self.json_key: jsonable(result, self.json_key)}
+        return WriterOutput(image=image, json=result, json_key=self.json_key)
 
 
 def jsonable(value: Any, key: str = "result") -> Any:
