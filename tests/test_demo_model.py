@@ -40,3 +40,38 @@ def test_spleen_dice_on_a_fresh_phantom(server: LiveServer, tmp_path: Path, seed
     score = dice(mask, truth)
     assert score >= 0.8, f"spleen Dice {score:.3f} on a fresh phantom"
     assert len(result.params["points"]) == 6
+
+
+def _classifier_cases():
+    """The demo classifier's `commands/cases.py` (phantoms with and without their spleen)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "models" / "demo_spleen_presence_classification" / "commands" / "cases.py"
+    spec = importlib.util.spec_from_file_location("_demo_classifier_cases", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FRESH_CLASSIFIER_CASES = 8
+MIN_CORRECT = 7  # the committed weights' held-out figures: docs/Readme.md of the model
+
+
+def test_demo_classifier_on_fresh_phantoms(server: LiveServer, tmp_path: Path) -> None:
+    """Stream 7 of `cases.py` (neither trained on, stream 0, nor in the MMAR's own evaluation, stream 1): half
+    with their spleen, half without, through the HTTP API."""
+    cases = _classifier_cases()
+    correct = []
+    for index in range(FRESH_CLASSIFIER_CASES):
+        phantom, label = cases.case(20261125, 7, index)
+        path = save_nifti(phantom, tmp_path / f"phantom{index}.nii.gz")
+        with server.client() as client:
+            response = client.post("/v1/inference", params={"model": "demo_spleen_presence_classification"},
+                                   data={"params": "{}"}, files={"datapoint": (path.name, path.read_bytes())})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["labels"] == ["no spleen", "spleen"]
+        assert sum(body["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        correct.append(body["prediction"] == cases.LABELS[label])
+    assert sum(correct) >= MIN_CORRECT, correct

@@ -20,7 +20,8 @@ router = APIRouter(tags=["inference"])
 INFERENCE_ERRORS = errors(400, 404, 408, 413, 422, 440, 503)
 SEGMENTATION_DOC = inference_operation(schemas.SegmentationParams, schemas.SEGMENTATION_EXAMPLE,
                                        schemas.DEMO_SEGMENTATION)
-INFERENCE_DOC = inference_operation(schemas.InferenceParams, schemas.INFERENCE_EXAMPLE, schemas.DEMO_SEGMENTATION)
+INFERENCE_DOC = inference_operation(schemas.InferenceParams, schemas.INFERENCE_EXAMPLE, schemas.DEMO_SEGMENTATION,
+                                    classification=True)
 DEXTR3D_DOC = inference_operation(schemas.Dextr3dParams, schemas.DEXTR3D_EXAMPLE, schemas.DEMO_DEXTR3D)
 DEEPGROW_DOC = inference_operation(schemas.DeepgrowParams, schemas.DEEPGROW_EXAMPLE, schemas.DEMO_DEEPGROW)
 
@@ -33,7 +34,8 @@ async def _run(
     async with read_body(request, services.settings.tmp_dir, max_bytes=services.settings.max_request_bytes) as body:
         result = await services.inference.run(
             InferenceRequest(
-                endpoint=endpoint, model=model, params=body.params, upload=body.first_file, session_id=session_id
+                endpoint=endpoint, model=model, params=body.params, upload=body.first_file, session_id=session_id,
+                report="fhir" if mode == "fhir" else None,
             )
         )
     return inference_response(result, mode)

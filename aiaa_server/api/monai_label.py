@@ -34,6 +34,11 @@ class InferOutput(str, enum.Enum):
     json = "json"
     all = "all"
     dicom_seg = "dicom_seg"  # the result as a DICOM SEG of the image's source series
+    dicom_sr = "dicom_sr"  # a classification as a DICOM SR (TID 1500) of the image's source series
+    fhir = "fhir"  # a classification as a FHIR R4 Observation (application/fhir+json)
+
+
+DICOM_OUTPUTS = (InferOutput.dicom_seg, InferOutput.dicom_sr)
 
 
 @router.get("/info/", summary="App info: models (type, labels, dimension), strategies, datastore totals")
@@ -53,10 +58,11 @@ async def infer(
     async with read_body(request, services.settings.tmp_dir, max_bytes=services.settings.max_request_bytes) as body:
         upload = body.file_named("file") or next(
             (f for f, name in zip(body.files, body.part_names, strict=True) if name != "label"), None)
-        params = {**body.params, "result_extension": ".dcm"} if output is InferOutput.dicom_seg else body.params
+        params = {**body.params, "result_extension": ".dcm"} if output in DICOM_OUTPUTS else body.params
         result = await services.monai_label.infer(MonaiInferRequest(
-            model=model, params=params, image=image or None, upload=upload, session_id=session_id or None))
-    return inference_response(result, "image" if output is InferOutput.dicom_seg else output.value)
+            model=model, params=params, image=image or None, upload=upload, session_id=session_id or None,
+            report="fhir" if output is InferOutput.fhir else None))
+    return inference_response(result, "image" if output in DICOM_OUTPUTS else output.value)
 
 
 @router.post("/activelearning/{strategy}", summary="Next image to annotate (locked to the asking client for a while)",

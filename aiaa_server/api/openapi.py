@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from aiaa_server.api.responses import OUTPUT_MODES
-from aiaa_server.api.schemas import SCHEMA_MODELS, ResultParams
+from aiaa_server.api.schemas import SCHEMA_MODELS, ClassificationResult, ResultParams
 
 BINARY = {"type": "string", "format": "binary"}
 REF_PREFIX = "#/components/schemas/"
@@ -127,7 +127,8 @@ def inference_parameters(model_example: str) -> list[dict[str, Any]]:
         _query("session_id", "use the image stored in this session (PUT /session/) instead of an upload; "
                "unknown or expired: 440", {"type": "string"}),
         _query("output", "all: multipart params + image (default); image: the result file alone; json: the params "
-               "alone (any case; other values: 400)", {"type": "string", "enum": list(OUTPUT_MODES), "default": "all"}),
+               "alone; fhir: a classification model's answer as a FHIR R4 Observation (any case; other values: "
+               "400)", {"type": "string", "enum": list(OUTPUT_MODES), "default": "all"}),
     ]
 
 
@@ -141,8 +142,10 @@ def result_multipart(params_model: type[BaseModel], image: str) -> dict[str, Any
     }
 
 
-def inference_operation(params_model: type[BaseModel], example: dict[str, Any], model_example: str) -> dict[str, Any]:
-    """`openapi_extra` of an inference route: query parameters, body, and the 200 answers of each output mode."""
+def inference_operation(params_model: type[BaseModel], example: dict[str, Any], model_example: str,
+                        classification: bool = False) -> dict[str, Any]:
+    """`openapi_extra` of an inference route: query parameters, body, and the 200 answers of each output mode
+    (with `classification`, also a classification model's: JSON, DICOM SR, FHIR Observation)."""
     image_file = {**BINARY, "description": "output=image: the result file alone (NIfTI or NRRD, as asked by "
                   "result_extension; default the input's format), named in Content-Disposition"}
     content = {
@@ -151,6 +154,12 @@ def inference_operation(params_model: type[BaseModel], example: dict[str, Any], 
         "application/octet-stream": {"schema": image_file},
         "application/json": {"schema": ref(ResultParams)},
     }
+    if classification:
+        content["application/json"] = {"schema": {"oneOf": [ref(ResultParams), ref(ClassificationResult)]}}
+        content["application/dicom"] = {"schema": {**BINARY, "description": "a classification model with "
+                                        "result_extension .dcm: a DICOM SR (TID 1500) of the source series"}}
+        content["application/fhir+json"] = {"schema": {"type": "object", "description": "output=fhir: a FHIR R4 "
+                                            "Observation (classification models)"}}
     summary = f"{model_example} with {params_model.__name__}"
     return {
         "parameters": inference_parameters(model_example),

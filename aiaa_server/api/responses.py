@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from aiaa_server.errors import InvalidParams
 from aiaa_server.services.inference import InferenceResult
 
-OUTPUT_MODES = ("all", "image", "json")
+OUTPUT_MODES = ("all", "image", "json", "fhir")  # fhir: classification models
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -72,7 +72,7 @@ def check_output_mode(output: str | None) -> str:
 def inference_response(result: InferenceResult, output: str) -> Response:
     if result.image is None or output == "json":
         return JSONResponse(result.params)
-    if output == "image":
+    if output in ("image", "fhir"):
         return Response(
             content=result.image,
             media_type=result.media_type,

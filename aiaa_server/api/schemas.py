@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from aiaa_server.inference.classification import ClassificationResult
 from aiaa_server.inference.interactive import MIN_DEXTR3D_POINTS
 from aiaa_server.inference.params import ResultOptions
 from aiaa_server.services.polygon_params import FixPolygonParams, Mask2PolygonParams
@@ -132,5 +133,5 @@ class MaskPolygons(RootModel[list[list[list[Annotated[list[int], Field(min_lengt
 
 SCHEMA_MODELS: tuple[type[BaseModel], ...] = (
     ResultOptions, SegmentationParams, InferenceParams, DeepgrowParams, Dextr3dParams, Mask2PolygonParams,
-    FixPolygonParams, ResultParams, FixPolygonResult, MaskPolygons,
+    FixPolygonParams, ResultParams, FixPolygonResult, MaskPolygons, ClassificationResult,
 )

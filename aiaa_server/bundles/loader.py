@@ -215,6 +215,9 @@ def bundle_config(metadata: BundleMetadata) -> AIAAConfig:
         meta_data["deepgrow"] = "3D"
     inference: dict[str, Any] = {"input": IMAGE_KEY, "output": PRED_KEY, "meta_data": meta_data}
     shapes = metadata.declared_shapes
+    if shapes is not None and metadata.is_classification:  # (C_in, *spatial) -> (C_out,): one score per class
+        meta_data["spatial_dims"] = len(shapes[0]) - 1
+        shapes = (shapes[0], shapes[1][:1])
     if shapes is not None:  # the upload's dry run (and a Triton model config) use the declared patch
         inference["AIAA"] = {"triton_model_config": {
             "max_batch_size": 1, "input": [{"name": "INPUT__0", "dims": shapes[0]}],
@@ -259,11 +262,13 @@ def load_bundle(folder: Path, engines: EngineProvider | TorchScriptPool, default
         postprocessing = parsed_part(parser, "postprocessing", folder) if "postprocessing" in parser else None
         engine, model_file = _engine(folder, parser, model_name, config, engines, device)
     interactive = config.type is ModelType.DEEPGROW
+    classifier = config.type is ModelType.CLASSIFICATION  # probabilities, no image: nothing to restore
     pre = [ClicksAsGuidance(metadata.labels), preprocessing] if interactive else [preprocessing]
+    post = [*([postprocessing] if postprocessing is not None else []), *([] if classifier else [ResultOnInputGrid()])]
     pipeline = ModelPipeline(
-        name=model_name, config=config, pre_transforms=pre,
-        post_transforms=[*([postprocessing] if postprocessing is not None else []), ResultOnInputGrid()],
-        writer=Writer(image=PRED_KEY, json="result"), engine=None, args=config.inference.args,
+        name=model_name, config=config, pre_transforms=pre, post_transforms=post,
+        writer=Writer(image=None, json=PRED_KEY) if classifier else Writer(image=PRED_KEY, json="result"),
+        engine=None, args=config.inference.args,
         cache_index=0 if interactive else 1, network=BundleInference(inferer, engine),
     )
     return LoadedModel(name=model_name, path=folder, config=config, pipeline=pipeline, model_file=model_file)

@@ -14,6 +14,7 @@ from aiaa_server.mmar.config import ModelType
 
 MAX_METADATA_BYTES = 4 * 2**20
 BACKGROUND_NAMES = frozenset({"background", "_background_", "bg"})
+CLASS_OUTPUT_FORMATS = frozenset({"classes", "probabilities", "logits"})  # output `type`/`format` of a classifier
 
 
 class TensorFormat(BaseModel):
@@ -52,12 +53,24 @@ class BundleMetadata(BaseModel):
 
     @property
     def labels(self) -> list[str]:
-        """The first output's channel names in channel order, background left out."""
+        """The first output's channel names in channel order, background left out (a classifier keeps all:
+        each is a class)."""
         output = next(iter(self.network_data_format.outputs.values()), None)
         if output is None:
             return []
         ordered = sorted(output.channel_def.items(), key=lambda kv: int(kv[0]) if kv[0].isdigit() else 1 << 30)
+        if self.is_classification:
+            return [name for _, name in ordered]
         return [name for _, name in ordered if name.strip().lower() not in BACKGROUND_NAMES]
+
+    @property
+    def is_classification(self) -> bool:
+        """True when the metadata says classification: the first output's `type` or `format` is "classes",
+        "probabilities" or "logits" (the model zoo's classifiers), or the `task` names classification."""
+        output = next(iter(self.network_data_format.outputs.values()), None)
+        extra = (output.model_extra or {}) if output is not None else {}
+        kinds = {str(extra.get(key, "")).strip().lower() for key in ("type", "format")}
+        return bool(kinds & CLASS_OUTPUT_FORMATS) or "classif" in (self.task or "").lower()
 
     @property
     def guidance_channels(self) -> int:
@@ -83,7 +96,10 @@ class BundleMetadata(BaseModel):
 
     @property
     def model_type(self) -> ModelType:
-        """`deepgrow` for an interactive bundle (guidance channels beside the image), else `segmentation`."""
+        """`classification` (see `is_classification`), `deepgrow` for an interactive bundle (guidance channels
+        beside the image), else `segmentation`."""
+        if self.is_classification:
+            return ModelType.CLASSIFICATION
         return ModelType.DEEPGROW if self.guidance_channels > 0 else ModelType.SEGMENTATION
 
 

@@ -24,6 +24,7 @@ from aiaa_server.errors import InvalidImage, InvalidParams, PayloadTooLarge
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
 from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits, check_shape, read_exactly
 from aiaa_server.imaging.nrrd_reader import LPS_TO_RAS, nrrd_affine, read_nrrd_data, read_nrrd_header
+from aiaa_server.imaging.png import decode_png
 
 try:  # python-isal's igzip: 3-4x faster than zlib on CT, ~20x on label masks (bench/gzip_codecs.py)
     from isal import igzip as _igzip
@@ -106,6 +107,21 @@ def read_volume(path: Path, filename: str | None = None, limits: DecodeLimits = 
         raise InvalidImage(f"could not decode {shown!r} as {fmt.value}: {exc}", format=fmt.value) from exc
     volume.name = _stem(shown)
     return _squeeze_trailing_singletons(volume)
+
+
+def read_image(path: Path, filename: str | None = None, limits: DecodeLimits = DEFAULT_LIMITS,
+               allow_png: bool = False) -> Volume:
+    """`read_volume`, or with `allow_png` (models of 2D images) a PNG as a 2D image: array [x, y] (columns,
+    rows) of its grayscale values (colour as luminance), 1 mm pixels, identity affine.
+
+    Raises:
+        InvalidImage, PayloadTooLarge: see `read_volume` and `decode_png`.
+    """
+    if not allow_png or detect_format(path, filename) is not ImageFormat.PNG:
+        return read_volume(path, filename, limits)
+    array = decode_png(path.read_bytes(), limits=limits).T
+    return Volume(array=array, affine=np.eye(4), format=ImageFormat.PNG,
+                  name=_stem(client_basename(filename) or path.name))
 
 
 def check_affine(affine: np.ndarray, axes: int = 3) -> None:

@@ -185,10 +185,17 @@ class BoundingBoxd(MapTransform):
 
 @dataclass
 class WriterOutput:
-    """A model's result: the result image as a numpy array (or None), and JSON-ready data."""
+    """A model's result: the result image as a numpy array (or None), and JSON-ready data.
+
+    Attributes:
+        image: the result image on the input grid, or None (image-less models: classification).
+        json: the result JSON, only str/int/float/bool/None, lists and str-keyed dicts.
+        json_key: the data key the JSON came from (a non-dict value `v` is `json[json_key]`).
+    """
 
     image: np.ndarray | None
     json: dict[str, Any] = field(default_factory=dict)
+    json_key: str = "result"
 
 
 class Writer:
@@ -198,29 +205,66 @@ class Writer:
         """`image`: the data key of the result image (None or empty: no image); `json`: the data key of the
         result dict. Clara's other writer arguments are ignored."""
         self.image_key = image
-        self.json_key = json
+        self.json_key = json or "result"
 
     def __call__(self, data: dict[str, Any]) -> WriterOutput:
         """The result: the image (leading singleton axes of a 4D+ array dropped, as numpy), and the JSON value
-        with tensors and arrays as lists (a non-dict value `v` becomes `{json: v}`)."""
+        converted by `jsonable` (a non-dict value `v`, e.g. a classifier's probability tensor, becomes
+        `{json: v}`; a missing or None value `{}`).
+
+        Raises:
+            ModelError: (500) the JSON value holds something JSON cannot carry; the message names its key
+                and type.
+        """
         image = None
         if self.image_key and data.get(self.image_key) is not None:
             image = _spatial_mask(data[self.image_key])
-        result = data.get(self.json_key) or {}
-        if not isinstance(result, dict):
-            result = {self.json_key: result}
-        return WriterOutput(image=image, json=_jsonable(result))
+        result = data.get(self.json_key)
+        if result is None:
+            result = {}
+        elif isinstance(result, dict):
+            result = jsonable(result, self.json_key)
+        else:
+            result = {self.json_key: jsonable(result, self.json_key)}
+        return WriterOutput(image=image, json=result, json_key=self.json_key)
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any, key: str = "result") -> Any:
+    """`value` as plain JSON data: tensors (MetaTensors too) and numpy arrays as (nested) lists, numpy and
+    0-d scalars as Python numbers, dicts with str keys, tuples and sets as lists; NaN and infinities as None.
+
+    Args:
+        value: what a model's pipeline left under the writer's `json` key.
+        key: where `value` sits (dotted path), for the error message.
+
+    Raises:
+        ModelError: (500) something else (an object, bytes, a complex number), naming its key and type.
+    """
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return {str(k): jsonable(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v, f"{key}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, torch.Tensor):
-        return _jsonable(value.detach().cpu().numpy())
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
+        value = value.detach().cpu()
+        value = (value.as_tensor() if isinstance(value, MetaTensor) else value).numpy()
+    if isinstance(value, (np.ndarray, np.generic)):
+        if value.dtype.kind not in "biuf":
+            raise ModelError(f"the model's result {key!r} is an array of {value.dtype}, which JSON cannot carry",
+                             key=key, type=str(value.dtype))
+        value = value.tolist()
+        return jsonable(value, key) if isinstance(value, list) else _number(value)
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return _number(value)
+    if isinstance(value, Path):
+        return str(value)
+    kind = type(value).__name__
+    raise ModelError(f"the model's result {key!r} is a {kind}, which JSON cannot carry", key=key, type=kind)
+
+
+def _number(value: Any) -> Any:
+    """A float that JSON can carry (NaN and infinities as None); ints and bools unchanged."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
     return value

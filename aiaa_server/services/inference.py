@@ -15,7 +15,7 @@ import numpy as np
 
 from aiaa_server.errors import BadRequest, IncompatibleInput, ModelError, SessionExpired
 from aiaa_server.imaging.formats import ImageFormat
-from aiaa_server.imaging.io import Volume, encode_volume, read_volume
+from aiaa_server.imaging.io import Volume, encode_volume, read_image
 from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from aiaa_server.imaging.masks import label_centroids
 from aiaa_server.inference.interactive import MAX_CLICKS
@@ -23,7 +23,9 @@ from aiaa_server.inference.params import RequestParams, ResultOptions
 from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.pool import InferencePool, Lane
 from aiaa_server.inference.tensors import volume_to_tensor
+from aiaa_server.inference.transforms import WriterOutput
 from aiaa_server.mmar.config import AIAAConfig, ModelType
+from aiaa_server.services.classification import NOT_FROM_DICOM_SR, classification_answer
 from aiaa_server.services.dicom_seg import NOT_FROM_DICOM, SEG_MEDIA_TYPE, seg_bytes
 from aiaa_server.sessions import SessionNotFound, SessionStore
 
@@ -78,6 +80,7 @@ class InferenceRequest:
     keep_box: tuple[slice, ...] | None = None  # result voxels outside this box are cleared (an ROI)
     dicom_headers: Path | None = None  # the upload's DICOM series headers (DICOM SEG results); sessions know theirs
     centroids: bool = False  # also report each label's mean voxel index (MONAI Label's `centroids`)
+    report: str | None = None  # "fhir": a classification as a FHIR R4 Observation (classification models only)
 
 
 @dataclass
@@ -133,6 +136,9 @@ class InferenceService:
         model = self.registry.get(request.model)
         self._check_endpoint(request.endpoint, model)
         params = RequestParams.parse(request.params, model.config.type, max_clicks=self.max_clicks)
+        if request.report == "fhir" and model.config.type is not ModelType.CLASSIFICATION:
+            raise BadRequest(f"output=fhir is for classification models; model {model.name!r} is a "
+                             f"{model.config.type.value} model", model=model.name, output="fhir")
         lane = _lane(request, model)
         label = request.endpoint.value
         if request.session_id:  # the session image wins over an uploaded file (protocol section 5)
@@ -154,17 +160,20 @@ class InferenceService:
 
     def _run_sync(self, model: ServedModel, request: InferenceRequest, params: RequestParams) -> InferenceResult:
         started = time.perf_counter()
-        headers = self._dicom_headers(request, params.result)
+        headers = self._dicom_headers(request, params.result, model.config.type)
         volume, image_data, source = self._prepared_image(model, request)
         prepared = time.perf_counter()
         pipeline = model.pipeline
         data = {**params.pipeline_data(), **image_data}  # a fresh dict per request: cached image data is never mutated
         output = pipeline.run_request(data)
         inferred = time.perf_counter()
-        image = output.image if request.keep_box is None else _cleared_outside(output.image, request.keep_box)
-        result = self._encode(model, volume, image, output.json, params.result, headers)
-        if request.centroids and image is not None:
-            result.centroids = label_centroids(image, len(model.config.labels))
+        if model.config.type is ModelType.CLASSIFICATION:
+            result = self._classified(model, volume, output, params.result, request.report, headers)
+        else:
+            image = output.image if request.keep_box is None else _cleared_outside(output.image, request.keep_box)
+            result = self._encode(model, volume, image, output.json, params.result, headers)
+            if request.centroids and image is not None:
+                result.centroids = label_centroids(image, len(model.config.labels))
         done = time.perf_counter()
         result.latencies = {"pre": prepared - started, "infer": inferred - prepared, "write": done - inferred,
                             "total": done - started}
@@ -172,9 +181,11 @@ class InferenceService:
                  done - started)
         return result
 
-    def _dicom_headers(self, request: InferenceRequest, options: ResultOptions) -> Path | None:
-        """The source series' headers when the result is a DICOM SEG (400 before any work when there are none)."""
-        if options.output_format(ImageFormat.NIFTI_GZ) is not ImageFormat.DICOM:
+    def _dicom_headers(self, request: InferenceRequest, options: ResultOptions, kind: ModelType) -> Path | None:
+        """The source series' headers when the result is a DICOM SEG or SR (400 before any work when there are
+        none), or a FHIR Observation (which references the study when there is one)."""
+        dicom = options.output_format(ImageFormat.NIFTI_GZ) is ImageFormat.DICOM
+        if not dicom and request.report != "fhir":
             return None
         headers = request.dicom_headers
         if request.session_id and self.sessions is not None:
@@ -182,8 +193,9 @@ class InferenceService:
                 headers = self.sessions.dicom_headers(request.session_id)
             except SessionNotFound as exc:
                 raise SessionExpired("Session Expired", session_id=request.session_id) from exc
-        if headers is None:
-            raise BadRequest(NOT_FROM_DICOM, result_extension=".dcm")
+        if headers is None and dicom:
+            raise BadRequest(NOT_FROM_DICOM_SR if kind is ModelType.CLASSIFICATION else NOT_FROM_DICOM,
+                             result_extension=".dcm")
         return headers
 
     def _prepared_image(self, model: ServedModel, request: InferenceRequest) -> tuple[Volume, dict[str, Any], str]:
@@ -205,7 +217,8 @@ class InferenceService:
             )
             return volume, cached, f"session {session_id}"
         assert request.upload is not None
-        volume = read_volume(request.upload.path, request.upload.filename, limits=self.limits)
+        allow_png = model.config.type is ModelType.CLASSIFICATION and model.config.spatial_dims == 2
+        volume = read_image(request.upload.path, request.upload.filename, limits=self.limits, allow_png=allow_png)
         self._check_dimensions(model, volume)
         return volume, pipeline.preprocess_image({pipeline.input_key: volume_to_tensor(volume)}), volume.name
 
@@ -221,11 +234,27 @@ class InferenceService:
                 f"got an image of shape {list(shape)}",
                 model=model.name, shape=list(shape),
             )
+        if model.config.type is ModelType.CLASSIFICATION and wanted == 2 and effective > 2:
+            raise IncompatibleInput(
+                f"model {model.name!r} classifies 2D images, got an image of shape {list(shape)}",
+                model=model.name, shape=list(shape),
+            )
         if volume.array.ndim < wanted or (wanted == 3 and effective < 3):
             raise IncompatibleInput(
                 f"model {model.name!r} expects a 3D volume, got an image of shape {list(shape)}",
                 model=model.name, shape=list(shape),
             )
+
+    def _classified(self, model: ServedModel, volume: Volume, output: WriterOutput, options: ResultOptions,
+                    report: str | None, headers: Path | None) -> InferenceResult:
+        """A classification model's answer: its JSON, and the DICOM SR or FHIR Observation when asked for."""
+        if options.output_format(ImageFormat.NIFTI_GZ) is ImageFormat.DICOM:
+            report = "dicom_sr"
+        config = model.config
+        answer = classification_answer(output, config.labels, model.name, str(config.version), image_name=volume.name,
+                                       report=report, headers=headers, limits=self.limits)
+        return InferenceResult(params=answer.result.model_dump(exclude_none=True), image=answer.payload,
+                               filename=answer.filename, media_type=answer.media_type)
 
     def _encode(self, model: ServedModel, volume: Volume, image: Any, json_result: dict[str, Any],
                 options: ResultOptions, headers: Path | None = None) -> InferenceResult:

@@ -49,6 +49,7 @@ class MonaiInferRequest:
     image: str | None = None
     upload: ImageUpload | None = None
     session_id: str | None = None
+    report: str | None = None  # "fhir": a classification as a FHIR Observation
 
 
 class MonaiLabelService:
@@ -99,7 +100,10 @@ class MonaiLabelService:
         result = await self.inference.run(InferenceRequest(
             endpoint=Endpoint.INFERENCE, model=model.name, params=params, upload=upload,
             session_id=request.session_id, keep_box=roi_box(request.params.get("roi")), centroids=True,
-            dicom_headers=headers))
+            dicom_headers=headers, report=request.report))
+        if model.config.type is ModelType.CLASSIFICATION:  # its answer names its labels already
+            result.params = {**result.params, "latencies": result.latencies}
+            return result
         labels = {name: index for index, name in enumerate(model.config.labels, start=1)}
         centroids = {f"label_{value}": [str(value), *map(str, point)] for value, point in result.centroids.items()}
         result.params = {**result.params, "label_names": labels, "latencies": result.latencies,

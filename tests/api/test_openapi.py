@@ -149,12 +149,13 @@ def test_model_is_required_and_output_an_enum(contract: Contract, path: str) -> 
     operation = contract.operation("post", path)
     parameters = {p["name"]: p for p in operation["parameters"]}
     assert parameters["model"]["required"] is True
-    assert parameters["output"]["schema"]["enum"] == ["all", "image", "json"]
+    assert parameters["output"]["schema"]["enum"] == ["all", "image", "json", "fhir"]
     assert parameters["session_id"]["required"] is False
     assert set(operation["requestBody"]["content"]) == {
         "multipart/form-data", "application/x-www-form-urlencoded", "application/json"}
+    reports = {"application/dicom", "application/fhir+json"} if path == "/v1/inference" else set()  # classifiers
     assert set(operation["responses"]["200"]["content"]) == {
-        "multipart/form-data", "application/octet-stream", "application/json"}
+        "multipart/form-data", "application/octet-stream", "application/json", *reports}
     assert set(operation["responses"]) == {"200", "400", "404", "408", "413", "422", "440", "500", "503"}
 
 

@@ -13,6 +13,7 @@ import torch
 from aiaa_demo.export import TOLERANCE, check_program, config_shapes, export_program
 from aiaa_server.engines.exported import ExportedEngine
 from aiaa_server.engines.torchscript import TorchScriptPool
+from aiaa_server.mmar.config import ModelType
 from aiaa_server.mmar.loader import load_mmar
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
@@ -24,7 +25,8 @@ def _jit_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
 
 
 def test_every_demo_with_torchscript_has_a_program() -> None:
-    assert DEMOS == ["demo_deepgrow_2d", "demo_deepgrow_3d", "demo_dextr3d_annotation", "demo_spleen_ct_segmentation"]
+    assert DEMOS == ["demo_deepgrow_2d", "demo_deepgrow_3d", "demo_dextr3d_annotation", "demo_spleen_ct_segmentation",
+                     "demo_spleen_presence_classification"]
     for demo in DEMOS:
         assert (MODELS / demo / "models" / "model.pt2").stat().st_size <= 30 * 2**20, demo
 
@@ -36,7 +38,8 @@ def test_demo_loads_its_program_without_torchscript_warnings(demo: str, tmp_path
         model = load_mmar(MODELS / demo, TorchScriptPool())
         engine = model.pipeline.engine
         shape = config_shapes(MODELS / demo)[0]
-        assert engine is not None and engine(torch.zeros(shape)).shape[2:] == shape[2:]
+        classes = model.config.type is ModelType.CLASSIFICATION  # (N, C) scores, no spatial axes
+        assert engine is not None and engine(torch.zeros(shape)).shape[2:] == (() if classes else shape[2:])
     assert isinstance(engine, ExportedEngine) and model.model_file == MODELS / demo / "models" / "model.pt2"
     assert _jit_warnings(caught) == []
     # The check can fail: the same MMAR with only its model.ts warns.

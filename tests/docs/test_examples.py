@@ -130,6 +130,8 @@ def test_only_these_examples_are_not_run() -> None:
         "models/demo_deepgrow_3d/docs/Readme.md training: tens of minutes (a short run is tested in tests/demo)",
         "models/demo_dextr3d_annotation/docs/Readme.md training: tens of minutes (a short run is tested in tests/demo)",
         "models/demo_spleen_ct_segmentation/docs/Readme.md training: tens of minutes (the short run below is run)",
+        ("models/demo_spleen_presence_classification/docs/Readme.md training and evaluation: minutes of CPU "
+         "(tests/demo/test_classifier_scripts.py runs a short one)"),
     }
 
 

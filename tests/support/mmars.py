@@ -93,3 +93,43 @@ def write_mmar(folder: Path, config: dict[str, Any], network: torch.nn.Module | 
 
 def write_threshold_mmar(folder: Path, **config_overrides: Any) -> Path:
     return write_mmar(folder, segmentation_config(**config_overrides), ThresholdNet())
+
+
+class MeanClassNet(torch.nn.Module):
+    """Two-class logits from the image's mean: "bright" when the mean intensity is above `threshold`, with a
+    probability tests can compute (`mean_class_probability`). Any number of spatial dims."""
+
+    def __init__(self, threshold: float = 0.5, gain: float = 4.0) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.flatten(1).mean(dim=1, keepdim=True)
+        return torch.cat([self.threshold - mean, mean - self.threshold], dim=1) * self.gain
+
+
+def mean_class_probability(scaled_mean: float, threshold: float = 0.5, gain: float = 4.0) -> float:
+    """MeanClassNet's softmax probability of its second class for an input of mean `scaled_mean`."""
+    return float(torch.softmax(torch.tensor([threshold - scaled_mean, scaled_mean - threshold]) * gain, 0)[1])
+
+
+def classification_config(labels: list[str] | None = None, spatial_dims: int = 3, **extra: Any) -> dict[str, Any]:
+    """The issue's form: Clara `classification` type, softmax, `Writer` with `"image": null, "json": "pred"`;
+    intensities scaled 0..1 over [-500, 500] (2D: over [0, 255])."""
+    low, high = (-500, 500) if spatial_dims == 3 else (0, 255)
+    return {
+        "version": "2", "type": "classification", "labels": labels or ["dark", "bright"],
+        "description": "test classifier: is the mean intensity bright",
+        "pre_transforms": [
+            {"name": "LoadImaged", "args": {"keys": "image"}},
+            {"name": "EnsureChannelFirstd", "args": {"keys": "image", "channel_dim": "no_channel"}},
+            {"name": "ScaleIntensityRanged",
+             "args": {"keys": "image", "a_min": low, "a_max": high, "b_min": 0.0, "b_max": 1.0, "clip": True}},
+        ],
+        "inference": {"input": "image", "output": "pred", "meta_data": {"spatial_dims": spatial_dims},
+                      "AIAA": {"name": "aiaa.inference.PyTorchInference", "args": {"scanning_window": False}}},
+        "post_transforms": [{"name": "Activationsd", "args": {"keys": "pred", "softmax": True}}],
+        "writer": {"name": "aiaa.transforms.Writer", "args": {"image": None, "json": "pred"}},
+        **extra,
+    }
