@@ -2,7 +2,8 @@
 
 The model's pipeline leaves its class probabilities (e.g. after `Activationsd(softmax=True)`) under the writer's
 `json` key, as a (C,) vector (a (1, C) one too); a model that declares a batch (`meta_data.batch`) may leave
-(N, C), one row per image of the batch.
+(N, C), one row per image of the batch, and a 2D model that takes a volume slice by slice
+(`meta_data.batch: "slices"`, see `slice_batch`) gives one row per slice; a batch also gets a `summary`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,16 @@ class ClassPrediction(BaseModel):
     score: float = Field(description="the predicted label's probability")
 
 
+class BatchSummary(BaseModel):
+    """A batch's classifications taken together."""
+
+    images: int = Field(description="how many images (slices) were classified")
+    counts: dict[str, int] = Field(description="label name -> how many images it was predicted for")
+    mean_probabilities: dict[str, float] = Field(description="label name -> its probability averaged over "
+                                                 "the images")
+    prediction: str = Field(description="the label with the highest mean probability")
+
+
 class ClassificationResult(ClassPrediction):
     """What a classification model answers (`application/json`) on `/v1/inference` and `/infer/{model}`."""
 
@@ -35,6 +46,7 @@ class ClassificationResult(ClassPrediction):
     batch: list[ClassPrediction] | None = Field(
         None, description="one entry per image when the model classified a batch (the top-level fields are "
         "the first image's)")
+    summary: BatchSummary | None = Field(None, description="the batch taken together (with `batch` only)")
 
     model_config = {"json_schema_extra": {"examples": [{
         "model": "demo_organ_classification", "version": "1", "labels": ["liver", "spleen"],
@@ -58,10 +70,21 @@ def classification_result(output: WriterOutput, labels: list[str], model: str, v
     rows = _rows(value, len(labels), model, key)
     predictions = [_prediction(row, labels, model, key) for row in rows]
     first = predictions[0]
+    batched = len(predictions) > 1
     return ClassificationResult(
         model=model, version=version, labels=list(labels), probabilities=first.probabilities,
-        prediction=first.prediction, score=first.score, batch=predictions if len(predictions) > 1 else None,
+        prediction=first.prediction, score=first.score, batch=predictions if batched else None,
+        summary=batch_summary(predictions, labels) if batched else None,
     )
+
+
+def batch_summary(predictions: list[ClassPrediction], labels: list[str]) -> BatchSummary:
+    """How often each label was predicted over `predictions`, and the mean probability of each label."""
+    count = len(predictions)
+    counts = {label: sum(p.prediction == label for p in predictions) for label in labels}
+    means = {label: sum(p.probabilities[label] for p in predictions) / count for label in labels}
+    return BatchSummary(images=count, counts=counts, mean_probabilities=means,
+                        prediction=max(labels, key=means.__getitem__))
 
 
 def _rows(value: Any, classes: int, model: str, key: str) -> list[list[Any]]:

@@ -12,6 +12,7 @@ MAX_ROI_SIZE = 1024
 MAX_CROP_PASSES = 5
 MAX_CROP_ZOOM = 4.0
 MAX_CROP_BORDER = 16
+MAX_BATCH_SLICES = 1024  # a 2D classifier on a volume: one full pipeline run per slice
 
 
 class ModelType(str, enum.Enum):
@@ -201,6 +202,29 @@ class AIAAConfig(BaseModel):
             raise ValueError("inference.crop_growth applies to DeepGrow 3D models only (type \"deepgrow\", "
                              "inference.meta_data.deepgrow \"3D\")")
         return self
+
+    @model_validator(mode="after")
+    def _slice_batch_needs_2d_classification(self) -> AIAAConfig:
+        meta = self.inference.meta_data
+        if "batch" not in meta and "max_slices" not in meta:
+            return self
+        if meta.get("batch") != "slices":
+            raise ValueError('inference.meta_data.batch: the only value is "slices" (a 2D classifier applied to '
+                             "each slice of a 3D volume)")
+        if self.type is not ModelType.CLASSIFICATION or self.spatial_dims != 2:
+            raise ValueError('inference.meta_data.batch "slices" applies to 2D classification models only (type '
+                             '"classification", inference.meta_data.spatial_dims 2)')
+        limit = meta.get("max_slices", MAX_BATCH_SLICES)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_BATCH_SLICES:
+            raise ValueError(f"inference.meta_data.max_slices: a whole number from 1 to {MAX_BATCH_SLICES}")
+        return self
+
+    @property
+    def slice_batch_limit(self) -> int | None:
+        """The most slices of a 3D volume this 2D classifier takes one by one (`meta_data.batch: "slices"`,
+        `meta_data.max_slices`, default and cap MAX_BATCH_SLICES); None: the model takes no slice batch."""
+        meta = self.inference.meta_data
+        return int(meta.get("max_slices", MAX_BATCH_SLICES)) if meta.get("batch") == "slices" else None
 
     @field_validator("labels", mode="before")
     @classmethod

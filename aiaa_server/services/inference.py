@@ -22,6 +22,7 @@ from aiaa_server.inference.interactive import MAX_CLICKS
 from aiaa_server.inference.params import RequestParams, ResultOptions
 from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.pool import InferencePool, Lane
+from aiaa_server.inference.slice_batch import check_slice_count, classify_slices
 from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.inference.transforms import WriterOutput
 from aiaa_server.mmar.config import AIAAConfig, ModelType
@@ -164,8 +165,10 @@ class InferenceService:
         volume, image_data, source = self._prepared_image(model, request)
         prepared = time.perf_counter()
         pipeline = model.pipeline
-        data = {**params.pipeline_data(), **image_data}  # a fresh dict per request: cached image data is never mutated
-        output = pipeline.run_request(data)
+        if _by_slices(model, volume):
+            output = classify_slices(pipeline, volume, params.pipeline_data())
+        else:  # a fresh dict per request: cached image data is never mutated
+            output = pipeline.run_request({**params.pipeline_data(), **image_data})
         inferred = time.perf_counter()
         if model.config.type is ModelType.CLASSIFICATION:
             result = self._classified(model, volume, output, params.result, request.report, headers)
@@ -211,6 +214,8 @@ class InferenceService:
             except SessionNotFound as exc:
                 raise SessionExpired("Session Expired", session_id=session_id) from exc
             self._check_dimensions(model, volume)
+            if _by_slices(model, volume):  # each slice is pre-processed as it is classified
+                return volume, {}, f"session {session_id}"
             cached = self.sessions.preprocessed(
                 session_id, model.name, pipeline,
                 lambda: pipeline.preprocess_image({pipeline.input_key: volume_to_tensor(volume)}),
@@ -220,6 +225,8 @@ class InferenceService:
         allow_png = model.config.type is ModelType.CLASSIFICATION and model.config.spatial_dims == 2
         volume = read_image(request.upload.path, request.upload.filename, limits=self.limits, allow_png=allow_png)
         self._check_dimensions(model, volume)
+        if _by_slices(model, volume):
+            return volume, {}, volume.name
         return volume, pipeline.preprocess_image({pipeline.input_key: volume_to_tensor(volume)}), volume.name
 
     @staticmethod
@@ -235,8 +242,13 @@ class InferenceService:
                 model=model.name, shape=list(shape),
             )
         if model.config.type is ModelType.CLASSIFICATION and wanted == 2 and effective > 2:
+            limit = model.config.slice_batch_limit
+            if limit is not None and volume.array.ndim == 3:
+                check_slice_count(volume, limit, model.name)
+                return
             raise IncompatibleInput(
-                f"model {model.name!r} classifies 2D images, got an image of shape {list(shape)}",
+                f"model {model.name!r} classifies 2D images, got an image of shape {list(shape)} (a 2D model "
+                'takes a volume slice by slice only where its config says inference.meta_data.batch "slices")',
                 model=model.name, shape=list(shape),
             )
         if volume.array.ndim < wanted or (wanted == 3 and effective < 3):
@@ -277,6 +289,11 @@ class InferenceService:
         )
         filename = f"{_safe_stem(volume.name)}_{_safe_stem(model.name)}{fmt.value}"
         return InferenceResult(params=json_result, image=payload, filename=filename, media_type=fmt.media_type)
+
+
+def _by_slices(model: ServedModel, volume: Volume) -> bool:
+    """True when `model` is a 2D classifier taking `volume`, a 3D one, slice by slice (`slice_batch`)."""
+    return model.config.slice_batch_limit is not None and sum(1 for s in volume.spatial_shape if s > 1) > 2
 
 
 def _cleared_outside(image: Any, box: tuple[slice, ...]) -> Any:

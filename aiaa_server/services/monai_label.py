@@ -127,13 +127,18 @@ class MonaiLabelService:
 
 
 def model_info(config: AIAAConfig) -> dict[str, Any]:
-    """One model in `/info/`: MONAI Label type, labels `{name: value}`, dimension, description, config."""
+    """One model in `/info/`: MONAI Label type, labels `{name: value}`, dimension, description, config.
+
+    A segmentation label's value is its voxel value (from 1; 0 is background). A classifier's is its output
+    channel (from 0, every class kept), as MONAI Label's classification tasks give it (`ClassificationWriter`
+    names channel `idx` by this map)."""
     description = config.description
     if config.type is ModelType.ANNOTATION:
         description = (description + " (DExtr3D: send at least 6 extreme points as foreground clicks)").strip()
+    first = 0 if config.type is ModelType.CLASSIFICATION else 1
     return {
         "type": MONAI_TYPES.get(config.type, config.type.value),
-        "labels": {name: index for index, name in enumerate(config.labels, start=1)},
+        "labels": {name: index for index, name in enumerate(config.labels, start=first)},
         "dimension": config.spatial_dims,
         "description": description,
         "version": config.version,

@@ -17,7 +17,7 @@ from typing import Protocol
 from aiaa_server.errors import InvalidImage, InvalidParams
 from aiaa_server.imaging.dicom_volume import dicom_series_to_file
 from aiaa_server.imaging.formats import ImageFormat, client_basename, detect_format
-from aiaa_server.imaging.io import Volume, read_volume
+from aiaa_server.imaging.io import Volume, read_image
 from aiaa_server.imaging.limits import DecodeLimits
 from aiaa_server.sessions.backends import META_FILE, is_session_id, short_id
 from aiaa_server.sessions.models import SessionInfo
@@ -65,16 +65,17 @@ def save_format(save_as: str | None) -> ImageFormat:
 
 def store_image(uploads: Sequence[SessionUpload], folder: Path, save_fmt: ImageFormat, limits: DecodeLimits,
                 gzip_level: int) -> StoredImage:
-    """Put the uploaded image into `folder`: one volume (NIfTI/NRRD) is moved there after it decoded, a DICOM
-    series (several files or a zip) is converted to one `save_fmt` file.
+    """Put the uploaded image into `folder`: one volume (NIfTI/NRRD) or one PNG (a 2D image, for 2D models)
+    is moved there after it decoded (within `limits`), a DICOM series (several files or a zip) is converted to
+    one `save_fmt` file.
 
     Raises:
         InvalidImage: anything else, or an image that does not decode (refused now, not at the first click).
     """
     formats = [detect_format(u.path, u.filename) for u in uploads]
-    if len(uploads) == 1 and formats[0].is_volume_format:
+    if len(uploads) == 1 and (formats[0].is_volume_format or formats[0] is ImageFormat.PNG):
         upload, fmt = uploads[0], formats[0]
-        volume = read_volume(upload.path, upload.filename, limits=limits)
+        volume = read_image(upload.path, upload.filename, limits=limits, allow_png=True)
         image_name = "image" + fmt.value
         shutil.move(str(upload.path), folder / image_name)
         return StoredImage(client_basename(upload.filename) or image_name, image_name, volume, fmt.name.lower(), fmt)
@@ -85,7 +86,7 @@ def store_image(uploads: Sequence[SessionUpload], folder: Path, save_fmt: ImageF
                                                    headers_path=folder / DICOM_HEADERS)
         return StoredImage("dicom_series", image_name, volume, f"dicom series ({slices} slices)", save_fmt, ids)
     if len(uploads) == 1:
-        raise InvalidImage(f"sessions hold 3D volumes (NIfTI, NRRD or DICOM); got a {formats[0].value} file")
+        raise InvalidImage(f"an image is one NIfTI, NRRD or PNG file, or a DICOM series; got a {formats[0].value} file")
     raise InvalidImage(
         "several files were uploaded but they are not all DICOM: send one NIfTI/NRRD volume, or the DICOM "
         f"files of one series (got {', '.join(sorted({f.value for f in formats}))})"

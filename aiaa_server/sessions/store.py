@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from aiaa_server.errors import AIAAError, InvalidImage, NotFound, PayloadTooLarge
-from aiaa_server.imaging.io import Volume, read_volume
+from aiaa_server.imaging.io import Volume, read_image
 from aiaa_server.imaging.limits import DEFAULT_LIMITS, DecodeLimits
 from aiaa_server.sessions.backends import (
     META_FILE,
@@ -232,7 +232,7 @@ class SessionStore:
         """The session's decoded volume, from the cache or decoded once (concurrent callers wait for it)."""
         def decode() -> Volume:
             path = self._image_path(session_id)
-            volume = read_volume(path, path.name, limits=self.limits)
+            volume = read_image(path, path.name, limits=self.limits, allow_png=True)  # a PNG: 2D models
             self._count(session_id, lambda stats: setattr(stats, "decodes", stats.decodes + 1))
             log.info("session %s: decoded %s %s", short_id(session_id), path.name, volume.spatial_shape)
             return volume

@@ -73,7 +73,7 @@ def test_segmentation_refuses(server: LiveServer, hostile: dict, name: str) -> N
     assert_refused(post(server, "/v1/segmentation", file, model="test_threshold"), status, *words)
 
 
-@pytest.mark.parametrize("name", [*VOLUMES, "zip of zeros"])
+@pytest.mark.parametrize("name", [*VOLUMES, "zip of zeros", "png 40000 squared"])
 def test_session_upload_refuses(server: LiveServer, hostile: dict, name: str) -> None:
     file, status, words = hostile[name]
     assert_refused(put_session(server, file), status, *words)

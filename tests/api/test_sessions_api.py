@@ -143,12 +143,14 @@ def test_pacs_pull_needs_a_dicomweb_datastore(server: LiveServer) -> None:
     assert "--datastore dicomweb+http" in response.json()["detail"]
 
 
-def test_refuses_png_and_empty_uploads(server: LiveServer, tmp_path: Path) -> None:
+def test_refuses_broken_png_and_empty_uploads(server: LiveServer, tmp_path: Path) -> None:
     from aiaa_server.imaging.png import encode_png
 
     png = tmp_path / "slice.png"
-    png.write_bytes(encode_png(np.zeros((4, 4), dtype=np.uint8)))
-    assert put_session(server, [("image", "slice.png", png)]).status_code == 400
+    png.write_bytes(encode_png(np.zeros((4, 4), dtype=np.uint8))[:30])  # a PNG (2D models) must decode
+    refused = put_session(server, [("image", "slice.png", png)])
+    assert refused.status_code == 400
+    assert "slice.png" in refused.json()["detail"] or "PNG" in refused.json()["detail"]
     with server.client() as client:
         assert client.put("/session/", data={"params": "{}"}).status_code == 400
 

@@ -248,7 +248,7 @@ def test_preprocessed_is_cached_per_model_object(store: SessionStore, tmp_path: 
     assert store.cache.size_bytes == 0
 
 
-def test_refuses_non_volume_uploads(store: SessionStore, tmp_path: Path) -> None:
+def test_refuses_undecodable_png_and_empty_uploads(store: SessionStore, tmp_path: Path) -> None:
     png = tmp_path / "x.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
     with pytest.raises(InvalidImage):
