@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from aiaa_client import AIAAClient
 
-from tests.support.mmars import ThresholdNet, segmentation_config, write_mmar
+from tests.support.mmars import MeanClassNet, ThresholdNet, classification_config, segmentation_config, write_mmar
 from tests.support.server import LiveServer, start_server
 from tests.support.volumes import cube_volume, lps_affine, save_nifti
 
@@ -31,6 +31,7 @@ NATIVE_PRE = [
 SEG_MODEL = "client_seg"
 DEXTR3D_MODEL = "client_dextr3d"
 DEEPGROW_MODEL = "client_deepgrow"
+CLASSIFIER_MODEL = "client_classifier"  # answers JSON only (no image)
 
 
 def native_config(model_type: str = "segmentation", **meta: object) -> dict[str, object]:
@@ -52,6 +53,7 @@ def client_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_native_mmar(root / SEG_MODEL)
     write_native_mmar(root / DEXTR3D_MODEL, "annotation")
     write_native_mmar(root / DEEPGROW_MODEL, "deepgrow", deepgrow="3D")
+    write_mmar(root / CLASSIFIER_MODEL, classification_config(["dim", "lit"]), MeanClassNet())
     return root
 
 

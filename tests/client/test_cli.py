@@ -10,7 +10,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tests.client.conftest import ADMIN_TOKEN, DEEPGROW_MODEL, DEXTR3D_MODEL, SEG_MODEL, cli_json, run_cli
+from tests.client.conftest import (
+    ADMIN_TOKEN,
+    CLASSIFIER_MODEL,
+    DEEPGROW_MODEL,
+    DEXTR3D_MODEL,
+    SEG_MODEL,
+    cli_json,
+    run_cli,
+)
 from tests.support.server import free_port
 
 POINT_ARGS = [arg for p in ("30,35,20", "59,35,20", "45,20,20", "45,49,20", "45,35,10", "45,35,29")
@@ -30,7 +38,7 @@ def assert_mask_file(path: Path, mask: np.ndarray, affine: np.ndarray) -> None:
 
 def test_models(live):
     models = cli_json(run_cli("models", server=live.base_url))
-    assert {m["name"] for m in models} == {SEG_MODEL, DEXTR3D_MODEL, DEEPGROW_MODEL}
+    assert {m["name"] for m in models} == {SEG_MODEL, DEXTR3D_MODEL, DEEPGROW_MODEL, CLASSIFIER_MODEL}
     only = cli_json(run_cli("models", "--type", "annotation", server=live.base_url))
     assert [m["name"] for m in only] == [DEXTR3D_MODEL]
     one = cli_json(run_cli("models", "--model", SEG_MODEL, server=live.base_url))
@@ -83,6 +91,20 @@ def test_segment_without_output_writes_next_to_the_input(live, cube, tmp_path):
     summary = cli_json(run_cli("segment", "--model", SEG_MODEL, str(image), server=live.base_url))
     assert summary["output"] == str(tmp_path / "scan_segment.nii.gz")
     assert_mask_file(tmp_path / "scan_segment.nii.gz", mask, affine)
+
+
+def test_infer_with_a_classifier_prints_its_json_and_writes_nothing(live, cube, tmp_path):
+    path, _, _ = cube
+    image = tmp_path / "scan.nii.gz"
+    image.write_bytes(path.read_bytes())
+    before = sorted(tmp_path.iterdir())
+    result = run_cli("infer", "--model", CLASSIFIER_MODEL, str(image), server=live.base_url)
+    assert result.returncode == 0, result.stderr
+    summary = cli_json(result)
+    assert "output" not in summary
+    assert summary["params"]["model"] == CLASSIFIER_MODEL
+    assert summary["params"]["prediction"] in summary["params"]["labels"]
+    assert sorted(tmp_path.iterdir()) == before  # no scan_infer.nii.gz
 
 
 def test_output_folder_is_never_created(live, cube, tmp_path):

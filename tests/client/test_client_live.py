@@ -21,7 +21,7 @@ from aiaa_client import (
     SessionExpiredError,
 )
 
-from tests.client.conftest import DEEPGROW_MODEL, DEXTR3D_MODEL, SEG_MODEL
+from tests.client.conftest import CLASSIFIER_MODEL, DEEPGROW_MODEL, DEXTR3D_MODEL, SEG_MODEL
 from tests.support.server import free_port
 from tests.support.volumes import cube_volume
 
@@ -33,7 +33,7 @@ CUBE_POINTS = [[30, 35, 20], [59, 35, 20], [45, 20, 20], [45, 49, 20], [45, 35, 
 
 def test_models_lists_the_served_models(client):
     models = {m.name: m for m in client.models()}
-    assert set(models) == {SEG_MODEL, DEXTR3D_MODEL, DEEPGROW_MODEL}
+    assert set(models) == {SEG_MODEL, DEXTR3D_MODEL, DEEPGROW_MODEL, CLASSIFIER_MODEL}
     assert models[SEG_MODEL].type == "segmentation" and models[SEG_MODEL].labels == ["bright"]
     assert models[DEXTR3D_MODEL].type == "annotation"
     assert models[DEEPGROW_MODEL].deepgrow_dims == 3 and models[SEG_MODEL].deepgrow_dims is None
@@ -85,6 +85,24 @@ def test_inference_endpoint_with_params(client, cube):
     result = client.inference(SEG_MODEL, path, params={"result_dtype": "uint16"})
     assert result.array.dtype == np.uint16
     assert np.array_equal(result.array, mask) and np.allclose(result.affine, affine)
+
+
+def test_classifier_answers_json_and_no_file(client, cube, tmp_path):
+    path, _, _ = cube
+    output = tmp_path / "never.nii.gz"
+    result = client.inference(CLASSIFIER_MODEL, path, output=output)
+    assert not result.has_image and result.path is None and not output.exists()
+    assert result.params["model"] == CLASSIFIER_MODEL and result.params["labels"] == ["dim", "lit"]
+    assert result.params["prediction"] in ("dim", "lit")
+    assert sum(result.params["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="no image"):
+        result.image()
+    session = client.create_session(path)
+    try:
+        again = client.inference(CLASSIFIER_MODEL, session_id=session.session_id)
+    finally:
+        client.close_session(session.session_id)
+    assert again.params["probabilities"] == pytest.approx(result.params["probabilities"])
 
 
 def test_unknown_model_is_not_found(client, cube):
