@@ -1,7 +1,7 @@
 """Classification models end to end on a real server: the issue's MMAR form (softmax, `Writer` with "image": null,
 "json": "pred") answers JSON on /v1/inference and /infer/{model}, on uploads, sessions, 2D PNGs and DICOM series;
-DICOM SR and FHIR Observation reports read back with highdicom and fhir.resources; a writer result JSON cannot
-carry is a model error naming the key and type."""
+DICOM SR and FHIR Observation reports read back with highdicom, fhir.resources (R4B) and fhirclient (R4); a
+writer result JSON cannot carry is a model error naming the key and type."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from PIL import Image
 from pydicom.sr.codedict import codes
 
 from tests.support.dicom_series import write_ct_series
+from tests.support.fhir import r4_observation
 from tests.support.mmars import MeanClassNet, classification_config, mean_class_probability, write_mmar
 from tests.support.server import LiveServer, start_server
 from tests.support.volumes import lps_affine, save_nifti
@@ -164,6 +165,7 @@ def test_fhir_of_a_nifti_upload_has_no_study(server: LiveServer, tmp_path: Path)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "application/fhir+json"
     observation = Observation.model_validate(response.json())
+    assert r4_observation(response.json()).derivedFrom is None
     assert observation.derivedFrom is None
     assert observation.valueCodeableConcept.coding[0].code == "bright"
     unknown = _post(server, _volume(tmp_path, 0.0), output="pdf")
@@ -229,6 +231,7 @@ def test_monai_label_dicom_sr_and_fhir(server: LiveServer, dicom_session: tuple[
     assert fhir.status_code == 200, fhir.text
     assert fhir.headers["content-type"] == "application/fhir+json"
     observation = Observation.model_validate(fhir.json())
+    assert r4_observation(fhir.json()).derivedFrom[0].identifier.value == observation.derivedFrom[0].identifier.value
     source = _sources(series)[0]
     assert observation.derivedFrom[0].type == "ImagingStudy"
     assert observation.derivedFrom[0].identifier.value == f"urn:oid:{source.StudyInstanceUID}"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from fhirclient.models.fhirabstractbase import FHIRValidationError
 
 from aiaa_server.errors import ModelError
 from aiaa_server.inference.classification import classification_result
 from aiaa_server.inference.fhir import classification_observation
 from aiaa_server.inference.transforms import WriterOutput
+from tests.support.fhir import r4_observation
 
 LABELS = ["non-covid", "covid"]
 
@@ -51,3 +53,14 @@ def test_observation_codes_each_label() -> None:
     assert observation["valueCodeableConcept"]["coding"][0]["code"] == "covid"
     assert [c["valueQuantity"]["value"] for c in observation["component"]] == [0.25, 0.75]
     assert observation["derivedFrom"][0]["identifier"]["value"] == "urn:oid:1.2.3"
+    assert r4_observation(observation).valueCodeableConcept.coding[0].code == "covid"
+
+
+def test_r4_validation_refuses_what_r4_does_not_have() -> None:
+    observation = classification_observation(_result([0.25, 0.75]))
+    r4_observation(observation)
+    for broken in ({**observation, "bodyStructure": {"reference": "BodyStructure/1"}},  # R5 only
+                   {k: v for k, v in observation.items() if k != "code"},  # required
+                   {**observation, "component": [{"code": observation["code"], "valueQuantity": {"value": "high"}}]}):
+        with pytest.raises(FHIRValidationError):
+            r4_observation(broken)
