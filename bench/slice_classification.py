@@ -6,7 +6,11 @@ The model: MONAI's 2D DenseNet121 (seeded weights, TorchScript), 1 channel in, 2
 (.nii.gz, int16). The three measurements are interleaved, repeat by repeat, against one server process; the
 floor runs `pipeline.run` on each already-decoded slice in this process while the server idles.
 
-    python bench/slice_classification.py [--shape 512 512 40] [--size 224] [--repeats 3]
+    python bench/slice_classification.py [--shape 512 512 40] [--size 224] [--repeats 3] [--threads 1]
+
+`--threads` sets the torch threads of both the server (`--torch_threads`) and this process: on a shared machine
+one thread each keeps the two from spinning against other people's work (2 threads on 2 busy cores made single
+forwards vary 0.3-2 s here).
 """
 
 from __future__ import annotations
@@ -103,8 +107,9 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 40))
     parser.add_argument("--size", type=int, default=224, help="the side the slices are resized to")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads here and in the server (0: cores)")
     args = parser.parse_args()
-    threads = max(1, len(os.sched_getaffinity(0)))
+    threads = args.threads or max(1, len(os.sched_getaffinity(0)))
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="aiaa-bench-") as tmp:
         root = Path(tmp)
@@ -114,8 +119,9 @@ def main() -> None:
         model = ModelRegistry(TorchScriptPool()).load(folder)
         assert model is not None
         print(f"phantom {tuple(args.shape)} int16 ({path.stat().st_size / 2**20:.1f} MiB .nii.gz); DenseNet121 2D "
-              f"at {args.size}²; {threads} torch threads in-process")
-        server = start(root / "workspace", "--models", str(root / "models"), "--no-bundled_models")
+              f"at {args.size}²; {threads} torch threads here and in the server")
+        server = start(root / "workspace", "--models", str(root / "models"), "--no-bundled_models",
+                       "--torch_threads", str(threads))
         results: dict[str, list[float]] = {"floor": [], "batch": [], "per_slice": []}
         try:
             with server.client(timeout=600) as client:
