@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     reserve_interactive: bool = Field(
         True, description="with --workers >= 2, keep one worker for interactive calls (deepgrow, dextr3d, sessions)"
     )
+    batch_nice: int = Field(
+        0, ge=0, le=19, description="with a reserved interactive worker, lower the other workers' OS priority by "
+        "this nice value, so clicks and HTTP go first when the cores are busy",
+    )
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads per process (0: cores / workers)")
     root_path: str = Field("", description="path prefix when served behind a reverse proxy, e.g. /aiaa")
     log_level: Literal["debug", "info", "warning", "error"] = "info"

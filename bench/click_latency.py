@@ -10,7 +10,8 @@
    is timed (the click simulation on the client side is not).
 4. Times the bare model forward (models/model.ts, TorchScript) on a tensor of the crop shape the server
    feeds it (3 × the config's DeepgrowCropd spatial_size) with the server's thread count, in the same run.
-Prints median / p95 click latency and the ratio to the median bare forward.
+Prints median / p95 click latency, each click's crop passes, and the ratios to the median bare forward (one bare
+forward runs before each click, so load on the machine hits both).
 
 Usage: python bench/click_latency.py [--clicks 24] [--seed 0] [--threads 0]
 """
@@ -25,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -49,38 +51,55 @@ def start(workspace: Path, threads: int) -> LiveServer:
     return start_server(workspace, args, startup_timeout=180, log_path=workspace.parent / "server.log", cwd=REPO)
 
 
-def decode(response: httpx.Response) -> np.ndarray:
+def decode(response: httpx.Response) -> tuple[np.ndarray, dict]:
+    """The result mask and the result JSON of a multipart DeepGrow answer."""
     from email.parser import BytesParser
     from email.policy import HTTP
 
     message = BytesParser(policy=HTTP).parsebytes(
         f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode() + response.content)
+    mask, result = None, {}
     for part in message.iter_parts():
         if part.get_filename():
             array, _ = decode_result(part.get_payload(decode=True), ImageFormat.NIFTI_GZ)
-            return np.asarray(array) > 0
-    raise RuntimeError("no image part in the response")
+            mask = np.asarray(array) > 0
+        elif part.get_content_type() == "application/json":
+            result = json.loads(part.get_payload(decode=True))
+    if mask is None:
+        raise RuntimeError("no image part in the response")
+    return mask, result
 
 
-def bare_forward_seconds(repeats: int = 10) -> tuple[float, list[int]]:
-    config = json.loads((REPO / "models" / MODEL / "config" / "config_aiaa.json").read_text())
-    size = next(t["args"]["spatial_size"] for t in config["pre_transforms"] if t["name"].endswith("DeepgrowCropd"))
-    module = torch.jit.load(str(REPO / "models" / MODEL / "models" / "model.ts"), map_location="cpu").eval()
-    batch = torch.randn(1, 3, *size)
-    times = []
-    with torch.inference_mode():
-        module(batch)
-        for _ in range(repeats):
+class BareForward:
+    """The model's TorchScript forward on a tensor of the crop shape the server feeds it, timed one call at a
+    time so that calls can be interleaved with the clicks (machine noise then hits both)."""
+
+    def __init__(self) -> None:
+        config = json.loads((REPO / "models" / MODEL / "config" / "config_aiaa.json").read_text())
+        self.size = next(t["args"]["spatial_size"] for t in config["pre_transforms"]
+                         if t["name"].endswith("DeepgrowCropd"))
+        self.module = torch.jit.load(str(REPO / "models" / MODEL / "models" / "model.ts"), map_location="cpu").eval()
+        self.batch = torch.rand(1, 3, *self.size)
+        self.times: list[float] = []
+        self.seconds()  # warm-up (TorchScript profiling runs), not recorded
+        self.times.clear()
+
+    def seconds(self) -> float:
+        with torch.inference_mode():
             started = time.perf_counter()
-            module(batch)
-            times.append(time.perf_counter() - started)
-    return statistics.median(times), list(size)
+            self.module(self.batch)
+            elapsed = time.perf_counter() - started
+        self.times.append(elapsed)
+        return elapsed
 
 
-def click_through_organs(client: httpx.Client, session_id: str, phantom: Phantom, count: int) -> list[float]:
-    """`count` clicks, each timed (HTTP round trip only): a first click per organ, then up to 4 corrections."""
+def click_through_organs(client: httpx.Client, session_id: str, phantom: Phantom, count: int,
+                         forward: BareForward) -> tuple[list[float], list[int]]:
+    """`count` clicks, each timed (HTTP round trip only): a first click per organ, then up to 4 corrections;
+    a bare forward runs before each click. Returns the latencies and each click's `crop_passes`."""
     spacing = phantom.spacing
     latencies: list[float] = []
+    passes: list[int] = []
     organ_index, clicks, truth = -1, Clicks(), np.zeros(phantom.shape, bool)
     while len(latencies) < count:
         if clicks.count == 0 or clicks.count >= 5:
@@ -88,18 +107,21 @@ def click_through_organs(client: httpx.Client, session_id: str, phantom: Phantom
             truth = phantom.labels == ORGAN_LABELS[ORGANS[organ_index % len(ORGANS)]]
             point = first_click(truth, spacing=spacing)
             clicks = Clicks(foreground=[point], current=point)
+        forward.seconds()
         started = time.perf_counter()
         response = client.post("/v1/deepgrow", params={"model": MODEL, "session_id": session_id},
                                data={"params": json.dumps(clicks.params())})
         latencies.append(time.perf_counter() - started)
         response.raise_for_status()
-        correction = next_click(truth, decode(response), spacing=spacing)
+        mask, result = decode(response)
+        passes.append(int(result.get("crop_passes", 1)))
+        correction = next_click(truth, mask, spacing=spacing)
         if correction is None:
             clicks = Clicks()
             continue
         (clicks.foreground if correction[0] else clicks.background).append(correction[1])
         clicks.current = correction[1]
-    return latencies
+    return latencies, passes
 
 
 def main() -> None:
@@ -120,10 +142,13 @@ def main() -> None:
             with open(image_path, "rb") as handle:
                 created = client.put("/session/", params={"expiry": "600"}, files={"image": (image_path.name, handle)})
             created.raise_for_status()
-            latencies = click_through_organs(client, created.json()["session_id"], phantom, args.clicks)
+            forward = BareForward()
+            latencies, passes = click_through_organs(client, created.json()["session_id"], phantom, args.clicks,
+                                                     forward)
         server_times = [float(t) for t in re.findall(r"deepgrow \S+ on session \S+ \(.*?\): ([0-9.]+) s",
                                                       server.output())]
-    forward, size = bare_forward_seconds()
+    bare = statistics.median(forward.times)
+    per_forward = [latency / (count * time) for latency, count, time in zip(latencies, passes, forward.times)]
     ordered = sorted(latencies)
     median = statistics.median(ordered)
     p95 = ordered[min(len(ordered) - 1, int(np.ceil(0.95 * len(ordered))) - 1)]
@@ -134,8 +159,16 @@ def main() -> None:
     if server_times:
         print(f"server-side (session image → encoded result) median {statistics.median(server_times) * 1000:.0f} ms; "
               "the rest is HTTP, queueing and the response transfer")
-    print(f"bare model forward on 1x3x{'x'.join(map(str, size))}: median {forward * 1000:.0f} ms")
-    print(f"ratio click median / bare forward: {median / forward:.2f}x")
+    print(f"bare model forward on 1x3x{'x'.join(map(str, forward.size))} (one before each click): "
+          f"median {bare * 1000:.0f} ms")
+    one_pass = [latency for latency, count in zip(latencies, passes) if count == 1]
+    print(f"crop passes per click: {dict(sorted(Counter(passes).items()))}")
+    print(f"ratio click median / bare forward median: {median / bare:.2f}x")
+    if one_pass:
+        print(f"ratio one-pass click median / bare forward median: {statistics.median(one_pass) / bare:.2f}x "
+              f"({len(one_pass)} clicks)")
+    print(f"median per-click ratio latency / (passes x the forward timed just before it): "
+          f"{statistics.median(per_forward):.2f}x")
 
 
 if __name__ == "__main__":

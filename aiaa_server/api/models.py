@@ -20,12 +20,13 @@ router = APIRouter(tags=["models"])
     summary="List models (or one model with ?model=NAME)",
 )
 @router.get("/v1/models/", response_model=list[ModelInfo] | ModelInfo, include_in_schema=False)
-def list_models(
+async def list_models(
     services: ServicesDep,
     label: Annotated[str | None, Query(description="keep models whose labels contain this organ name")] = None,
     type: Annotated[str | None, Query(description="keep models of this type, e.g. segmentation")] = None,
     model: Annotated[str | None, Query(description="return just this model, as one object")] = None,
 ) -> list[ModelInfo] | ModelInfo:
+    # async: answered on the event loop without a hop to the thread pool, which busy workers slow down
     if model is not None:
         return _with_version(services, services.registry.get(model).info)
     return [_with_version(services, info) for info in services.registry.infos(label=label, model_type=type)]

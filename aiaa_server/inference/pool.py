@@ -31,6 +31,7 @@ import asyncio
 import enum
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -45,6 +46,16 @@ from aiaa_server.metrics import MetricsRegistry
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def lower_thread_priority(increment: int) -> None:
+    """Raise the calling thread's nice value by `increment` (Linux: `setpriority` on a thread id applies to that
+    thread only); where that is not possible the thread runs on unchanged."""
+    try:
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + increment))
+    except (AttributeError, OSError) as exc:
+        log.warning("inference pool: cannot lower the batch workers' priority: %s", exc)
 
 
 class Lane(str, enum.Enum):
@@ -93,6 +104,9 @@ class InferencePool:
             once does not wait, so 0 means "run now or 503".
         batch_max_wait: seconds the oldest batch job may be overtaken by clicks before it goes first.
         reserve_interactive: with 2 or more workers, keep worker 0 for interactive jobs.
+        batch_nice: with a reserved interactive worker, how much lower the other workers' OS scheduling
+            priority is (Linux per-thread nice, 0–19): where the cores are all busy, the click and the event loop
+            then preempt segmentations instead of sharing the core with them. 0: same priority.
         registry: where queue and run metrics are reported; None: nowhere.
         name: prefix of the worker thread names.
 
@@ -107,6 +121,7 @@ class InferencePool:
         *,
         batch_max_wait: float = 10.0,
         reserve_interactive: bool = True,
+        batch_nice: int = 0,
         registry: MetricsRegistry | None = None,
         name: str = "aiaa-infer",
     ) -> None:
@@ -117,6 +132,7 @@ class InferencePool:
         self.batch_max_wait = batch_max_wait
         self.reserved = 1 if (reserve_interactive and workers > 1) else 0  # interactive-only workers
         self.batch_slots = workers - self.reserved
+        self.batch_nice = max(0, min(19, batch_nice)) if self.reserved else 0
         self._lanes: dict[Lane, deque[_Job]] = {lane: deque() for lane in Lane}
         self._running: dict[Lane, int] = {lane: 0 for lane in Lane}
         self._busy_workers = {True: 0, False: 0}  # by "reserved for clicks"
@@ -227,6 +243,8 @@ class InferencePool:
         return None
 
     def _work(self, reserved: bool) -> None:
+        if not reserved and self.batch_nice:
+            lower_thread_priority(self.batch_nice)
         while True:
             with self._cond:
                 job = self._pick(reserved)

@@ -56,6 +56,7 @@ class ModelVersions:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._lock = threading.Lock()
+        self._figures: dict[str, tuple[tuple[int, int], tuple[int, float | None]]] = {}
 
     def folder(self, name: str) -> Path:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -108,6 +109,25 @@ class ModelVersions:
         except (OSError, ValueError, AttributeError):
             return 0
         return value if isinstance(value, int) and value >= 0 else 0
+
+    def serving_figures(self, name: str) -> tuple[int, float | None]:
+        """(the version served, its validation Dice or None), read once per change of the serving pointer:
+        `/v1/models` asks for every model on every call, so a call costs one `stat` per model, not two reads."""
+        try:
+            status = (self.folder(name) / SERVING_FILE).stat()
+        except OSError:
+            return 0, None
+        stamp = (status.st_mtime_ns, status.st_ino)  # an atomic rewrite is a new inode
+        cached = self._figures.get(name)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        version, dice = self.serving(name), None
+        if version:
+            with contextlib.suppress(NotFound, OSError, ValueError):
+                value = self.get(name, version).metrics.get("best_dice")
+                dice = float(value) if isinstance(value, (int, float)) else None
+        self._figures[name] = (stamp, (version, dice))
+        return version, dice
 
     def set_serving(self, name: str, version: int) -> None:
         """Point `name` at `version` (0: the original); the version must exist."""

@@ -78,7 +78,8 @@ class Services:
         metrics = MetricsRegistry()
         pool = InferencePool(
             settings.workers, settings.max_queue, batch_max_wait=settings.batch_max_wait,
-            reserve_interactive=settings.reserve_interactive, registry=metrics,
+            reserve_interactive=settings.reserve_interactive, batch_nice=settings.batch_nice,
+            registry=metrics,
         )
         sessions = _session_store(settings)
         inference = InferenceService(registry, pool, gzip_level=settings.result_gzip_level, sessions=sessions,

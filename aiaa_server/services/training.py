@@ -157,13 +157,10 @@ class TrainingService:
 
     def serving_figures(self, name: str) -> dict[str, Any]:
         """What `/v1/models` and `/info/` show about the weights being served: version and validation Dice."""
-        serving = self.versions.serving(name)
+        serving, dice = self.versions.serving_figures(name)
         if not serving:
             return {}
-        with contextlib.suppress(Exception):
-            metrics = self.versions.get(name, serving).metrics
-            return {"trained_version": serving, "validation_dice": metrics.get("best_dice")}
-        return {"trained_version": serving}
+        return {"trained_version": serving, "validation_dice": dice}
 
     def train_stats(self) -> dict[str, Any]:
         """MONAI Label's `train_stats` (what Slicer's progress bar reads) of the running or last job, by model."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 
@@ -236,3 +237,29 @@ def test_a_failing_on_busy_listener_does_not_stop_the_workers() -> None:
     pool.on_busy = broken
     assert [pool.submit(Lane.BATCH, lambda i=i: i).result(timeout=30) for i in range(3)] == [0, 1, 2]
     pool.shutdown()
+
+
+def _nice_of_the_worker(pool: InferencePool, lane: Lane) -> int:
+    import os
+
+    return pool.submit(lane, lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())).result(timeout=10)
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread priorities are a POSIX facility")
+def test_batch_nice_lowers_only_the_segmentation_workers() -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    pool = InferencePool(2, batch_nice=5)
+    try:
+        assert _nice_of_the_worker(pool, Lane.BATCH) == min(19, base + 5)
+        hold = threading.Event()
+        pool.submit(Lane.BATCH, hold.wait, 10)  # keeps the batch worker busy: the click goes to worker 0
+        assert _nice_of_the_worker(pool, Lane.INTERACTIVE) == base
+        hold.set()
+    finally:
+        pool.shutdown(wait=True)
+    single = InferencePool(1, batch_nice=5)  # one worker runs the clicks too: never lowered
+    try:
+        assert _nice_of_the_worker(single, Lane.BATCH) == base
+    finally:
+        single.shutdown(wait=True)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the calling thread is untouched

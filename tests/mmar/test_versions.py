@@ -60,3 +60,19 @@ def test_leftover_candidates_of_a_killed_job_are_cleaned(tmp_path: Path) -> None
 def test_unsafe_model_names_are_refused(tmp_path: Path, name: str) -> None:
     with pytest.raises(BadRequest):
         ModelVersions(tmp_path).folder(name)
+
+
+def test_serving_figures_follow_the_pointer_and_a_removed_model(tmp_path: Path) -> None:
+    import shutil
+
+    versions = ModelVersions(tmp_path)
+    assert versions.serving_figures("seg") == (0, None)
+    versions.add("seg", candidate(versions, "seg", "a"), {"best_dice": 0.5})
+    versions.add("seg", candidate(versions, "seg", "b"), {"best_dice": 0.75})
+    versions.set_serving("seg", 1)
+    assert versions.serving_figures("seg") == (1, 0.5)
+    versions.set_serving("seg", 2)
+    assert versions.serving_figures("seg") == (2, 0.75)
+    assert versions.serving_figures("seg") == (2, 0.75)  # from the cache: same pointer file
+    shutil.rmtree(tmp_path / "seg")  # what re-uploading a model through the admin API does
+    assert versions.serving_figures("seg") == (0, None)
