@@ -44,8 +44,8 @@ MODEL = "demo_deepgrow_3d"
 ORGANS = ("spleen", "liver", "left_kidney", "right_kidney", "stomach")
 
 
-def start(workspace: Path, threads: int) -> LiveServer:
-    args = ["--torch_threads", str(threads)] if threads else []
+def start(workspace: Path, threads: int, device: str = "cpu") -> LiveServer:
+    args = ["--device", device, *(["--torch_threads", str(threads)] if threads else [])]
     return start_server(workspace, args, startup_timeout=180, log_path=workspace.parent / "server.log", cwd=REPO)
 
 
@@ -62,17 +62,19 @@ def decode(response: httpx.Response) -> np.ndarray:
     raise RuntimeError("no image part in the response")
 
 
-def bare_forward_seconds(repeats: int = 10) -> tuple[float, list[int]]:
+def bare_forward_seconds(repeats: int = 10, device: str = "cpu") -> tuple[float, list[int]]:
     config = json.loads((REPO / "models" / MODEL / "config" / "config_aiaa.json").read_text())
     size = next(t["args"]["spatial_size"] for t in config["pre_transforms"] if t["name"].endswith("DeepgrowCropd"))
-    module = torch.jit.load(str(REPO / "models" / MODEL / "models" / "model.ts"), map_location="cpu").eval()
-    batch = torch.randn(1, 3, *size)
+    module = torch.jit.load(str(REPO / "models" / MODEL / "models" / "model.ts"), map_location=device).eval()
+    batch = torch.randn(1, 3, *size, device=device)
     times = []
     with torch.inference_mode():
         module(batch)
         for _ in range(repeats):
             started = time.perf_counter()
             module(batch)
+            if device == "cuda":
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - started)
     return statistics.median(times), list(size)
 
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the server's default)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the server's --device")
     args = parser.parse_args()
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -116,14 +119,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         image_path = Path(tmp) / "abdomen.nii.gz"
         save_nifti(phantom, image_path)
-        with start(Path(tmp) / "workspace", args.threads) as server, server.client(timeout=120) as client:
+        with start(Path(tmp) / "workspace", args.threads, args.device) as server, server.client(timeout=120) as client:
             with open(image_path, "rb") as handle:
                 created = client.put("/session/", params={"expiry": "600"}, files={"image": (image_path.name, handle)})
             created.raise_for_status()
             latencies = click_through_organs(client, created.json()["session_id"], phantom, args.clicks)
         server_times = [float(t) for t in re.findall(r"deepgrow \S+ on session \S+ \(.*?\): ([0-9.]+) s",
                                                       server.output())]
-    forward, size = bare_forward_seconds()
+    forward, size = bare_forward_seconds(device=args.device)
     ordered = sorted(latencies)
     median = statistics.median(ordered)
     p95 = ordered[min(len(ordered) - 1, int(np.ceil(0.95 * len(ordered))) - 1)]

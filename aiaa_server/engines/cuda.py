@@ -6,9 +6,11 @@ On a CUDA device (`AcceleratedEngine`):
   DMA queued on the worker's stream rather than a synchronous staged copy;
 - each worker thread queues its copies and forward on its own `torch.cuda.Stream`, so concurrent workers do not
   serialise on the default stream;
-- the output is copied device→host into pinned memory, non-blocking, and the stream is synchronised before the
-  call returns: the caller gets a finished CPU float32 tensor (as from Triton), never a tensor still being
-  written on another stream.
+- the output goes back where the batch came from: for a host batch it is copied device→host into pinned memory,
+  non-blocking; a batch already on the GPU (MONAI's sliding window moves its windows to `sw_device` and adds the
+  outputs up there) gets a GPU output, marked as used by the caller's stream (`record_stream`, so the caching
+  allocator does not hand its memory to this worker's stream while the caller still reads it);
+- the stream is synchronised before the call returns: the caller never gets a tensor still being written.
 On the CPU nothing is pinned or streamed: the batch goes straight to the module.
 
 Precision: `float32` runs the module as is; `float16`/`bfloat16` run the forward under
@@ -99,8 +101,9 @@ class AcceleratedEngine:
         inner: the engine running the module (e.g. a TorchScriptEngine); it moves batches to its device.
         precision: "float32" (no autocast), "float16" or "bfloat16".
 
-    Input `(N, C, *spatial)`, any float dtype, on any device; output `(N, C_out, *spatial)` float32, on the CPU
-    for a CUDA engine (finished: the stream is synchronised), on the engine's device otherwise.
+    Input `(N, C, *spatial)`, any float dtype, on any device; output `(N, C_out, *spatial)` float32: for a CUDA
+    engine on the device the batch came from (a host batch gets a finished CPU tensor), else on the engine's
+    device.
     """
 
     def __init__(self, inner: Engine, precision: str = "float32") -> None:
@@ -119,13 +122,15 @@ class AcceleratedEngine:
         return output.float()
 
     def _run_on_stream(self, batch: torch.Tensor) -> torch.Tensor:
+        caller = torch.cuda.current_stream(self.device)
         stream = thread_stream(self.device)
-        # A batch already on the GPU was written on the caller's stream: order our work after it.
-        stream.wait_stream(torch.cuda.current_stream(self.device))
+        stream.wait_stream(caller)  # a batch already on the GPU was written on the caller's stream
         with torch.inference_mode(), torch.cuda.stream(stream):
             on_device = to_device(batch, self.device)
             with autocast(self.device, self.precision):
-                output = self.inner(on_device)
-            host = to_host(output)
-        stream.synchronize()  # the caller reads `host` at once: every queued copy must have landed
-        return host
+                output = self.inner(on_device).float()
+            result = to_host(output) if batch.device.type == "cpu" else output
+        stream.synchronize()  # the caller reads the result at once: every queued kernel and copy must be done
+        if result.is_cuda:
+            result.record_stream(caller)
+        return result

@@ -67,15 +67,33 @@ def test_cpu_copies_are_plain() -> None:
 
 
 @needs_cuda
-def test_cuda_engine_returns_finished_float32_on_the_host() -> None:
+def test_cuda_engine_returns_finished_float32_where_the_batch_was() -> None:
     crop = spleen_crop()
     reference = AcceleratedEngine(spleen_engine("cpu"), "float32")(crop)  # type: ignore[arg-type]
     engine = AcceleratedEngine(spleen_engine("cuda"), "float32")  # type: ignore[arg-type]
     output = engine(crop)
     assert output.device.type == "cpu" and output.is_pinned() and output.dtype == torch.float32
     assert (output.argmax(dim=1) == reference.argmax(dim=1)).float().mean().item() >= 0.999
-    on_gpu = engine(crop.cuda())  # a batch already on the device (sliding window's sw_device)
-    torch.testing.assert_close(on_gpu, output)
+    on_gpu = engine(crop.cuda())  # a batch already on the device (sliding window's sw_device) stays there
+    assert on_gpu.is_cuda and on_gpu.dtype == torch.float32
+    torch.testing.assert_close(on_gpu.cpu(), output)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_sliding_window_over_a_bfloat16_engine(device: str) -> None:
+    from monai.inferers import sliding_window_inference
+
+    crop = spleen_crop()
+
+    def slide(engine: AcceleratedEngine) -> torch.Tensor:
+        with torch.inference_mode():
+            return sliding_window_inference(crop, roi_size=[48, 48, 48], sw_batch_size=4, predictor=engine,
+                                            overlap=0.25, sw_device=engine.device, device=torch.device("cpu"))
+
+    reference = slide(AcceleratedEngine(spleen_engine("cpu"), "float32"))  # type: ignore[arg-type]
+    output = slide(AcceleratedEngine(spleen_engine(device), "bfloat16"))  # type: ignore[arg-type]
+    assert output.device.type == "cpu" and output.shape == reference.shape
+    assert (output.argmax(dim=1) == reference.argmax(dim=1)).float().mean().item() >= 0.99
 
 
 @needs_cuda
