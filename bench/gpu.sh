@@ -35,7 +35,7 @@ out="bench/results/gpu-$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 dev=(--device "$device")
 
-# name | arguments at full size | arguments with --quick (both after the script's own --device where it has one)
+# name | arguments at full size | arguments with --quick (the phantoms keep 0.8 mm in plane: 320² still holds a spleen)
 benches=(
     "gzip_codecs||--shape 128 128 32 --repeats 1"
     "dicom_seg||--size 128 --slices 16 --repeats 1"
@@ -44,8 +44,8 @@ benches=(
     "growth|${dev[*]}|${dev[*]} --shapes 64x64x32 96x96x48 --session-shape 64x64x40 --repeats 1"
     "click_latency|${dev[*]}|${dev[*]} --clicks 3"
     "large_structure_click|${dev[*]}|${dev[*]} --clicks 2"
-    "concurrency|${dev[*]}|${dev[*]} --shape 128 128 48 --segs 1 --idle-clicks 2 --clients 2 --think 0.1"
-    "training_latency|${dev[*]}|${dev[*]} --shape 96 96 32 --images 2 --clicks 2 --budget 15"
+    "concurrency|${dev[*]}|${dev[*]} --shape 320 320 24 --segs 1 --idle-clicks 2 --clients 2 --think 0.1"
+    "training_latency|${dev[*]}|${dev[*]} --shape 320 320 24 --images 2 --clicks 2 --budget 15"
     "bundle_parity|${dev[*]}|${dev[*]} --bundles spleen_ct_segmentation"
     "hostile_inputs|${dev[*]}|${dev[*]}"
 )

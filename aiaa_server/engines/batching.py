@@ -15,12 +15,15 @@ The waiting happens on inference worker threads (never the event loop); it only 
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 
 import torch
 
 from aiaa_server.engines.base import Engine
+
+log = logging.getLogger(__name__)
 
 GroupKey = tuple[tuple[int, ...], torch.dtype, str]
 
@@ -113,6 +116,8 @@ class BatchingEngine:
                 joined = group.batches[0] if len(group.batches) == 1 else torch.cat(group.batches)
                 output = self.inner(joined)
                 sizes = [b.shape[0] for b in group.batches]
+                if len(sizes) > 1:
+                    log.debug("model %s: one forward for %d callers (batch %d)", self.name, len(sizes), sum(sizes))
                 group.outputs = list(output.split(sizes)) if len(sizes) > 1 else [output]
         except BaseException as exc:  # noqa: BLE001 - raised again in every caller of the group
             group.error = exc
