@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     workspace: Path = Field(Path("workspace"), description="folder for uploads, sessions, logs and uploaded models")
     device: Literal["cpu", "cuda"] = Field("cpu", description="device the local engine runs models on")
     workers: int = Field(1, ge=1, le=64, description="inference worker threads on the device")
+    precision: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="forward precision of local models: float16/bfloat16 run under torch.autocast "
+        "(outputs float32); a model's inference.AIAA.args.precision overrides it"
+    )
+    click_batch_ms: float = Field(
+        0.0, ge=0, le=1000, description="interactive models (deepgrow, annotation): concurrent same-shaped "
+        "clicks within this window share one forward (0: off; e.g. 5 with --device cuda and --workers >= 2)"
+    )
+    click_batch_max: int = Field(8, ge=1, le=64, description="most clicks in one shared forward (--click_batch_ms)")
     max_queue: int = Field(
         16, ge=0, le=10000, description="inference requests that may wait for a worker; more get 503 + Retry-After"
     )
@@ -156,7 +165,7 @@ class Settings(BaseSettings):
         "pytorch", description="Triton backend in the generated repository: pytorch (production) or python (CPU tests)"
     )
 
-    @field_validator("engine", "triton_protocol", "triton_backend", mode="before")
+    @field_validator("engine", "triton_protocol", "triton_backend", "precision", mode="before")
     @classmethod
     def _case_insensitive(cls, value: object) -> object:
         if not isinstance(value, str):

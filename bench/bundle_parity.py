@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--image", type=Path, default=None, help="a NIfTI CT (default: lung1_ct, else a phantom)")
     parser.add_argument("--bundles", nargs="+", default=list(ZOO_BUNDLES), choices=ZOO_BUNDLES)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the server's --device")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="aiaa-parity-") as tmp_name:
@@ -57,7 +58,8 @@ def main() -> None:
         print(f"image {image.name} {nib.load(image).shape}")
         for name in args.bundles:
             write_bundle(tmp / "models" / name, name, seed=args.seed)
-        server = start(tmp / "workspace", "--models", str(tmp / "models"), "--no-bundled_models")
+        server = start(tmp / "workspace", "--models", str(tmp / "models"), "--no-bundled_models",
+                       "--device", args.device)
         try:
             with server.client(timeout=3600) as client:
                 for name in args.bundles:

@@ -46,8 +46,8 @@ MODEL = "demo_deepgrow_3d"
 ORGANS = ("spleen", "liver", "left_kidney", "right_kidney", "stomach")
 
 
-def start(workspace: Path, threads: int) -> LiveServer:
-    args = ["--torch_threads", str(threads)] if threads else []
+def start(workspace: Path, threads: int, device: str = "cpu") -> LiveServer:
+    args = ["--device", device, *(["--torch_threads", str(threads)] if threads else [])]
     return start_server(workspace, args, startup_timeout=180, log_path=workspace.parent / "server.log", cwd=REPO)
 
 
@@ -74,12 +74,13 @@ class BareForward:
     """The model's TorchScript forward on a tensor of the crop shape the server feeds it, timed one call at a
     time so that calls can be interleaved with the clicks (machine noise then hits both)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
         config = json.loads((REPO / "models" / MODEL / "config" / "config_aiaa.json").read_text())
         self.size = next(t["args"]["spatial_size"] for t in config["pre_transforms"]
                          if t["name"].endswith("DeepgrowCropd"))
-        self.module = torch.jit.load(str(REPO / "models" / MODEL / "models" / "model.ts"), map_location="cpu").eval()
-        self.batch = torch.rand(1, 3, *self.size)
+        self.module = torch.jit.load(str(REPO / "models" / MODEL / "models" / "model.ts"), map_location=device).eval()
+        self.batch = torch.rand(1, 3, *self.size, device=device)
         self.times: list[float] = []
         self.seconds()  # warm-up (TorchScript profiling runs), not recorded
         self.times.clear()
@@ -88,6 +89,8 @@ class BareForward:
         with torch.inference_mode():
             started = time.perf_counter()
             self.module(self.batch)
+            if self.device == "cuda":
+                torch.cuda.synchronize()
             elapsed = time.perf_counter() - started
         self.times.append(elapsed)
         return elapsed
@@ -129,6 +132,7 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the server's default)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the server's --device")
     args = parser.parse_args()
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -138,11 +142,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         image_path = Path(tmp) / "abdomen.nii.gz"
         save_nifti(phantom, image_path)
-        with start(Path(tmp) / "workspace", args.threads) as server, server.client(timeout=120) as client:
+        with start(Path(tmp) / "workspace", args.threads, args.device) as server, server.client(timeout=120) as client:
             with open(image_path, "rb") as handle:
                 created = client.put("/session/", params={"expiry": "600"}, files={"image": (image_path.name, handle)})
             created.raise_for_status()
-            forward = BareForward()
+            forward = BareForward(args.device)
             latencies, passes = click_through_organs(client, created.json()["session_id"], phantom, args.clicks,
                                                      forward)
         server_times = [float(t) for t in re.findall(r"deepgrow \S+ on session \S+ \(.*?\): ([0-9.]+) s",

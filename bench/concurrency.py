@@ -102,12 +102,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--clients", type=int, default=4, help="segmenting clients (and as many clickers)")
     parser.add_argument("--think", type=float, default=1.0, help="seconds a clicker waits between clicks")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the server's --device")
     args = parser.parse_args()
     phantom = make_phantom(tuple(args.shape))
     points = click_points(phantom.labels, 16)
     with tempfile.TemporaryDirectory(prefix="aiaa-bench-") as tmp:
         path = write_phantom(Path(tmp) / "phantom.nii.gz", tuple(args.shape), phantom=phantom)
-        server = start(Path(tmp) / "workspace", "--workers", str(args.workers))
+        server = start(Path(tmp) / "workspace", "--workers", str(args.workers), "--device", args.device)
         base = server.base_url
         try:
             with server.client(timeout=600) as client:

@@ -140,9 +140,12 @@ def measure(server: LiveServer, client: httpx.Client, send: Request) -> tuple[st
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the server's --device")
+    args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aiaa-hostile-") as tmp, \
-            start_server(Path(tmp) / "workspace", ["--log_level", "warning"], startup_timeout=300) as server:
+            start_server(Path(tmp) / "workspace", ["--log_level", "warning", "--device", args.device],
+                         startup_timeout=300) as server:
         with server.client(timeout=300) as client:
             print("| vector | status | time | server peak RSS growth | /v1/models after |")
             print("|---|---|---|---|---|")

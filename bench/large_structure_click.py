@@ -133,6 +133,8 @@ def bare_forward_seconds(module: torch.jit.ScriptModule, batch: torch.Tensor) ->
     with torch.inference_mode():
         started = time.perf_counter()
         module(batch)
+        if batch.is_cuda:
+            torch.cuda.synchronize()
         return time.perf_counter() - started
 
 
@@ -173,6 +175,7 @@ def main() -> None:
     parser.add_argument("--max-passes", type=int, default=3)
     parser.add_argument("--zoom", type=float, default=2.0)
     parser.add_argument("--border-voxels", type=int, default=2)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the server's --device")
     args = parser.parse_args()
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -189,7 +192,7 @@ def main() -> None:
         image_path = save_nifti(root / "large.nii.gz", image, affine)
         (root / "models").mkdir()
         module = stage_models(root / "models", args.network, growth)
-        server_args = ["--models", str(root / "models"), "--no-bundled_models"]
+        server_args = ["--models", str(root / "models"), "--no-bundled_models", "--device", args.device]
         server_args += ["--torch_threads", str(args.threads)] if args.threads else []
         with start_server(root / "workspace", server_args, startup_timeout=180, log_path=root / "server.log",
                           cwd=REPO) as server, server.client(timeout=300) as client:
@@ -197,7 +200,7 @@ def main() -> None:
                 created = client.put("/session/", params={"expiry": "600"}, files={"image": (image_path.name, handle)})
             created.raise_for_status()
             session_id = created.json()["session_id"]
-            batch = torch.randn(1, 3, 96, 96, 96)
+            module, batch = module.to(args.device), torch.randn(1, 3, 96, 96, 96, device=args.device)
             bare_forward_seconds(module, batch)  # warm-up
             for model in MODELS:
                 click(client, session_id, model, points[0], truth)

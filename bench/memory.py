@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300))
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--bundle", action="store_true", help="a zoo-shaped MONAI bundle instead of the demo MMAR")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the server's --device")
     args = parser.parse_args()
     shape = tuple(args.shape)
     float32_bytes = 4 * shape[0] * shape[1] * shape[2]
@@ -39,7 +40,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="aiaa-bench-") as tmp:
         path = write_phantom(Path(tmp) / "phantom.nii.gz", shape)  # type: ignore[arg-type]
         name, _, extra = bench_model(Path(tmp), args.bundle)
-        server = start(Path(tmp) / "workspace", "--workers", "1", *extra)
+        server = start(Path(tmp) / "workspace", "--workers", "1", "--device", args.device, *extra)
         try:
             idle = proc_status(server.process.pid)
             with server.client(timeout=1200) as client:

@@ -79,9 +79,9 @@ def segment_http(client: httpx.Client, path: Path, model: str = SPLEEN) -> float
     return elapsed
 
 
-def _floor(path: Path, folder: Path, repeats: int, threads: int) -> dict[str, list[float]]:
+def _floor(path: Path, folder: Path, repeats: int, threads: int, device: str = "cpu") -> dict[str, list[float]]:
     torch.set_num_threads(threads)
-    registry = ModelRegistry(TorchScriptPool())
+    registry = ModelRegistry(TorchScriptPool(), device)
     model = registry.load(folder)
     assert model is not None
     times: dict[str, list[float]] = {"decode": [], "pipeline": [], "encode": []}
@@ -104,12 +104,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--bundle", action="store_true", help="a zoo-shaped MONAI bundle instead of the demo MMAR")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the server's --device")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="aiaa-bench-") as tmp:
         path = write_phantom(Path(tmp) / "phantom.nii.gz", tuple(args.shape))
         name, folder, extra = bench_model(Path(tmp), args.bundle)
         print(f"phantom {tuple(args.shape)} int16, {path.stat().st_size / 2**20:.1f} MiB .nii.gz; model {name}")
-        server = start(Path(tmp) / "workspace", "--workers", str(args.workers), *extra)
+        server = start(Path(tmp) / "workspace", "--workers", str(args.workers), "--device", args.device, *extra)
         try:
             with server.client(timeout=600) as client:
                 segment_http(client, path, name)  # warm-up
@@ -117,7 +118,7 @@ def main() -> None:
         finally:
             server.stop()
         threads = max(1, len(__import__("os").sched_getaffinity(0)) // args.workers)
-        floor = _floor(path, folder, args.repeats, threads)
+        floor = _floor(path, folder, args.repeats, threads, args.device)
     best_http, best_floor = min(http), min(floor["pipeline"])
     print(f"in-process floor (pipeline.run, {threads} torch threads): median "
           f"{statistics.median(floor['pipeline']):.2f} s, best {best_floor:.2f} s")

@@ -62,11 +62,12 @@ def main() -> None:
     parser.add_argument("--clicks", type=int, default=10)
     parser.add_argument("--budget", type=float, default=120.0, help="the job's time budget (s)")
     parser.add_argument("--threads", type=int, default=1, help="--training_threads")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the server's --device")
     args = parser.parse_args()
     shape = tuple(args.shape)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        with start(folder / "ws", "--training_threads", str(args.threads)) as live, \
+        with start(folder / "ws", "--training_threads", str(args.threads), "--device", args.device) as live, \
                 httpx.Client(base_url=live.base_url, timeout=900) as client:
             upload_labelled(client, folder, shape, args.images)
             phantom = make_phantom(shape, seed=7)

@@ -24,15 +24,18 @@ from typing import Literal
 import torch
 
 from aiaa_server.engines.base import Engine
+from aiaa_server.engines.batching import BatchingEngine
+from aiaa_server.engines.cuda import AcceleratedEngine, precision_dtype
 from aiaa_server.engines.torchscript import TorchScriptPool, resolve_device
 from aiaa_server.engines.triton import TritonClient, TritonEngine, TritonOptions
 from aiaa_server.engines.triton_repository import TritonBackend, remove_model, triton_model_file, write_model
 from aiaa_server.errors import InvalidModel, ModelError, ServiceUnavailable
-from aiaa_server.mmar.config import AIAAConfig
+from aiaa_server.mmar.config import AIAAConfig, ModelType
 
 log = logging.getLogger(__name__)
 
 EngineKind = Literal["local", "triton"]
+INTERACTIVE_TYPES = frozenset({ModelType.DEEPGROW, ModelType.ANNOTATION})  # batched with --click_batch_ms
 _ALIASES: dict[str, EngineKind] = {"local": "local", "aiaa": "local", "triton": "triton"}
 
 
@@ -61,6 +64,11 @@ class EngineFactory:
         default_device: where local engines run when the model names no device ("cpu", "cuda", "cuda:1").
         default_engine: the server's `--engine`, for models whose config does not force one.
         triton: where Triton models are written and served; None runs every model locally.
+        precision: the server's `--precision` of local forwards ("float32", "float16", "bfloat16"); a model's
+            `inference.AIAA.args.precision` overrides it.
+        click_batch_ms: > 0: interactive models' (deepgrow, annotation) concurrent same-shaped forwards within
+            this many milliseconds share one (`engines.batching`); 0: off.
+        click_batch_max: most items in one shared forward.
     """
 
     def __init__(
@@ -69,11 +77,18 @@ class EngineFactory:
         default_device: str = "cpu",
         default_engine: EngineKind = "local",
         triton: TritonSetup | None = None,
+        precision: str = "float32",
+        click_batch_ms: float = 0.0,
+        click_batch_max: int = 8,
     ) -> None:
+        precision_dtype(precision)  # refuse unknown names here
         self.pool = pool
         self.default_device = default_device
         self.default_engine = default_engine
         self.triton = triton
+        self.precision = precision
+        self.click_batch_ms = click_batch_ms
+        self.click_batch_max = click_batch_max
         self._client: TritonClient | None = None
         self._triton_engines: dict[str, TritonEngine] = {}  # by model name
         self._sources: dict[str, str] = {}  # model name -> resolved model file
@@ -109,8 +124,18 @@ class EngineFactory:
         """
         if self.kind_for(config) == "local":
             resolved: torch.device = resolve_device(device, self.default_device)
-            return self.pool.get(model_file, resolved, name)
+            return self._accelerated(self.pool.get(model_file, resolved, name), config)
         return self._create_triton(name, model_file, config)
+
+    def _accelerated(self, engine: Engine, config: AIAAConfig) -> Engine:
+        """`engine` with the device paths (`engines.cuda`) where it runs on CUDA or not in float32, and shared
+        forwards (`engines.batching`) for interactive models when `click_batch_ms` > 0."""
+        precision = config.inference.args.precision or self.precision
+        if engine.device.type == "cuda" or precision != "float32":
+            engine = AcceleratedEngine(engine, precision)
+        if self.click_batch_ms > 0 and config.type in INTERACTIVE_TYPES:
+            engine = BatchingEngine(engine, self.click_batch_ms / 1000.0, self.click_batch_max)
+        return engine
 
     def _create_triton(self, name: str, model_file: Path, config: AIAAConfig) -> TritonEngine:
         assert self.triton is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -95,6 +95,8 @@ class InferenceArgs(BaseModel):
         mode: how overlapping windows blend: "constant" or "gaussian".
         device: the device the network runs on: "cpu", "cuda", "cuda:N" or "mps"; None: the server's.
         sw_device: as `device`, and takes precedence over it.
+        precision: the forward's precision, "float32", "float16" or "bfloat16" (autocast); None: the server's
+            `--precision`.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -106,6 +108,7 @@ class InferenceArgs(BaseModel):
     mode: str = "constant"
     device: str | None = Field(None, pattern=DEVICE_PATTERN)
     sw_device: str | None = Field(None, pattern=DEVICE_PATTERN)
+    precision: Literal["float32", "float16", "bfloat16"] | None = None
 
     @model_validator(mode="after")
     def _roi_when_scanning(self) -> InferenceArgs:

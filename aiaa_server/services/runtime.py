@@ -22,7 +22,8 @@ def factory_from_settings(settings: Settings) -> EngineFactory:
         repository=settings.triton_models_dir,
         backend=settings.triton_backend,
     )
-    return EngineFactory(TorchScriptPool(), settings.device, settings.engine, triton)
+    return EngineFactory(TorchScriptPool(), settings.device, settings.engine, triton, precision=settings.precision,
+                         click_batch_ms=settings.click_batch_ms, click_batch_max=settings.click_batch_max)
 
 
 def tune_process(settings: Settings) -> None:
