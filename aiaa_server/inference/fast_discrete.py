@@ -24,10 +24,12 @@ def channel_argmax(values: torch.Tensor) -> torch.Tensor:
         values: (C, *spatial) float tensor without NaN.
 
     Returns:
-        (1, *spatial) int64 tensor, equal to `torch.argmax(values, dim=0, keepdim=True)`.
+        (1, *spatial) uint8 tensor (int64 beyond 256 channels), equal in value to
+        `torch.argmax(values, dim=0, keepdim=True)`.
     """
     best = values[0].clone()
-    labels = torch.zeros(values.shape[1:], dtype=torch.int64, device=values.device)
+    small = torch.uint8 if values.shape[0] <= 256 else torch.int64  # 1 byte a voxel while comparing
+    labels = torch.zeros(values.shape[1:], dtype=small, device=values.device)
     for channel in range(1, values.shape[0]):
         wins = values[channel] > best
         labels.masked_fill_(wins, channel)

@@ -26,6 +26,8 @@ from monai.utils import TraceKeys
 
 from aiaa_server.imaging.sampling import PADDING_MODES, axis_permutation, sample_grid
 
+SLAB_VOXELS = 2**20  # output voxels resampled at a time: float32 temporaries of a few MiB per axis pass
+
 
 def _fast_plan(value: Any) -> tuple[np.ndarray, tuple[int, ...], str] | None:
     """(voxel → voxel matrix, output shape, padding mode) when `value`'s one pending resampling can take the
@@ -44,12 +46,35 @@ def _fast_plan(value: Any) -> tuple[np.ndarray, tuple[int, ...], str] | None:
     return matrix, shape, padding
 
 
+def _sample_in_slabs(source: torch.Tensor, matrix: np.ndarray, shape: tuple[int, ...], padding: str,
+                     slab_voxels: int = SLAB_VOXELS) -> torch.Tensor:
+    """`sample_grid` one slab of the output's last axis at a time, into a preallocated float32 output: each
+    slab reads only the source voxels it reaches, so the temporaries are slab-sized, not volume-sized.
+
+    Args:
+        source: (C, *S) tensor, any dtype and memory order.
+        matrix: (n+1) × (n+1) output voxel → source voxel map (axis-aligned).
+        shape: the n output spatial sizes.
+        padding: "border" or "zeros".
+        slab_voxels: output voxels per slab (at least one plane).
+    """
+    out = torch.empty((source.shape[0], *shape), dtype=torch.float32)
+    plane = max(int(np.prod(shape[:-1])), 1)
+    step = max(1, slab_voxels // plane)
+    for start in range(0, shape[-1], step):
+        stop = min(shape[-1], start + step)
+        shifted = matrix.copy()
+        shifted[:-1, -1] += matrix[:-1, -2] * start  # slab index g → output index g + start on the last axis
+        out[..., start:stop] = sample_grid(source, shifted, (*shape[:-1], stop - start), padding_mode=padding)
+    return out
+
+
 def _resampled(value: MetaTensor, matrix: np.ndarray, shape: tuple[int, ...], padding: str) -> MetaTensor:
     """`value` resampled onto its pending grid (float32), with MONAI's meta: the pending affine, and the
     pending operation moved to the applied ones (so `Invertd` can undo it)."""
     pending = value.pending_operations[0]
     affine = value.peek_pending_affine()
-    sampled = sample_grid(value.as_tensor(), matrix, shape, padding_mode=padding)
+    sampled = _sample_in_slabs(value.as_tensor(), matrix, shape, padding)
     out = MetaTensor(sampled, meta=dict(value.meta), applied_operations=list(value.applied_operations))
     out.affine = torch.as_tensor(affine, dtype=torch.float64)
     out.push_applied_operation(pending)

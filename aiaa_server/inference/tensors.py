@@ -22,13 +22,15 @@ def volume_to_tensor(volume: Volume, keep_integers: bool = False) -> MetaTensor:
             pipeline that converts later on a smaller grid (see `ModelPipeline.input_tensor`).
 
     Returns:
-        (X, Y, Z) (or (X, Y)) float32 MetaTensor (the stored integer type with `keep_integers`) in NIfTI
-        index order (a C-order copy), whose affine is the volume's voxel → RAS affine (float64) and whose
+        (X, Y, Z) (or (X, Y)) float32 MetaTensor in NIfTI index order (a C-order copy; with `keep_integers`
+        the stored integer array itself, in any memory order), whose affine is the volume's voxel → RAS affine (float64) and whose
         meta keeps it and the shape under ORIGINAL_AFFINE / ORIGINAL_SHAPE for `Restored`.
     """
     stored = np.dtype(volume.array.dtype.name)  # native byte order
     integer = keep_integers and stored in _KEPT_INTEGERS
-    array = np.asarray(volume.array, dtype=stored if integer else np.float32, order="C")  # at most one copy
+    # at most one copy; a kept integer array is not copied into C order (NIfTI data is Fortran-ordered): the
+    # resampling reads it through strides
+    array = np.asarray(volume.array, dtype=stored) if integer else np.asarray(volume.array, np.float32, order="C")
     if not array.flags.writeable:  # a read-only memory map: tensors must own writable memory
         array = array.copy()
     affine = torch.as_tensor(volume.affine, dtype=torch.float64)

@@ -15,7 +15,7 @@ def test_channel_argmax_is_torch_argmax_with_ties(channels: int) -> None:
     values = torch.randn(channels, 17, 13, 9)
     values[:, :4] = 0.5  # exact ties: the first channel wins, as in torch.argmax
     values[-1, 5] = values[0, 5]
-    assert torch.equal(channel_argmax(values), torch.argmax(values, dim=0, keepdim=True))
+    assert torch.equal(channel_argmax(values).long(), torch.argmax(values, dim=0, keepdim=True))
 
 
 def test_output_equals_monai_with_meta() -> None:

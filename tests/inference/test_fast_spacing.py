@@ -106,3 +106,17 @@ def test_only_plain_spacingd_is_wrapped() -> None:
     wrapped = with_fast_spacing([spacing, custom])
     assert isinstance(wrapped[0], FastSpacingd) and wrapped[0].wrapped is spacing
     assert wrapped[1] is custom
+
+
+@pytest.mark.parametrize("padding_mode", ["border", "zeros"])
+def test_slabs_equal_one_pass(padding_mode: str) -> None:
+    """Resampling slab by slab (a few planes at a time, flipped and permuted axes) gives the one-pass result."""
+    from aiaa_server.imaging.sampling import sample_grid
+    from aiaa_server.inference.fast_spacing import _sample_in_slabs
+
+    source = _image("ras").as_tensor()
+    matrix = np.array([[0.0, 0.0, 0.5, 1.0], [-2.7, 0.0, 0.0, 37.0], [0.0, 3.1, 0.0, -0.4], [0.0, 0.0, 0.0, 1.0]])
+    shape = (6, 12, 20)
+    whole = sample_grid(source, matrix, shape, padding_mode=padding_mode)
+    slabbed = _sample_in_slabs(source, matrix, shape, padding_mode, slab_voxels=3 * 6 * 12)
+    assert torch.equal(slabbed, whole)
