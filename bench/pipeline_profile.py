@@ -8,6 +8,9 @@ preprocessed tensor, calling the loaded engine. Prints a per-step table (median 
 pipeline / bare forward (target ≤ 1.5).
 
     python bench/pipeline_profile.py [--shape 512 512 120] [--repeats 3] [--threads 2] [--bundle]
+
+The reference column is the all-MONAI path in the same run (float32 input, MONAI `Spacingd` and
+`AsDiscreted`); `Restored`, `ExtremePointsd`, `BoundingBoxd` are the same code in both.
 """
 
 from __future__ import annotations
@@ -30,16 +33,24 @@ from segmentation_overhead import bench_model, make_phantom
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume, encode_volume
 from aiaa_server.inference.pipeline import ModelPipeline
+from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.registry import ModelRegistry
 
 
-def timed_steps(pipeline: ModelPipeline, volume: Volume) -> tuple[dict[str, float], torch.Tensor]:
-    """Seconds per step of one whole run, and the preprocessed network input (C, *spatial)."""
+def _unwrapped(transforms: list) -> list:
+    return [getattr(t, "wrapped", t) for t in transforms]
+
+
+def timed_steps(pipeline: ModelPipeline, volume: Volume, reference: bool) -> tuple[dict[str, float], torch.Tensor]:
+    """Seconds per step of one whole run, and the preprocessed network input (C, *spatial). `reference`: the
+    all-MONAI path (float32 input, MONAI's Spacingd and AsDiscreted instead of the fast paths)."""
     times: dict[str, float] = {}
+    pre = _unwrapped(pipeline.pre_transforms) if reference else pipeline.pre_transforms
+    post = _unwrapped(pipeline.post_transforms) if reference else pipeline.post_transforms
     started = time.perf_counter()
-    data = {pipeline.input_key: pipeline.input_tensor(volume)}
-    times["pre: input_tensor"] = time.perf_counter() - started
-    for index, transform in enumerate(pipeline.pre_transforms):
+    data = {pipeline.input_key: volume_to_tensor(volume) if reference else pipeline.input_tensor(volume)}
+    times["pre: input tensor"] = time.perf_counter() - started
+    for index, transform in enumerate(pre):
         started = time.perf_counter()
         data = transform(data)
         times[f"pre[{index}] {type(transform).__name__}"] = time.perf_counter() - started
@@ -47,7 +58,7 @@ def timed_steps(pipeline: ModelPipeline, volume: Volume) -> tuple[dict[str, floa
     started = time.perf_counter()
     data = pipeline.infer(data)
     times["network (pipeline.infer)"] = time.perf_counter() - started
-    for index, transform in enumerate(pipeline.post_transforms):
+    for index, transform in enumerate(post):
         started = time.perf_counter()
         data = transform(data)
         times[f"post[{index}] {type(transform).__name__}"] = time.perf_counter() - started
@@ -88,26 +99,37 @@ def main() -> None:
             folder, name)
         assert model is not None
         pipeline = model.pipeline
-        steps: dict[str, list[float]] = {}
+        steps: dict[str, dict[str, list[float]]] = {"fast": {}, "reference": {}}
         bare: list[float] = []
         for repeat in range(args.repeats + 1):  # repeat 0 warms up
-            times, network_input = timed_steps(pipeline, volume)
-            forward = bare_forward(pipeline, network_input)
+            measured = {path: timed_steps(pipeline, volume, path == "reference") for path in ("fast", "reference")}
+            forward = bare_forward(pipeline, measured["fast"][1])
             if repeat == 0:
                 continue
-            for key, value in times.items():
-                steps.setdefault(key, []).append(value)
+            for path, (times, _) in measured.items():
+                for key, value in times.items():
+                    steps[path].setdefault(key, []).append(value)
             bare.append(forward)
+    network_input = measured["fast"][1]
     print(f"model {name}; phantom {tuple(args.shape)} int16; input to the network {tuple(network_input.shape)}; "
-          f"{args.threads} torch threads; median of {args.repeats}")
-    for key, values in steps.items():
-        print(f"  {key:45s} {statistics.median(values):7.3f} s")
-    totals = [sum(values[i] for values in steps.values()) for i in range(args.repeats)]
-    print(f"  {'pipeline total':45s} {statistics.median(totals):7.3f} s")
-    print(f"  {'bare sliding_window_inference':45s} {statistics.median(bare):7.3f} s")
-    ratios = [t / b for t, b in zip(totals, bare)]
-    print(f"ratio pipeline / bare forward: median {statistics.median(ratios):.3f}  per repeat "
-          f"{', '.join(f'{r:.3f}' for r in ratios)}  (target <= 1.5)")
+          f"{args.threads} torch threads; median of {args.repeats} (interleaved: fast, reference, bare)")
+    _report(steps, bare, args.repeats)
+
+
+def _report(steps: dict[str, dict[str, list[float]]], bare: list[float], repeats: int) -> None:
+    print(f"  {'step':45s} {'fast':>8s} {'reference':>10s}")
+    for (key, fast), reference in zip(steps["fast"].items(), steps["reference"].values()):
+        print(f"  {key:45s} {statistics.median(fast):8.3f} {statistics.median(reference):10.3f}")
+    totals = {path: [sum(v[i] for v in steps[path].values()) for i in range(repeats)] for path in steps}
+    print(f"  {'pipeline total':45s} {statistics.median(totals['fast']):8.3f} "
+          f"{statistics.median(totals['reference']):10.3f}")
+    print(f"  {'bare sliding_window_inference':45s} {statistics.median(bare):8.3f}")
+    for path in ("fast", "reference"):
+        ratios = [t / b for t, b in zip(totals[path], bare)]
+        print(f"ratio {path} pipeline / bare forward: median {statistics.median(ratios):.3f}  per repeat "
+              f"{', '.join(f'{r:.3f}' for r in ratios)}  (target <= 1.5)")
+    overhead = [(t - b) / (r - b) for t, r, b in zip(totals["fast"], totals["reference"], bare)]
+    print(f"non-forward time fast / reference: median {statistics.median(overhead):.3f}")
 
 
 if __name__ == "__main__":

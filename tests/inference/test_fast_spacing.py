@@ -109,12 +109,17 @@ def test_only_plain_spacingd_is_wrapped() -> None:
 
 
 @pytest.mark.parametrize("padding_mode", ["border", "zeros"])
-def test_slabs_equal_one_pass(padding_mode: str) -> None:
-    """Resampling slab by slab (a few planes at a time, flipped and permuted axes) gives the one-pass result."""
+@pytest.mark.parametrize("fortran", [False, True])
+def test_slabs_equal_one_pass(padding_mode: str, fortran: bool) -> None:
+    """Resampling slab by slab (a few planes at a time, flipped and permuted axes), from a C- or a
+    Fortran-ordered (NIfTI) source, gives the one-pass result."""
     from aiaa_server.imaging.sampling import sample_grid
     from aiaa_server.inference.fast_spacing import _sample_in_slabs
 
     source = _image("ras").as_tensor()
+    if fortran:
+        source = torch.from_numpy(np.asfortranarray(source[0].numpy()))[None]
+        assert source.stride()[1] == 1
     matrix = np.array([[0.0, 0.0, 0.5, 1.0], [-2.7, 0.0, 0.0, 37.0], [0.0, 3.1, 0.0, -0.4], [0.0, 0.0, 0.0, 1.0]])
     shape = (6, 12, 20)
     whole = sample_grid(source, matrix, shape, padding_mode=padding_mode)
