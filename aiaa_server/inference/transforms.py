@@ -110,6 +110,8 @@ def _axis_aligned_nearest(array: torch.Tensor, source_affine: np.ndarray, target
         coords = linear[source_axis, axis] * np.arange(target_shape[axis]) + offset[source_axis]
         index = np.floor(coords + 0.5).astype(np.int64)  # ties round up: a box keeps its size
         size = int(out.shape[1 + axis])
+        if len(index) == size and np.array_equal(index, np.arange(size)):
+            continue  # same voxels on this axis (e.g. slices kept by the model): nothing to gather
         inside = (index >= 0) & (index < size)
         if not inside.all():
             pad = list(out.shape)
