@@ -38,7 +38,7 @@ def sample_grid(source: torch.Tensor, matrix: np.ndarray, grid_shape: Sequence[i
         raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
     m = np.asarray(matrix, dtype=np.float64)
     shape = tuple(int(s) for s in grid_shape)
-    permutation = _axis_permutation(m[:-1, :-1])
+    permutation = axis_permutation(m[:-1, :-1])
     if permutation is not None:
         return _sample_separable(source, m, shape, permutation, padding_mode)
     return _sample_general(source, m, shape, padding_mode)
@@ -53,7 +53,7 @@ def reached_range(matrix: np.ndarray, lo: Sequence[float], hi: Sequence[float]) 
     return np.floor(reached.min(axis=0)).astype(int), np.ceil(reached.max(axis=0)).astype(int)
 
 
-def _axis_permutation(linear: np.ndarray) -> list[int] | None:
+def axis_permutation(linear: np.ndarray) -> list[int] | None:
     """For a scaled permutation matrix: the grid axis feeding each source axis; else None (oblique)."""
     nonzero = np.abs(linear) > 1e-9 * max(float(np.abs(linear).max()), 1e-30)
     if not (np.all(nonzero.sum(axis=0) == 1) and np.all(nonzero.sum(axis=1) == 1)):

@@ -11,19 +11,25 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
+from monai.transforms import EnsureChannelFirstd, Orientationd
 
 from aiaa_server.engines.base import Engine
 from aiaa_server.errors import AIAAError, IncompatibleInput, ModelError
+from aiaa_server.imaging.io import Volume
 from aiaa_server.inference.crop_growth import CropGrowth, Stages
-from aiaa_server.inference.tensors import plain_tensor
-from aiaa_server.inference.transforms import WriterOutput
+from aiaa_server.inference.fast_discrete import with_fast_argmax
+from aiaa_server.inference.fast_spacing import FastSpacingd, with_fast_spacing
+from aiaa_server.inference.tensors import plain_tensor, volume_to_tensor
+from aiaa_server.inference.transforms import LoadImaged, WriterOutput
 from aiaa_server.mmar.config import AIAAConfig, InferenceArgs
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
+# pre-transforms that only move voxels (any dtype in, the same dtype out), allowed before the model-grid Spacingd
+_VOXEL_MOVING_TRANSFORMS = (LoadImaged, EnsureChannelFirstd, Orientationd)
 
 
 def _transform_name(transform: object) -> str:
-    return type(transform).__name__
+    return type(getattr(transform, "wrapped", transform)).__name__  # a fast-path wrapper reports what it wraps
 
 
 def apply_transforms(transforms: Sequence[Transform], data: dict[str, Any], stage: str,
@@ -69,6 +75,11 @@ class ModelPipeline:
     network: Transform | None = None
     growth: CropGrowth | None = None
 
+    def __post_init__(self) -> None:
+        # MONAI's Spacingd resamples in float64 over a dense grid; axis-aligned grids take the separable path
+        self.pre_transforms = with_fast_spacing(self.pre_transforms)
+        self.post_transforms = with_fast_argmax(self.post_transforms)  # torch.argmax over channels is slow on CPU
+
     @property
     def input_key(self) -> str:
         """The data key the network reads (`inference.input`, "image" by default)."""
@@ -78,6 +89,24 @@ class ModelPipeline:
     def output_key(self) -> str:
         """The data key the network output is stored under (`inference.output`, "model" by default)."""
         return self.config.inference.output
+
+    @property
+    def converts_on_model_grid(self) -> bool:
+        """Whether the pre-transforms only move voxels around (channel, orientation) before a `Spacingd`
+        that resamples `input_key` into float32 on the model grid: then the input may stay in its integer
+        type until that resampling (see `input_tensor`)."""
+        for transform in self.pre_transforms:
+            if isinstance(transform, FastSpacingd):
+                return self.input_key in transform.wrapped.keys
+            if type(transform) not in _VOXEL_MOVING_TRANSFORMS:
+                return False
+        return False
+
+    def input_tensor(self, volume: Volume) -> MetaTensor:
+        """The decoded `volume` as this pipeline's input (`volume_to_tensor`): float32, or the stored int8 /
+        uint8 / int16 when `converts_on_model_grid` (a 512×512×300 int16 CT is then 150 MiB instead of 300
+        MiB, and no full-size float32 copy is ever made); the model sees the same float32 values."""
+        return volume_to_tensor(volume, keep_integers=self.converts_on_model_grid)
 
     def preprocess_image(self, data: dict[str, Any]) -> dict[str, Any]:
         """The image-only part of pre-processing: the pre-transforms before the one `cache_until` names (all

@@ -10,17 +10,29 @@ from aiaa_server.imaging.io import Volume
 
 ORIGINAL_AFFINE = "aiaa_original_affine"
 ORIGINAL_SHAPE = "aiaa_original_shape"
+_KEPT_INTEGERS = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16))  # what CPU index_select takes
 
 
-def volume_to_tensor(volume: Volume) -> MetaTensor:
+def volume_to_tensor(volume: Volume, keep_integers: bool = False) -> MetaTensor:
     """Float32 MetaTensor, no channel, carrying the input affine and shape for restoring results later.
 
+    Args:
+        volume: the decoded image.
+        keep_integers: keep an integer voxel type (int16 CT stays int16, half the bytes of float32) for a
+            pipeline that converts later on a smaller grid (see `ModelPipeline.input_tensor`).
+
     Returns:
-        (X, Y, Z) (or (X, Y)) float32 MetaTensor in NIfTI index order (a C-order copy), whose affine is the
-        volume's voxel → RAS affine (float64) and whose meta keeps it and the shape under ORIGINAL_AFFINE /
-        ORIGINAL_SHAPE for `Restored`.
+        (X, Y, Z) (or (X, Y)) float32 MetaTensor in NIfTI index order (a C-order copy; with `keep_integers`
+        the stored integer array itself, in any memory order), whose affine is the volume's voxel → RAS affine (float64) and whose
+        meta keeps it and the shape under ORIGINAL_AFFINE / ORIGINAL_SHAPE for `Restored`.
     """
-    array = np.asarray(volume.array, dtype=np.float32, order="C")  # at most one copy
+    stored = np.dtype(volume.array.dtype.name)  # native byte order
+    integer = keep_integers and stored in _KEPT_INTEGERS
+    # at most one copy; a kept integer array is not copied into C order (NIfTI data is Fortran-ordered): the
+    # resampling reads it through strides
+    array = np.asarray(volume.array, dtype=stored) if integer else np.asarray(volume.array, np.float32, order="C")
+    if not array.flags.writeable:  # a read-only memory map: tensors must own writable memory
+        array = array.copy()
     affine = torch.as_tensor(volume.affine, dtype=torch.float64)
     meta = {
         "filename_or_obj": volume.name,

@@ -57,7 +57,8 @@ def restore_to_grid(
 
     Returns:
         A numpy array of `target_shape` (with the channel axis if `value` had one), zero outside the model
-        grid; integer values stay integers (rounded after interpolation).
+        grid; integer values stay integers (rounded after interpolation). An axis-aligned "nearest" restore
+        of a float label map (whole numbers in [0, 255]) comes back as uint8 with the same values.
     """
     array = value.detach().cpu() if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
     if isinstance(array, MetaTensor):
@@ -67,7 +68,7 @@ def restore_to_grid(
         array = array[None]
     same_grid = tuple(array.shape[1:]) == target_shape and np.allclose(source_affine, target_affine, atol=1e-6)
     fast = None if same_grid or mode != "nearest" else _axis_aligned_nearest(
-        array, np.asarray(source_affine, dtype=np.float64), np.asarray(target_affine, dtype=np.float64), target_shape
+        _as_small_labels(array), np.asarray(source_affine, dtype=np.float64), np.asarray(target_affine, dtype=np.float64), target_shape
     )
     if fast is not None:
         array = fast
@@ -90,30 +91,46 @@ def _axis_aligned_nearest(array: torch.Tensor, source_affine: np.ndarray, target
                          target_shape: tuple[int, ...]) -> torch.Tensor | None:
     """Nearest-neighbour resampling by per-axis index lookup when the grids differ only by per-axis scale,
     offset, flips and axis permutation; None otherwise. Same voxels as grid_sample nearest (zeros outside)
-    except at exact half-voxel ties, which round up here (round-half-even would shrink a box at both ends),
-    without materialising a sampling grid over the whole target."""
+    except at exact half-voxel ties, which round up here (round-half-even would shrink a box at both ends).
+
+    One `index_select` per axis, shrinking axes first, so nothing larger than the (C, *target_shape) output
+    is allocated: no sampling grid, no index or validity arrays over the target; target voxels outside the
+    source read an appended zero slice."""
     spatial = len(target_shape)
     xform = np.linalg.solve(source_affine, target_affine)  # target voxel -> source voxel
     linear, offset = xform[:spatial, :spatial], xform[:spatial, spatial]
     nonzero = np.abs(linear) > 1e-6 * np.abs(linear).max()
     if not (nonzero.sum(axis=0) == 1).all() or not (nonzero.sum(axis=1) == 1).all():
         return None
-    source_shape = array.shape[1:]
-    indices, valid = [], np.ones(target_shape, dtype=bool)
-    for src_axis in range(spatial):
-        dst_axis = int(np.flatnonzero(nonzero[src_axis])[0])
-        coords = linear[src_axis, dst_axis] * np.arange(target_shape[dst_axis]) + offset[src_axis]
+    source_of = [int(np.flatnonzero(nonzero[:, axis])[0]) for axis in range(spatial)]  # per target axis
+    out = array.permute(0, *[1 + a for a in source_of])  # source axes in target order (a view)
+    growth = [target_shape[axis] / max(int(out.shape[1 + axis]), 1) for axis in range(spatial)]
+    for axis in sorted(range(spatial), key=lambda a: growth[a]):
+        source_axis = source_of[axis]
+        coords = linear[source_axis, axis] * np.arange(target_shape[axis]) + offset[source_axis]
         index = np.floor(coords + 0.5).astype(np.int64)  # ties round up: a box keeps its size
-        inside = (index >= 0) & (index < source_shape[src_axis])
-        view = [1] * spatial
-        view[dst_axis] = -1
-        indices.append(torch.from_numpy(np.where(inside, index, 0).reshape(view)))
-        valid &= inside.reshape(view)
-    channels = [array[c][tuple(indices)] for c in range(array.shape[0])]
-    out = torch.stack(channels)
-    if not valid.all():
-        out = out * torch.from_numpy(valid).to(out.dtype)
-    return out
+        size = int(out.shape[1 + axis])
+        if len(index) == size and np.array_equal(index, np.arange(size)):
+            continue  # same voxels on this axis (e.g. slices kept by the model): nothing to gather
+        inside = (index >= 0) & (index < size)
+        if not inside.all():
+            pad = list(out.shape)
+            pad[1 + axis] = 1
+            out = torch.cat([out, out.new_zeros(pad)], dim=1 + axis)
+            index = np.where(inside, index, size)
+        out = out.index_select(1 + axis, torch.from_numpy(index))
+    return out.contiguous()
+
+
+def _as_small_labels(array: torch.Tensor) -> torch.Tensor:
+    """`array` as uint8 when it holds only whole numbers in [0, 255] (a label map on the model grid), so the
+    restored full-size result is 1 byte a voxel instead of 4; values unchanged. Otherwise `array`."""
+    if not array.dtype.is_floating_point or array.numel() == 0:
+        return array
+    low, high = torch.aminmax(array)
+    if low < 0 or high > 255 or not torch.equal(array, array.round()):
+        return array
+    return array.to(torch.uint8)
 
 
 class Restored(MapTransform):

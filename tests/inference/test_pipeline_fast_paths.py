@@ -1,0 +1,91 @@
+"""The segmentation pipeline's fast paths on the bundled demo spleen model: integer input kept until the
+model grid, separable Spacingd, channel argmax, Restored into uint8; the mask equals the all-MONAI path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aiaa_demo.phantoms import make_abdomen_phantom
+from aiaa_server.engines.torchscript import TorchScriptPool
+from aiaa_server.errors import ModelError
+from aiaa_server.imaging.formats import ImageFormat
+from aiaa_server.imaging.io import Volume
+from aiaa_server.inference.fast_discrete import FastAsDiscreted
+from aiaa_server.inference.fast_spacing import FastSpacingd
+from aiaa_server.inference.pipeline import ModelPipeline, apply_transforms
+from aiaa_server.inference.tensors import volume_to_tensor
+from aiaa_server.inference.transforms import restore_to_grid
+from aiaa_server.mmar.registry import ModelRegistry
+
+SPLEEN = Path(__file__).resolve().parents[2] / "models" / "demo_spleen_ct_segmentation"
+
+
+@pytest.fixture(scope="module")
+def spleen() -> ModelPipeline:
+    model = ModelRegistry(TorchScriptPool()).load(SPLEEN)
+    assert model is not None
+    return model.pipeline
+
+
+def _phantom(lps: bool) -> Volume:
+    phantom = make_abdomen_phantom(np.random.default_rng(5), shape=(192, 192, 40), spacing=(0.8, 0.8, 2.5),
+                                   lps_orientation=lps)
+    voxels = np.clip(phantom.image, -1024, 3071).astype(np.int16)
+    return Volume(array=voxels, affine=phantom.affine, format=ImageFormat.NIFTI, name="phantom")
+
+
+def _all_monai(pipeline: ModelPipeline, volume: Volume) -> np.ndarray:
+    """Today's reference path: float32 input, MONAI's Spacingd and AsDiscreted, the rest as configured."""
+    def unwrapped(transforms: list) -> list:
+        return [getattr(t, "wrapped", t) for t in transforms]
+
+    data = apply_transforms(unwrapped(pipeline.pre_transforms), {pipeline.input_key: volume_to_tensor(volume)},
+                            "pre-transform", ModelError)
+    data = apply_transforms(unwrapped(pipeline.post_transforms), pipeline.infer(data), "post-transform", ModelError)
+    image = pipeline.writer(data).image
+    assert image is not None
+    return image
+
+
+def test_demo_spleen_takes_the_fast_paths(spleen: ModelPipeline) -> None:
+    assert any(isinstance(t, FastSpacingd) for t in spleen.pre_transforms)
+    assert any(isinstance(t, FastAsDiscreted) for t in spleen.post_transforms)
+    assert spleen.converts_on_model_grid
+    tensor = spleen.input_tensor(_phantom(lps=False))
+    assert tensor.dtype == torch.int16  # no float32 copy of the full-size volume
+
+
+@pytest.mark.parametrize("lps", [False, True])
+def test_fast_mask_equals_the_all_monai_mask(spleen: ModelPipeline, lps: bool) -> None:
+    volume = _phantom(lps)
+    reference = _all_monai(spleen, volume)
+    output = spleen.run({spleen.input_key: spleen.input_tensor(volume)})
+    assert output.image is not None and output.image.shape == reference.shape == volume.array.shape
+    assert reference.any()  # the model finds a spleen, so the comparison means something
+    agreement = float((output.image == reference).mean())
+    assert agreement >= 0.9999
+    assert set(output.json) == {"points", "bbox"}
+
+
+def test_float_input_stays_float_for_other_pipelines(spleen: ModelPipeline) -> None:
+    """A pipeline whose first pre-transforms are not only voxel moves before Spacingd gets float32."""
+    other = ModelPipeline(name="x", config=spleen.config, pre_transforms=list(reversed(spleen.pre_transforms)),
+                          post_transforms=[], writer=spleen.writer, engine=None, args=spleen.args)
+    assert not other.converts_on_model_grid
+    assert other.input_tensor(_phantom(lps=False)).dtype == torch.float32
+
+
+def test_restore_of_float_labels_is_uint8_with_the_same_values() -> None:
+    labels = torch.zeros(1, 20, 18, 8)
+    labels[0, 5:12, 4:9, 2:6] = 2.0
+    source = np.diag([2.5, 2.5, 2.5, 1.0])
+    target = np.diag([-0.8, -0.8, 2.5, 1.0])
+    target[:3, 3] = [40.0, 38.0, 0.0]
+    restored = restore_to_grid(labels, source, target, (64, 60, 8), "nearest")
+    as_float = restore_to_grid(labels + 0.5, source, target, (64, 60, 8), "nearest")  # not labels: stays float
+    assert restored.dtype == np.uint8 and as_float.dtype == np.float32
+    np.testing.assert_array_equal(restored.astype(np.float32) + 0.5 * (as_float > 0), as_float)
