@@ -124,7 +124,8 @@ class EngineFactory:
         """
         if self.kind_for(config) == "local":
             resolved: torch.device = resolve_device(device, self.default_device)
-            return self._accelerated(self.pool.get(model_file, resolved, name), config)
+            optimize = (config.inference.args.precision or self.precision) == "float32"
+            return self._accelerated(self.pool.get(model_file, resolved, name, optimize), config)
         return self._create_triton(name, model_file, config)
 
     def _accelerated(self, engine: Engine, config: AIAAConfig) -> Engine:

@@ -23,7 +23,6 @@ from aiaa_server.inference.params import RequestParams, ResultOptions
 from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.pool import InferencePool, Lane
 from aiaa_server.inference.slice_batch import check_slice_count, classify_slices
-from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.inference.transforms import WriterOutput
 from aiaa_server.mmar.config import AIAAConfig, ModelType
 from aiaa_server.services.classification import NOT_FROM_DICOM_SR, classification_answer
@@ -218,7 +217,7 @@ class InferenceService:
                 return volume, {}, f"session {session_id}"
             cached = self.sessions.preprocessed(
                 session_id, model.name, pipeline,
-                lambda: pipeline.preprocess_image({pipeline.input_key: volume_to_tensor(volume)}),
+                lambda: pipeline.preprocess_image({pipeline.input_key: pipeline.input_tensor(volume)}),
             )
             return volume, cached, f"session {session_id}"
         assert request.upload is not None
@@ -227,7 +226,7 @@ class InferenceService:
         self._check_dimensions(model, volume)
         if _by_slices(model, volume):
             return volume, {}, volume.name
-        return volume, pipeline.preprocess_image({pipeline.input_key: volume_to_tensor(volume)}), volume.name
+        return volume, pipeline.preprocess_image({pipeline.input_key: pipeline.input_tensor(volume)}), volume.name
 
     @staticmethod
     def _check_dimensions(model: ServedModel, volume: Volume) -> None:

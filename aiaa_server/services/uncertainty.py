@@ -28,7 +28,7 @@ from aiaa_server.imaging.io import read_volume
 from aiaa_server.imaging.limits import DecodeLimits
 from aiaa_server.inference.params import RequestParams
 from aiaa_server.inference.pool import InferencePool, Lane
-from aiaa_server.inference.tensors import plain_tensor, volume_to_tensor
+from aiaa_server.inference.tensors import plain_tensor
 from aiaa_server.mmar.config import ModelType
 from aiaa_server.mmar.loader import LoadedModel
 from aiaa_server.mmar.registry import ModelRegistry
@@ -68,7 +68,7 @@ def image_uncertainty(model: LoadedModel, path: Path, limits: DecodeLimits) -> f
     """
     pipeline = model.pipeline
     volume = read_volume(path, path.name, limits=limits)
-    data = pipeline.preprocess_image({pipeline.input_key: volume_to_tensor(volume)})
+    data = pipeline.preprocess_image({pipeline.input_key: pipeline.input_tensor(volume)})
     request = RequestParams.parse({}, model.config.type).pipeline_data()
     with torch.inference_mode():
         data = pipeline.infer(pipeline.preprocess_request({**request, **data}))
