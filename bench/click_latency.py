@@ -8,8 +8,9 @@
    first click inside an organ, then corrective clicks on the largest error region of the previous result;
    after 5 clicks (or when nothing is left to correct) the next organ is started.  Only the HTTP round trip
    is timed (the click simulation on the client side is not).
-4. Times the bare model forward (models/model.ts, TorchScript) on a tensor of the crop shape the server
-   feeds it (3 × the config's DeepgrowCropd spatial_size) with the server's thread count, in the same run.
+4. Times the bare model forward (models/model.ts, TorchScript as `torch.jit.load` gives it) on a tensor of the
+   crop shape the server feeds it (3 × the config's DeepgrowCropd spatial_size) with the server's thread count,
+   and the same network as the server's engine runs it, before each click.
 Prints median / p95 click latency, each click's crop passes, and the ratios to the median bare forward (one bare
 forward runs before each click, so load on the machine hits both).
 
@@ -81,9 +82,18 @@ class BareForward:
                          if t["name"].endswith("DeepgrowCropd"))
         self.module = torch.jit.load(str(REPO / "models" / MODEL / "models" / "model.ts"), map_location=device).eval()
         self.batch = torch.rand(1, 3, *self.size, device=device)
+        # the network as the server runs it (engines: .pt2 first, oneDNN convolutions on the CPU)
+        from aiaa_server.engines.torchscript import TorchScriptPool
+        from aiaa_server.mmar.loader import find_model_file
+
+        served_file = find_model_file(REPO / "models" / MODEL)
+        assert served_file is not None
+        self.served = TorchScriptPool().get(served_file, torch.device(device), MODEL)
         self.times: list[float] = []
+        self.served_times: list[float] = []
         self.seconds()  # warm-up (TorchScript profiling runs), not recorded
         self.times.clear()
+        self.served_times.clear()
 
     def seconds(self) -> float:
         with torch.inference_mode():
@@ -92,6 +102,11 @@ class BareForward:
             if self.device == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - started
+            started = time.perf_counter()
+            self.served(self.batch)
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            self.served_times.append(time.perf_counter() - started)
         self.times.append(elapsed)
         return elapsed
 
@@ -173,6 +188,10 @@ def main() -> None:
               f"({len(one_pass)} clicks)")
     print(f"median per-click ratio latency / (passes x the forward timed just before it): "
           f"{statistics.median(per_forward):.2f}x")
+    served = statistics.median(forward.served_times)
+    print(f"the forward as the server runs it ({forward.served.module.__class__.__name__}, oneDNN on the CPU): median "
+          f"{served * 1000:.0f} ms = {served / bare:.2f}x the TorchScript forward; one-pass click median / it: "
+          f"{statistics.median(one_pass or latencies) / served:.2f}x")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ MAX_CENTROID_LABELS = 1024  # a model has at most a few hundred labels; bounds t
 
 def _point_on_face(mask: np.ndarray, axis: int, index: int) -> list[int]:
     """The foreground voxel of the slice `index` along `axis` closest to that slice's foreground centroid."""
-    face = np.take(mask, index, axis=axis)
+    face = mask[(slice(None),) * axis + (index,)]  # a view: np.take would copy through the array's strides
     coords = np.argwhere(face)
     centre = coords.mean(axis=0)
     chosen = coords[np.argmin(((coords - centre) ** 2).sum(axis=1))]
@@ -33,10 +33,13 @@ def extreme_points(mask: np.ndarray) -> list[list[int]]:
     box = foreground_box(foreground)
     if box is None:
         return []
+    inside = foreground[box]  # the faces are searched within the box only
+    origin = [extent.start for extent in box]
     points: list[list[int]] = []
-    for axis, extent in enumerate(box):
-        points.append(_point_on_face(foreground, axis, extent.start))
-        points.append(_point_on_face(foreground, axis, extent.stop - 1))
+    for axis, extent in enumerate(inside.shape):
+        for index in (0, extent - 1):
+            point = _point_on_face(inside, axis, index)
+            points.append([int(p + o) for p, o in zip(point, origin)])
     return points
 
 
