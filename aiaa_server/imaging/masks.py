@@ -95,7 +95,10 @@ def label_centroids(labels: np.ndarray, count: int) -> dict[int, list[int]]:
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer) or labels.dtype.itemsize > 4:
         labels = labels.astype(np.int32)
-    boxes = ndimage.find_objects(labels, max_label=count)  # values above `count` are ignored
+    if labels.flags.f_contiguous and not labels.flags.c_contiguous:  # NIfTI's order: scan it in memory order
+        boxes = [box[::-1] if box is not None else None for box in ndimage.find_objects(labels.T, max_label=count)]
+    else:  # values above `count` are ignored
+        boxes = ndimage.find_objects(labels, max_label=count)
     centroids = {}
     for value, box in enumerate(boxes, start=1):
         if box is None:

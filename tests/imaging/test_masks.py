@@ -38,6 +38,14 @@ def test_foreground_box_is_the_tightest_box(order: str) -> None:
     assert bounding_box(mask) == [[3, 10, 7], [20, 35, 15]]
 
 
+def test_extreme_points_are_the_same_in_either_memory_order() -> None:
+    labels = np.zeros((30, 20, 10), dtype=np.uint8)
+    labels[5:12, 3:9, 2:7] = 1
+    labels[20, 15, 8] = 2
+    assert extreme_points(np.asfortranarray(labels)) == extreme_points(labels)
+    assert extreme_points(labels)[1] == [20, 15, 8]  # max x: the lone voxel
+
+
 def test_label_centroids_are_the_mean_voxel_index_of_each_present_label() -> None:
     labels = np.zeros((20, 16, 12), dtype=np.uint8)
     labels[2:6, 4:8, 1:3] = 1
@@ -45,4 +53,5 @@ def test_label_centroids_are_the_mean_voxel_index_of_each_present_label() -> Non
     labels[0, 0, 0] = 9  # above the model's labels: ignored
     assert label_centroids(labels, 3) == {1: [3, 5, 1], 3: [14, 0, 8]}
     assert label_centroids(labels.astype(np.float32), 3) == {1: [3, 5, 1], 3: [14, 0, 8]}
+    assert label_centroids(np.asfortranarray(labels), 3) == {1: [3, 5, 1], 3: [14, 0, 8]}  # NIfTI's layout
     assert label_centroids(np.zeros((4, 4, 4), dtype=np.uint8), 2) == {}
