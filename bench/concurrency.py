@@ -103,12 +103,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4, help="segmenting clients (and as many clickers)")
     parser.add_argument("--think", type=float, default=1.0, help="seconds a clicker waits between clicks")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="the server's --device")
+    parser.add_argument("--batch-nice", type=int, default=0, help="the server's --batch_nice")
     args = parser.parse_args()
     phantom = make_phantom(tuple(args.shape))
     points = click_points(phantom.labels, 16)
     with tempfile.TemporaryDirectory(prefix="aiaa-bench-") as tmp:
         path = write_phantom(Path(tmp) / "phantom.nii.gz", tuple(args.shape), phantom=phantom)
-        server = start(Path(tmp) / "workspace", "--workers", str(args.workers), "--device", args.device)
+        server = start(Path(tmp) / "workspace", "--workers", str(args.workers), "--device", args.device,
+                       "--batch_nice", str(args.batch_nice))
         base = server.base_url
         try:
             with server.client(timeout=600) as client:
