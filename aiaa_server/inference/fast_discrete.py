@@ -69,8 +69,3 @@ class FastAsDiscreted:
                 continue
             d[key] = convert_to_dst_type(channel_argmax(tensor), value, dtype=torch.float)[0]
         return d
-
-
-def with_fast_argmax(transforms: list[Any]) -> list[Any]:
-    """`transforms` with every MONAI `AsDiscreted` (exactly that class) wrapped in `FastAsDiscreted`."""
-    return [FastAsDiscreted(t) if type(t) is AsDiscreted else t for t in transforms]

@@ -1,14 +1,11 @@
-"""MONAI intensity transforms with the same results at a fraction of the cost, served under MONAI's short names.
+"""`ScaleIntensityRangePercentilesd` with the same results at a fraction of the cost.
 
-`ScaleIntensityRangePercentilesd` computes its two percentiles with `torch.quantile` for images up to 10⁶
-voxels (a full sort per percentile: ~0.35 s each on a 96³ DeepGrow crop on one CPU core, more than the click's
-network forward). Here both come from one `numpy.percentile` call (a partial sort), which is what MONAI itself
-uses above 10⁶ voxels: the same linear interpolation, so the same values up to float32 rounding. Everything
-else (relative, channel-wise, clip, dtype, the dictionary wrapper) is MONAI's.
-
-`aiaa_server.mmar.components` searches this module before `monai.transforms`, so a config's short name
-(`"ScaleIntensityRangePercentilesd"`) gets this class; a fully qualified `monai.transforms.…` name still gets
-MONAI's.
+MONAI computes the two percentiles with `torch.quantile` for images up to 10⁶ voxels: a full sort per
+percentile, ~0.35 s each on a 96³ DeepGrow crop on a loaded CPU core, more than the click's network forward.
+Here both come from one `numpy.percentile` call (a partial sort), which is what MONAI itself uses above 10⁶
+voxels: the same linear interpolation, so the same values up to float32 rounding. Everything else (relative,
+channel-wise, clip, dtype, the keys) is MONAI's. `inference.fast_paths` puts it in place of a configured MONAI
+transform.
 """
 
 from __future__ import annotations
@@ -17,9 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import ScaleIntensityRange
+from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentilesd
 from monai.transforms import ScaleIntensityRangePercentiles as _MonaiScaleIntensityRangePercentiles
-from monai.transforms import ScaleIntensityRangePercentilesd as _MonaiScaleIntensityRangePercentilesd
 from monai.utils import convert_to_tensor
 
 
@@ -31,7 +27,7 @@ def percentile_pair(image: torch.Tensor | np.ndarray, lower: float, upper: float
     return float(low), float(high)
 
 
-class ScaleIntensityRangePercentiles(_MonaiScaleIntensityRangePercentiles):
+class _PercentilePairScaling(_MonaiScaleIntensityRangePercentiles):
     """MONAI's `ScaleIntensityRangePercentiles` (same Args) with both percentiles from `percentile_pair`."""
 
     def _normalize(self, img: Any) -> Any:
@@ -40,18 +36,30 @@ class ScaleIntensityRangePercentiles(_MonaiScaleIntensityRangePercentiles):
         if self.relative:
             if b_min is None or b_max is None:
                 raise ValueError("If it is relative, b_min and b_max should not be None.")
-            b_min, b_max = ((b_max - b_min) * (self.lower / 100.0)) + b_min, ((b_max - b_min) * (self.upper / 100.0)) + b_min
+            span = b_max - b_min
+            b_min, b_max = span * (self.lower / 100.0) + b_min, span * (self.upper / 100.0) + b_min
         scaler = ScaleIntensityRange(a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=self.clip, dtype=self.dtype)
         return convert_to_tensor(scaler(img), track_meta=False)
 
 
-class ScaleIntensityRangePercentilesd(_MonaiScaleIntensityRangePercentilesd):
-    """MONAI's `ScaleIntensityRangePercentilesd` (same Args) over the faster `ScaleIntensityRangePercentiles`."""
+class FastScaleIntensityRangePercentilesd:
+    """A configured MONAI `ScaleIntensityRangePercentilesd` whose percentiles come from one partial sort.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        monai = self.scaler
-        self.scaler = ScaleIntensityRangePercentiles(
+    Args:
+        scaling: the configured MONAI transform (kept as `wrapped`); same output as it.
+    """
+
+    def __init__(self, scaling: ScaleIntensityRangePercentilesd) -> None:
+        self.wrapped = scaling
+        monai = scaling.scaler
+        self.scaler = _PercentilePairScaling(
             monai.lower, monai.upper, monai.b_min, monai.b_max, clip=monai.clip, relative=monai.relative,
             channel_wise=monai.channel_wise, dtype=monai.dtype,
         )
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `data` with the keys scaled."""
+        d = dict(data)
+        for key in self.wrapped.key_iterator(d):
+            d[key] = self.scaler(d[key])
+        return d

@@ -121,8 +121,3 @@ class FastSpacingd:
     def inverse(self, data: dict[str, Any]) -> dict[str, Any]:
         """MONAI's inverse (the applied operation is the one MONAI would have recorded)."""
         return self.wrapped.inverse(data)
-
-
-def with_fast_spacing(transforms: list[Any]) -> list[Any]:
-    """`transforms` with every MONAI `Spacingd` (exactly that class, not subclasses) wrapped in `FastSpacingd`."""
-    return [FastSpacingd(t) if type(t) is Spacingd else t for t in transforms]

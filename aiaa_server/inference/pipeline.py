@@ -17,8 +17,8 @@ from aiaa_server.engines.base import Engine
 from aiaa_server.errors import AIAAError, IncompatibleInput, ModelError
 from aiaa_server.imaging.io import Volume
 from aiaa_server.inference.crop_growth import CropGrowth, Stages
-from aiaa_server.inference.fast_discrete import with_fast_argmax
-from aiaa_server.inference.fast_spacing import FastSpacingd, with_fast_spacing
+from aiaa_server.inference.fast_paths import with_fast_paths
+from aiaa_server.inference.fast_spacing import FastSpacingd
 from aiaa_server.inference.tensors import plain_tensor, volume_to_tensor
 from aiaa_server.inference.transforms import LoadImaged, WriterOutput
 from aiaa_server.mmar.config import AIAAConfig, InferenceArgs
@@ -76,9 +76,10 @@ class ModelPipeline:
     growth: CropGrowth | None = None
 
     def __post_init__(self) -> None:
-        # MONAI's Spacingd resamples in float64 over a dense grid; axis-aligned grids take the separable path
-        self.pre_transforms = with_fast_spacing(self.pre_transforms)
-        self.post_transforms = with_fast_argmax(self.post_transforms)  # torch.argmax over channels is slow on CPU
+        # MONAI's Spacingd, argmax and percentiles are slow on the CPU (inference.fast_paths); the loader has
+        # already replaced them in what it built (crop growth's passes included), this catches other builders
+        self.pre_transforms = with_fast_paths(self.pre_transforms)
+        self.post_transforms = with_fast_paths(self.post_transforms)
 
     @property
     def input_key(self) -> str:

@@ -25,7 +25,6 @@ _SHORT_NAME_MODULES = (
     "aiaa_server.inference.transforms",
     "aiaa_server.inference.click_transforms",
     "aiaa_server.inference.classical_transforms",
-    "aiaa_server.inference.fast_intensity",  # MONAI's names, same results, faster: before monai.transforms
     "monai.transforms",
     "monai.apps.deepgrow.transforms",
 )

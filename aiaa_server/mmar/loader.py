@@ -19,6 +19,7 @@ from aiaa_server.engines.factory import EngineFactory
 from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.errors import InvalidModel, format_validation_errors
 from aiaa_server.inference.crop_growth import build_crop_growth
+from aiaa_server.inference.fast_paths import with_fast_paths
 from aiaa_server.inference.params import loads_bounded
 from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.transforms import Writer
@@ -183,8 +184,8 @@ def load_mmar(
     if not trusted:
         check_untrusted_mmar(folder, config)
     custom = CustomCode(folder)
-    pre = [build_component(c, custom) for c in config.pre_transforms]
-    post = [build_component(c, custom) for c in config.post_transforms]
+    pre = with_fast_paths([build_component(c, custom) for c in config.pre_transforms])
+    post = with_fast_paths([build_component(c, custom) for c in config.post_transforms])
     writer = build_component(config.writer, custom) if config.writer is not None else Writer(
         image=config.inference.output, json="result"
     )

@@ -7,7 +7,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import AsDiscreted
 
-from aiaa_server.inference.fast_discrete import FastAsDiscreted, channel_argmax, with_fast_argmax
+from aiaa_server.inference.fast_discrete import FastAsDiscreted, channel_argmax
 
 
 @pytest.mark.parametrize("channels", [1, 2, 3, 5])
@@ -46,11 +46,3 @@ def test_nan_takes_monai_argmax() -> None:
     fast = FastAsDiscreted(discrete)({"pred": logits})["pred"]
     assert torch.equal(torch.as_tensor(fast), torch.as_tensor(discrete({"pred": logits})["pred"]))
     assert float(fast[0, 0, 0, 0]) == 1.0
-
-
-def test_only_plain_asdiscreted_is_wrapped() -> None:
-    discrete = AsDiscreted(keys="pred", argmax=True)
-    other = object()
-    wrapped = with_fast_argmax([discrete, other])
-    assert isinstance(wrapped[0], FastAsDiscreted) and wrapped[0].wrapped is discrete
-    assert wrapped[1] is other

@@ -1,4 +1,4 @@
-"""The fast `ScaleIntensityRangePercentilesd` against MONAI's own, and that configs' short names reach it."""
+"""The fast `ScaleIntensityRangePercentilesd` against MONAI's own."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from aiaa_server.inference import fast_intensity
-from aiaa_server.mmar.components import resolve_component
+from aiaa_server.inference.fast_intensity import FastScaleIntensityRangePercentilesd, percentile_pair
 
 
 def _image(seed: int, shape: tuple[int, ...] = (2, 40, 36, 30)) -> MetaTensor:
@@ -26,8 +25,8 @@ def _image(seed: int, shape: tuple[int, ...] = (2, 40, 36, 30)) -> MetaTensor:
     {"lower": 0, "upper": 100, "b_min": 0.0, "b_max": 255.0, "dtype": np.float32},
 ])
 def test_same_result_as_monai(args: dict) -> None:
-    ours = fast_intensity.ScaleIntensityRangePercentilesd(keys="image", **args)
     monai = mt.ScaleIntensityRangePercentilesd(keys="image", **args)
+    ours = FastScaleIntensityRangePercentilesd(monai)
     for seed in range(3):
         image = _image(seed)
         expected = monai({"image": image.clone()})["image"]
@@ -39,21 +38,22 @@ def test_same_result_as_monai(args: dict) -> None:
 
 def test_constant_image_as_monai() -> None:
     image = MetaTensor(torch.full((1, 8, 8, 8), 7.0))
-    args = {"keys": "image", "lower": 1, "upper": 99, "b_min": 0.0, "b_max": 1.0, "clip": True}
-    got = fast_intensity.ScaleIntensityRangePercentilesd(**args)({"image": image.clone()})["image"]
-    expected = mt.ScaleIntensityRangePercentilesd(**args)({"image": image.clone()})["image"]
-    assert torch.equal(got.as_tensor(), expected.as_tensor())
+    monai = mt.ScaleIntensityRangePercentilesd(keys="image", lower=1, upper=99, b_min=0.0, b_max=1.0, clip=True)
+    got = FastScaleIntensityRangePercentilesd(monai)({"image": image.clone()})["image"]
+    assert torch.equal(got.as_tensor(), monai({"image": image.clone()})["image"].as_tensor())
 
 
-def test_short_names_reach_the_fast_class_and_qualified_names_monai() -> None:
-    short, _ = resolve_component("ScaleIntensityRangePercentilesd", {})
-    qualified, _ = resolve_component("monai.transforms.ScaleIntensityRangePercentilesd", {})
-    assert short is fast_intensity.ScaleIntensityRangePercentilesd
-    assert qualified is mt.ScaleIntensityRangePercentilesd
+def test_missing_keys_follow_the_monai_setting() -> None:
+    lenient = mt.ScaleIntensityRangePercentilesd(keys=["image", "other"], lower=1, upper=99, b_min=0.0, b_max=1.0,
+                                                 allow_missing_keys=True)
+    assert set(FastScaleIntensityRangePercentilesd(lenient)({"image": _image(0)})) == {"image"}
+    strict = mt.ScaleIntensityRangePercentilesd(keys=["image", "other"], lower=1, upper=99, b_min=0.0, b_max=1.0)
+    with pytest.raises(KeyError):
+        FastScaleIntensityRangePercentilesd(strict)({"image": _image(0)})
 
 
 def test_percentiles_match_torch_quantile() -> None:
     values = torch.from_numpy(np.random.default_rng(1).random(5000).astype(np.float32))
-    low, high = fast_intensity.percentile_pair(values, 0.5, 99.5)
+    low, high = percentile_pair(values, 0.5, 99.5)
     expected = torch.quantile(values, torch.tensor([0.005, 0.995]))
     assert low == pytest.approx(float(expected[0]), abs=1e-6) and high == pytest.approx(float(expected[1]), abs=1e-6)

@@ -8,7 +8,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Spacingd
 
-from aiaa_server.inference.fast_spacing import FastSpacingd, with_fast_spacing
+from aiaa_server.inference.fast_spacing import FastSpacingd
 
 
 def _affine(kind: str) -> np.ndarray:
@@ -96,16 +96,6 @@ def test_inverse_undoes_like_monai() -> None:
     back = wrapped.inverse(wrapped({"image": image}))["image"]
     assert back.shape == image.shape
     np.testing.assert_allclose(back.affine.numpy(), image.affine.numpy(), atol=1e-6)
-
-
-def test_only_plain_spacingd_is_wrapped() -> None:
-    class Custom(Spacingd):
-        pass
-
-    spacing, custom = Spacingd(keys="image", pixdim=[1, 1, 1]), Custom(keys="image", pixdim=[1, 1, 1])
-    wrapped = with_fast_spacing([spacing, custom])
-    assert isinstance(wrapped[0], FastSpacingd) and wrapped[0].wrapped is spacing
-    assert wrapped[1] is custom
 
 
 @pytest.mark.parametrize("padding_mode", ["border", "zeros"])
