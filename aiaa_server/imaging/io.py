@@ -69,6 +69,11 @@ class Volume:
         """The array's shape as Python ints: (X, Y, Z), or (X, Y) for a 2D image."""
         return tuple(int(s) for s in self.array.shape)
 
+    def without_voxels(self) -> Volume:
+        """Geometry and headers only: `array` becomes a zero-strided array of the same shape and dtype (no memory)."""
+        return Volume(np.broadcast_to(np.zeros((), dtype=self.array.dtype), self.array.shape), self.affine,
+                      self.format, self.header, self.name, dict(self.extra))
+
     @property
     def spacing(self) -> tuple[float, ...]:
         """Voxel size in mm along the array axes i, j, k: the column norms of the affine (always 3 values)."""

@@ -111,12 +111,15 @@ class FastSpacingd:
         lazy = self.wrapped(dict(data), lazy=True)
         keys = [key for key in self.wrapped.key_iterator(lazy)]
         plans = {key: _fast_plan(lazy[key]) for key in keys}
-        if not keys or any(plan is None for plan in plans.values()):
+        if not keys or all(plan is None for plan in plans.values()):
             return self.wrapped(data)
+        # keys without a fast path (a label resampled "nearest" beside its image) get MONAI's result; the others
+        # ours, so that an image comes out the same with or without a label beside it
+        out = self.wrapped(data) if any(plan is None for plan in plans.values()) else lazy
         for key, plan in plans.items():
-            assert plan is not None
-            lazy[key] = _resampled(lazy[key], *plan)
-        return lazy
+            if plan is not None:
+                out[key] = _resampled(lazy[key], *plan)
+        return out
 
     def inverse(self, data: dict[str, Any]) -> dict[str, Any]:
         """MONAI's inverse (the applied operation is the one MONAI would have recorded)."""

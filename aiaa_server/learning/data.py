@@ -21,6 +21,7 @@ from monai.transforms.traits import LazyTrait
 
 from aiaa_server.errors import BadRequest, InvalidParams
 from aiaa_server.imaging.io import Volume, read_volume
+from aiaa_server.inference.fast_paths import with_fast_paths
 from aiaa_server.inference.pipeline import apply_transforms
 from aiaa_server.inference.tensors import plain_tensor, volume_to_tensor
 from aiaa_server.learning.spec import TrainItem
@@ -158,7 +159,7 @@ def training_transforms(config: AIAAConfig, custom: CustomCode | None) -> list[T
         custom: its `custom/` code (None: not searched).
 
     Returns:
-        The transforms, in the config's order.
+        The transforms, in the config's order (MONAI's slow ones wrapped as for inference: `with_fast_paths`).
 
     Raises:
         InvalidModel: a component that cannot be found or built.
@@ -180,7 +181,7 @@ def training_transforms(config: AIAAConfig, custom: CustomCode | None) -> list[T
             transforms.append(build_component(component, custom))
         else:
             transforms.append(_build(component, _with_label(cls, kind, args, image_key), custom))
-    return transforms
+    return with_fast_paths(transforms)  # the image exactly as inference prepares it
 
 
 def _build(component: ComponentConfig, args: dict[str, Any], custom: CustomCode | None) -> Transform:

@@ -167,6 +167,8 @@ class InferenceService:
         if _by_slices(model, volume):
             output = classify_slices(pipeline, volume, params.pipeline_data())
         else:  # a fresh dict per request: cached image data is never mutated
+            if request.session_id is None and pipeline.converts_on_model_grid:
+                volume = volume.without_voxels()  # the model grid holds the image now: free the upload's voxels
             output = pipeline.run_request({**params.pipeline_data(), **image_data})
         inferred = time.perf_counter()
         if model.config.type is ModelType.CLASSIFICATION:

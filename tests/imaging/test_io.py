@@ -186,3 +186,20 @@ def test_nifti_pair_header_is_refused(tmp_path: Path) -> None:
     single.write_bytes((tmp_path / "pair.hdr").read_bytes() + b"\0" * 4 + (tmp_path / "pair.img").read_bytes())
     with pytest.raises(InvalidImage):
         read_volume(single, "pair.nii")
+
+
+def test_a_volume_without_voxels_still_encodes_results_onto_its_grid(tmp_path: Path) -> None:
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    affine[:3, 3] = [-100.0, 20.0, 5.0]
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4), affine), path)
+    volume = read_volume(path, path.name)
+    light = volume.without_voxels()
+    assert light.spatial_shape == volume.spatial_shape and light.array.dtype == np.int16
+    assert light.array.strides == (0, 0, 0) and not light.array.any()  # nothing held
+    mask = np.zeros((6, 5, 4), np.uint8)
+    mask[1:3, 2, 1] = 1
+    payload = encode_volume(mask, light, ImageFormat.NIFTI_GZ, compress=True)
+    assert payload == encode_volume(mask, volume, ImageFormat.NIFTI_GZ, compress=True)
+    decoded, decoded_affine = decode_result(payload, ImageFormat.NIFTI_GZ)
+    assert np.array_equal(decoded, mask) and np.allclose(decoded_affine, affine)
