@@ -18,7 +18,8 @@ class Engine(Protocol):
     device: torch.device
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Run the network on `batch` (N, C, *spatial); returns its first output, on `device` (CPU for Triton)."""
+        """Run the network on `batch` (N, C, *spatial); returns its first output on `device`, except where the
+        output goes back to the host: Triton, and a CUDA engine given a CPU batch (`engines.cuda`)."""
         ...
 
 
