@@ -124,14 +124,14 @@ class EngineFactory:
         """
         if self.kind_for(config) == "local":
             resolved: torch.device = resolve_device(device, self.default_device)
-            optimize = (config.inference.args.precision or self.precision) == "float32"
-            return self._accelerated(self.pool.get(model_file, resolved, name, optimize), config)
+            precision = config.inference.args.precision or self.precision
+            engine = self.pool.get(model_file, resolved, name, optimize=precision == "float32")
+            return self._accelerated(engine, config, precision)
         return self._create_triton(name, model_file, config)
 
-    def _accelerated(self, engine: Engine, config: AIAAConfig) -> Engine:
+    def _accelerated(self, engine: Engine, config: AIAAConfig, precision: str) -> Engine:
         """`engine` with the device paths (`engines.cuda`) where it runs on CUDA or not in float32, and shared
         forwards (`engines.batching`) for interactive models when `click_batch_ms` > 0."""
-        precision = config.inference.args.precision or self.precision
         if engine.device.type == "cuda" or precision != "float32":
             engine = AcceleratedEngine(engine, precision)
         if self.click_batch_ms > 0 and config.type in INTERACTIVE_TYPES:

@@ -17,7 +17,6 @@ from aiaa_server.engines.base import Engine
 from aiaa_server.errors import AIAAError, IncompatibleInput, ModelError
 from aiaa_server.imaging.io import Volume
 from aiaa_server.inference.crop_growth import CropGrowth, Stages
-from aiaa_server.inference.fast_paths import with_fast_paths
 from aiaa_server.inference.fast_spacing import FastSpacingd
 from aiaa_server.inference.tensors import plain_tensor, volume_to_tensor
 from aiaa_server.inference.transforms import LoadImaged, WriterOutput
@@ -74,12 +73,6 @@ class ModelPipeline:
     cache_index: int = 0  # pre_transforms[:cache_index] depend only on the image (cacheable per session)
     network: Transform | None = None
     growth: CropGrowth | None = None
-
-    def __post_init__(self) -> None:
-        # MONAI's Spacingd, argmax and percentiles are slow on the CPU (inference.fast_paths); the loader has
-        # already replaced them in what it built (crop growth's passes included), this catches other builders
-        self.pre_transforms = with_fast_paths(self.pre_transforms)
-        self.post_transforms = with_fast_paths(self.post_transforms)
 
     @property
     def input_key(self) -> str:
