@@ -29,11 +29,11 @@ def extreme_points(mask: np.ndarray) -> list[list[int]]:
         [min x, max x, min y, max y, min z, max z] points, each the foreground voxel on that face of the
         bounding box nearest the face's foreground centroid; `[]` when the mask is empty.
     """
-    foreground = np.asarray(mask) > 0
-    box = foreground_box(foreground)
+    array = np.asarray(mask)
+    box = foreground_box(array)
     if box is None:
         return []
-    inside = foreground[box]  # the faces are searched within the box only
+    inside = array[box] > 0  # the faces are searched within the box only: no volume-sized boolean copy
     origin = [extent.start for extent in box]
     points: list[list[int]] = []
     for axis, extent in enumerate(inside.shape):
@@ -44,15 +44,16 @@ def extreme_points(mask: np.ndarray) -> list[list[int]]:
 
 
 def foreground_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The smallest index box holding every non-zero voxel (None when there is none).
+    """The smallest index box holding every voxel > 0 (None when there is none).
 
     Axes are narrowed one after the other, last axis first (contiguous in a Fortran-ordered NIfTI mask), so
-    a small object in a large volume costs about one pass over the volume."""
+    a small object in a large volume costs about one pass over the volume. Reductions read the mask as it
+    is (no volume-sized boolean copy)."""
     array = np.asarray(mask)
     box = [slice(0, n) for n in array.shape]
     for axis in reversed(range(array.ndim)):
         others = tuple(a for a in range(array.ndim) if a != axis)
-        present = np.flatnonzero(array[tuple(box)].max(axis=others)) if array.size else np.zeros(0)
+        present = np.flatnonzero(array[tuple(box)].max(axis=others) > 0) if array.size else np.zeros(0)
         if present.size == 0:
             return None
         box[axis] = slice(int(present[0]), int(present[-1]) + 1)
@@ -62,7 +63,7 @@ def foreground_box(mask: np.ndarray) -> tuple[slice, ...] | None:
 def bounding_box(mask: np.ndarray) -> list[list[int]]:
     """`[[min x, y, z], [max x, y, z]]` (inclusive voxel indices) of the voxels > 0 of an (X, Y, Z) mask, `[]` when
     empty (a 2D (X, Y) mask gives `[[min x, y], [max x, y]]`)."""
-    box = foreground_box(np.asarray(mask) > 0)
+    box = foreground_box(mask)
     if box is None:
         return []
     return [[b.start for b in box], [b.stop - 1 for b in box]]

@@ -18,6 +18,7 @@ from aiaa_server.errors import AIAAError, IncompatibleInput, ModelError
 from aiaa_server.imaging.io import Volume
 from aiaa_server.inference.crop_growth import CropGrowth, Stages
 from aiaa_server.inference.fast_spacing import FastSpacingd
+from aiaa_server.inference.heap import release_free_heap
 from aiaa_server.inference.tensors import plain_tensor, volume_to_tensor
 from aiaa_server.inference.transforms import LoadImaged, WriterOutput
 from aiaa_server.mmar.config import AIAAConfig, InferenceArgs
@@ -25,6 +26,8 @@ from aiaa_server.mmar.config import AIAAConfig, InferenceArgs
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
 # pre-transforms that only move voxels (any dtype in, the same dtype out), allowed before the model-grid Spacingd
 _VOXEL_MOVING_TRANSFORMS = (LoadImaged, EnsureChannelFirstd, Orientationd)
+# network inputs from this size on (16 MiB of float32) return freed heap around the forward; a click's crop is smaller
+_TRIM_VOXELS = 2**22
 
 
 def _transform_name(transform: object) -> str:
@@ -32,11 +35,17 @@ def _transform_name(transform: object) -> str:
 
 
 def apply_transforms(transforms: Sequence[Transform], data: dict[str, Any], stage: str,
-                     error: type[AIAAError]) -> dict[str, Any]:
-    """`data` through `transforms`; a failure other than an AIAAError becomes `error` naming the stage and transform."""
+                     error: type[AIAAError], consume: bool = False) -> dict[str, Any]:
+    """`data` through `transforms`; a failure other than an AIAAError becomes `error` naming the stage and transform.
+
+    `consume`: empty `data` once the first transform has returned its own dict, so that the caller's references
+    (every frame above holds that dict) do not keep the input image alive after a transform replaced it."""
+    given = data
     for transform in transforms:
         try:
             data = transform(data)
+            if consume and given and data is not given:
+                given.clear()
         except AIAAError:
             raise
         except Exception as exc:
@@ -111,13 +120,15 @@ class ModelPipeline:
         """
         return apply_transforms(self.pre_transforms[: self.cache_index], data, "pre-transform", IncompatibleInput)
 
-    def preprocess_request(self, data: dict[str, Any]) -> dict[str, Any]:
+    def preprocess_request(self, data: dict[str, Any], consume: bool = False) -> dict[str, Any]:
         """The rest of pre-processing (what reads the request: clicks, parameters), after `preprocess_image`.
+        `consume`: `data` is emptied after the first transform (see `apply_transforms`).
 
         Raises:
             IncompatibleInput: (422) a transform fails on this input.
         """
-        return apply_transforms(self.pre_transforms[self.cache_index :], data, "pre-transform", IncompatibleInput)
+        return apply_transforms(self.pre_transforms[self.cache_index :], data, "pre-transform", IncompatibleInput,
+                                consume=consume)
 
     def infer(self, data: dict[str, Any]) -> dict[str, Any]:
         """Run the network on `data[input_key]`, a (C, *spatial) image, as a batch of one (by sliding window
@@ -139,12 +150,18 @@ class ModelPipeline:
             raise ModelError(f"model {self.name!r} has no network to run")
         image = data[self.input_key]
         batch = plain_tensor(image).float()[None]
+        large = batch.numel() >= _TRIM_VOXELS
+        if large:
+            release_free_heap()  # what pre-processing freed (resampling slabs), before the forward's peak
         try:
             output = self._forward(batch)[0].cpu()
         except AIAAError:
             raise
         except Exception as exc:
             raise ModelError(f"inference failed for model {self.name!r}: {exc}") from exc
+        finally:
+            if large:
+                release_free_heap()  # the windows' activations, before post-processing allocates full-size masks
         if isinstance(image, MetaTensor):
             output = MetaTensor(output, meta=dict(image.meta))  # meta carries the affine
         data[self.output_key] = output
@@ -188,12 +205,16 @@ class ModelPipeline:
         """Everything after `preprocess_image`: `preprocess_request`, `infer`, `postprocess`; with `growth`, its
         passes on growing crops (see `crop_growth`), combined on the input grid, then the writer.
 
+        Without `growth`, `data` is consumed: it is emptied once the first pre-transform has copied it, so the
+        request's input image is freed as soon as a transform (the model-grid `Spacingd`) replaces it. Pass a
+        dict of the request's own (values may be shared, e.g. a session's cached tensors: they are not touched).
+
         Raises:
             IncompatibleInput: (422) a pre-transform fails on this input.
             ModelError: (500) the network, a post-transform or the writer failed.
         """
         if self.growth is None:
-            return self.postprocess(self.infer(self.preprocess_request(data)))
+            return self.postprocess(self.infer(self.preprocess_request(data, consume=True)))
         stages = Stages(
             pre=lambda transforms, d: apply_transforms(transforms, d, "pre-transform", IncompatibleInput),
             infer=self.infer,

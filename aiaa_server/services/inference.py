@@ -169,7 +169,9 @@ class InferenceService:
         else:  # a fresh dict per request: cached image data is never mutated
             if request.session_id is None and pipeline.converts_on_model_grid:
                 volume = volume.without_voxels()  # the model grid holds the image now: free the upload's voxels
-            output = pipeline.run_request({**params.pipeline_data(), **image_data})
+            data = {**params.pipeline_data(), **image_data}
+            image_data = {}  # run_request empties `data` as the transforms replace the image: hold no other reference
+            output = pipeline.run_request(data)
         inferred = time.perf_counter()
         if model.config.type is ModelType.CLASSIFICATION:
             result = self._classified(model, volume, output, params.result, request.report, headers)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,26 @@ def test_label_centroids_are_the_mean_voxel_index_of_each_present_label() -> Non
     assert label_centroids(labels.astype(np.float32), 3) == {1: [3, 5, 1], 3: [14, 0, 8]}
     assert label_centroids(np.asfortranarray(labels), 3) == {1: [3, 5, 1], 3: [14, 0, 8]}  # NIfTI's layout
     assert label_centroids(np.zeros((4, 4, 4), dtype=np.uint8), 2) == {}
+
+
+def test_box_and_points_make_no_volume_sized_copy() -> None:
+    """A full-size mask (75 MiB for 512×512×300) is searched as it is: no boolean copy of the volume."""
+    mask = np.zeros((256, 256, 120), np.uint8, order="F")
+    mask[100:140, 90:150, 30:70] = 1
+    tracemalloc.start()
+    try:
+        points, box = extreme_points(mask), bounding_box(mask)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert box == [[100, 90, 30], [139, 149, 69]]
+    assert [p[0] for p in points[:2]] == [100, 139]
+    assert peak < mask.nbytes / 4  # the box (96 000 voxels) and per-axis reductions only
+
+
+def test_only_positive_values_are_foreground() -> None:
+    mask = np.zeros((10, 10, 10), np.int16)
+    mask[2, 3, 4] = -1
+    mask[5:7, 5, 5] = 3
+    assert bounding_box(mask) == [[5, 5, 5], [6, 5, 5]]
+    assert extreme_points(mask)[0] == [5, 5, 5]

@@ -3,6 +3,9 @@ model grid, separable Spacingd, channel argmax, Restored into uint8; the mask eq
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +92,32 @@ def test_restore_of_float_labels_is_uint8_with_the_same_values() -> None:
     as_float = restore_to_grid(labels + 0.5, source, target, (64, 60, 8), "nearest")  # not labels: stays float
     assert restored.dtype == np.uint8 and as_float.dtype == np.float32
     np.testing.assert_array_equal(restored.astype(np.float32) + 0.5 * (as_float > 0), as_float)
+
+
+def test_the_request_input_is_freed_before_the_network_runs(spleen: ModelPipeline) -> None:
+    """run_request consumes its dict: once the model-grid Spacingd replaced the image, nothing (not the caller's
+    frame, not the first dict) keeps the full-size int16 input alive through the forward and post-processing."""
+    volume = _phantom(lps=False)
+    tensor = spleen.input_tensor(volume)
+    alive = weakref.ref(tensor)
+    seen: list[bool] = []
+
+    def probe(data: dict) -> dict:
+        gc.collect()
+        seen.append(alive() is not None)
+        return data
+
+    pipeline = dataclasses.replace(spleen, post_transforms=[probe, *spleen.post_transforms])
+    data = {spleen.input_key: tensor}
+    del tensor, volume
+    output = pipeline.run_request(data)
+    assert seen == [False]
+    assert data == {}  # emptied by the first pre-transform
+    assert output.image is not None and output.image.any()
+
+
+def test_transforms_leave_the_callers_dict_unless_told_to_consume_it(spleen: ModelPipeline) -> None:
+    """Crop growth and session caches read the same dict again: only run_request's own call consumes."""
+    data = {spleen.input_key: spleen.input_tensor(_phantom(lps=False))}
+    apply_transforms(spleen.pre_transforms, data, "pre-transform", ModelError)
+    assert list(data) == [spleen.input_key]
