@@ -94,6 +94,27 @@ def _prober(base: str, stop: threading.Event, record: Record) -> None:
             time.sleep(0.05)
 
 
+def click_job_totals(client: httpx.Client) -> dict[str, float]:
+    """Server-side sums and counts of the interactive lane's queue wait and run time (from /metrics)."""
+    totals: dict[str, float] = {}
+    for line in client.get("/metrics").text.splitlines():
+        for kind in ("wait", "run"):
+            metric = "aiaa_inference_queue_wait_seconds" if kind == "wait" else "aiaa_inference_run_seconds"
+            for part in ("sum", "count"):
+                if line.startswith(f"{metric}_{part}{{") and 'lane="interactive"' in line:
+                    key = f"{kind}_{part}"
+                    totals[key] = totals.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def mean_job_times(before: dict[str, float], after: dict[str, float]) -> str:
+    """Mean queue wait and run per click between two `click_job_totals`."""
+    def mean(kind: str) -> float:
+        count = after.get(f"{kind}_count", 0.0) - before.get(f"{kind}_count", 0.0)
+        return (after.get(f"{kind}_sum", 0.0) - before.get(f"{kind}_sum", 0.0)) / count if count else float("nan")
+    return f"server-side per click: queue wait {mean('wait') * 1000:.0f} ms, run {mean('run') * 1000:.0f} ms (means)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 120))
@@ -118,9 +139,11 @@ def main() -> None:
                 for session_id in sessions:
                     click(client, session_id, points[0])  # warm: decode + image pre-processing cached
                 idle = Record()
+                totals = [click_job_totals(client)]
                 for i in range(args.idle_clicks):
                     seconds, status = click(client, sessions[0], points[i % len(points)])
                     idle.add("clicks", seconds, status)
+                totals.append(click_job_totals(client))
                 segment_http(client, path)  # warm the segmentation model
                 single_started = time.perf_counter()
                 single = [segment_http(client, path) for _ in range(2)]
@@ -141,9 +164,12 @@ def main() -> None:
             stop.set()
             for thread in [prober, *clickers]:
                 thread.join()
+            with server.client(timeout=60) as client:
+                totals.append(click_job_totals(client))
         finally:
             server.stop()
     _report(args, idle, single, single_rate, load, elapsed)
+    print(f"idle: {mean_job_times(totals[0], totals[1])}; under load: {mean_job_times(totals[1], totals[2])}")
 
 
 def _report(args: argparse.Namespace, idle: Record, single: list[float], single_rate: float, load: Record,
