@@ -30,21 +30,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import torch
 from monai.inferers import sliding_window_inference
-from monai.transforms import Compose
 from segmentation_overhead import bench_model, make_phantom
 
 from aiaa_server.bundles.serving import BundleInference
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume, encode_volume
+from aiaa_server.inference.fast_paths import opened
 from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.registry import ModelRegistry
-
-
-def _opened(transforms: list) -> list:
-    """`transforms` with every plain `Compose` (a bundle's preprocessing, postprocessing) opened into its own."""
-    return [item for t in transforms
-            for item in (_opened(list(t.transforms)) if type(t) is Compose else [t])]
 
 
 def _unwrapped(transforms: list) -> list:
@@ -55,7 +49,7 @@ def timed_steps(pipeline: ModelPipeline, volume: Volume, reference: bool) -> tup
     """Seconds per step of one whole run, and the preprocessed network input (C, *spatial). `reference`: the
     all-MONAI path (float32 input, MONAI's Spacingd and AsDiscreted instead of the fast paths)."""
     times: dict[str, float] = {}
-    pre, post = _opened(pipeline.pre_transforms), _opened(pipeline.post_transforms)
+    pre, post = opened(pipeline.pre_transforms), opened(pipeline.post_transforms)
     if reference:
         pre, post = _unwrapped(pre), _unwrapped(post)
     started = time.perf_counter()
