@@ -4,13 +4,15 @@ Builds the bundled demo spleen model in-process (as `segmentation_overhead.py` d
 phantom once, then per repeat, interleaved: the whole pipeline transform by transform (pre-transforms,
 network, post-transforms, writer, NIfTI-gz encode), and the bare forward —
 `monai.inferers.sliding_window_inference` with the model's roi/overlap/sw_batch_size on the already
-preprocessed tensor, calling the loaded engine. Prints a per-step table (median seconds) and the ratio
+preprocessed tensor, calling the loaded engine (for a bundle: its own `inferer`, e.g. a `SlidingWindowInferer`
+with the config's roi_size/overlap/sw_batch_size/mode, over the engine). Prints a per-step table (median seconds) and the ratio
 pipeline / bare forward (target ≤ 1.5).
 
     python bench/pipeline_profile.py [--shape 512 512 120] [--repeats 3] [--threads 2] [--bundle]
 
 The reference column is the all-MONAI path in the same run (float32 input, MONAI `Spacingd` and
-`AsDiscreted`); `Restored`, `ExtremePointsd`, `BoundingBoxd` are the same code in both.
+`AsDiscreted`); `Restored`, `ExtremePointsd`, `BoundingBoxd` are the same code in both. A bundle's
+preprocessing and postprocessing `Compose` are timed transform by transform (opened, as `Compose` runs them).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ import torch
 from monai.inferers import sliding_window_inference
 from segmentation_overhead import bench_model, make_phantom
 
+from aiaa_server.bundles.serving import BundleInference
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume, encode_volume
+from aiaa_server.inference.fast_paths import opened
 from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.registry import ModelRegistry
@@ -45,8 +49,9 @@ def timed_steps(pipeline: ModelPipeline, volume: Volume, reference: bool) -> tup
     """Seconds per step of one whole run, and the preprocessed network input (C, *spatial). `reference`: the
     all-MONAI path (float32 input, MONAI's Spacingd and AsDiscreted instead of the fast paths)."""
     times: dict[str, float] = {}
-    pre = _unwrapped(pipeline.pre_transforms) if reference else pipeline.pre_transforms
-    post = _unwrapped(pipeline.post_transforms) if reference else pipeline.post_transforms
+    pre, post = opened(pipeline.pre_transforms), opened(pipeline.post_transforms)
+    if reference:
+        pre, post = _unwrapped(pre), _unwrapped(post)
     started = time.perf_counter()
     data = {pipeline.input_key: volume_to_tensor(volume) if reference else pipeline.input_tensor(volume)}
     times["pre: input tensor"] = time.perf_counter() - started
@@ -72,13 +77,17 @@ def timed_steps(pipeline: ModelPipeline, volume: Volume, reference: bool) -> tup
 
 
 def bare_forward(pipeline: ModelPipeline, network_input: torch.Tensor) -> float:
-    """Seconds of MONAI's sliding window over the engine on the preprocessed input."""
+    """Seconds of MONAI's sliding window over the engine on the preprocessed input: with the MMAR's args, or a
+    bundle's own inferer (its config holds the sliding window settings, `pipeline.args` none)."""
     args = pipeline.args
     batch = torch.as_tensor(network_input).as_subclass(torch.Tensor).float()[None]
     started = time.perf_counter()
     with torch.inference_mode():
-        sliding_window_inference(batch, roi_size=list(args.roi)[-3:], sw_batch_size=args.sw_batch_size,
-                                 predictor=pipeline.engine, overlap=args.overlap, mode=args.mode)
+        if isinstance(pipeline.network, BundleInference):
+            pipeline.network.inferer(batch.to(pipeline.network.engine.device), pipeline.network.engine)
+        else:
+            sliding_window_inference(batch, roi_size=list(args.roi)[-3:], sw_batch_size=args.sw_batch_size,
+                                     predictor=pipeline.engine, overlap=args.overlap, mode=args.mode)
     return time.perf_counter() - started
 
 
@@ -111,6 +120,11 @@ def main() -> None:
                     steps[path].setdefault(key, []).append(value)
             bare.append(forward)
     network_input = measured["fast"][1]
+    inferer = pipeline.network.inferer if isinstance(pipeline.network, BundleInference) else None
+    if inferer is not None:
+        print(f"bundle inferer {type(inferer).__name__}: roi {getattr(inferer, 'roi_size', None)}, overlap "
+              f"{getattr(inferer, 'overlap', None)}, sw_batch_size {getattr(inferer, 'sw_batch_size', None)}, "
+              f"mode {getattr(inferer, 'mode', None)}")
     print(f"model {name}; phantom {tuple(args.shape)} int16; input to the network {tuple(network_input.shape)}; "
           f"{args.threads} torch threads; median of {args.repeats} (interleaved: fast, reference, bare)")
     _report(steps, bare, args.repeats)

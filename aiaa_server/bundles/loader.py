@@ -8,7 +8,10 @@ What is read from `configs/inference.json` (or `.yaml`): `preprocessing`, `infer
 * `LoadImaged` takes the image the server already decoded (any upload format, or a session's) instead of
   reading a file: it becomes `aiaa_server.inference.transforms.LoadImaged`, which passes decoded images through;
 * image writers (`SaveImaged`, `SaveImage`) are dropped: the server encodes the result itself;
-* data sets, data loaders, evaluators and handlers are never built.
+* data sets, data loaders, evaluators and handlers are never built;
+* inside `preprocessing` and `postprocessing` (plain `Compose`), MONAI's `Spacingd`, `AsDiscreted` and
+  `ScaleIntensityRangePercentilesd` run through the same fast paths as an MMAR's (`inference.fast_paths`; same
+  results, and an `Invertd` still inverts through the configured MONAI transforms).
 
 The weights: the file the config's `CheckpointLoader` names (`checkpointloader` or a handler), else
 `models/model.pt`, as a state dict (`torch.load(weights_only=True)`: pickled code is refused) loaded strictly
@@ -37,6 +40,7 @@ from aiaa_server.engines.base import Engine, EngineProvider, ModuleEngine
 from aiaa_server.engines.factory import EngineFactory
 from aiaa_server.engines.torchscript import TorchScriptPool, resolve_device
 from aiaa_server.errors import InvalidModel
+from aiaa_server.inference.fast_paths import with_fast_paths
 from aiaa_server.inference.params import loads_bounded
 from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.transforms import Writer
@@ -263,8 +267,11 @@ def load_bundle(folder: Path, engines: EngineProvider | TorchScriptPool, default
         engine, model_file = _engine(folder, parser, model_name, config, engines, device)
     interactive = config.type is ModelType.DEEPGROW
     classifier = config.type is ModelType.CLASSIFICATION  # probabilities, no image: nothing to restore
-    pre = [ClicksAsGuidance(metadata.labels), preprocessing] if interactive else [preprocessing]
-    post = [*([postprocessing] if postprocessing is not None else []), *([] if classifier else [ResultOnInputGrid()])]
+    # the preprocessing and postprocessing Compose run with the MMARs' fast paths inside (copies: an Invertd keeps
+    # the configured preprocessing, and inverts through MONAI's own transforms)
+    pre = with_fast_paths([ClicksAsGuidance(metadata.labels), preprocessing] if interactive else [preprocessing])
+    post = with_fast_paths([*([postprocessing] if postprocessing is not None else []),
+                            *([] if classifier else [ResultOnInputGrid()])])
     pipeline = ModelPipeline(
         name=model_name, config=config, pre_transforms=pre, post_transforms=post,
         writer=Writer(image=None, json=PRED_KEY) if classifier else Writer(image=PRED_KEY, json="result"),

@@ -7,14 +7,27 @@ classes are replaced (not subclasses, which may change the behaviour):
 * `Spacingd` → `fast_spacing.FastSpacingd` (separable float32 resampling, integer input read directly);
 * `AsDiscreted` → `fast_discrete.FastAsDiscreted` (a channel argmax without `torch.argmax`);
 * `ScaleIntensityRangePercentilesd` → `fast_intensity.FastScaleIntensityRangePercentilesd` (one partial sort).
+
+One exception: a `Spacingd` followed (in the same sequence) by a `NormalizeIntensityd(nonzero=True)` reading one of
+its keys stays MONAI's. That normalisation singles out voxels that are exactly 0, and where neighbours of mixed sign
+interpolate to zero, MONAI's float64 gives ±1e-13 and the float32 path 0 (or the reverse): those voxels then get
+far apart values (wholeBody_ct_segmentation's preprocessing on raw HU: 0.3 % of its mask changed).
+
+A plain, eager MONAI `Compose` (a bundle's `preprocessing` or `postprocessing`) is opened: a shallow copy of it
+runs the same transforms with these replaced, and the configured `Compose` is left as it was, so that an `Invertd`
+holding it (`"transform": "@preprocessing"`) still inverts through MONAI's own transforms. That works because a
+wrapper records MONAI's own trace (the wrapped instance's id and operation; `FastSpacingd` pushes the operation
+MONAI computed). Subclasses of `Compose` (`OneOf`, `RandomOrder`, `SomeOf`, which trace their choices) and lazy
+ones are left unopened.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from monai.transforms import AsDiscreted, ScaleIntensityRangePercentilesd, Spacingd
+from monai.transforms import AsDiscreted, Compose, NormalizeIntensityd, ScaleIntensityRangePercentilesd, Spacingd
 
 from aiaa_server.inference.fast_discrete import FastAsDiscreted
 from aiaa_server.inference.fast_intensity import FastScaleIntensityRangePercentilesd
@@ -27,7 +40,39 @@ _REPLACEMENTS: dict[type, Callable[[Any], Any]] = {
 }
 
 
+def _opens(transform: Any) -> bool:
+    return type(transform) is Compose and transform.lazy is False
+
+
 def with_fast_paths(transforms: list[Any]) -> list[Any]:
-    """`transforms` with every instance of a class above wrapped in its fast equivalent; others unchanged
-    (already wrapped ones too)."""
-    return [_REPLACEMENTS[type(t)](t) if type(t) in _REPLACEMENTS else t for t in transforms]
+    """`transforms` with every instance of a class above wrapped in its fast equivalent, looking inside plain
+    `Compose`s (see the module doc); others unchanged (already wrapped ones too)."""
+    return [transform if _zero_sensitive_after(transform, transforms[index + 1 :]) else _with_fast_paths(transform)
+            for index, transform in enumerate(transforms)]
+
+
+def _zero_sensitive_after(transform: Any, later: list[Any]) -> bool:
+    """Whether `transform` is a Spacingd whose output a later NormalizeIntensityd(nonzero=True) reads."""
+    if type(transform) is not Spacingd:
+        return False
+    keys = set(transform.keys)
+    return any(isinstance(t, NormalizeIntensityd) and t.normalizer.nonzero and keys & set(t.keys)
+               for t in opened(later))
+
+
+def _with_fast_paths(transform: Any) -> Any:
+    if type(transform) in _REPLACEMENTS:
+        return _REPLACEMENTS[type(transform)](transform)
+    if not _opens(transform):
+        return transform
+    inner = with_fast_paths(list(transform.transforms))
+    if all(new is old for new, old in zip(inner, transform.transforms)):
+        return transform  # nothing to replace: the configured instance itself
+    opened = copy.copy(transform)  # not Compose(...): its __init__ would reseed the random transforms inside
+    opened.transforms = tuple(inner)
+    return opened
+
+
+def opened(transforms: Iterable[Any]) -> list[Any]:
+    """The transforms in the order they run, with every plain `Compose` opened into its own (recursively)."""
+    return [item for t in transforms for item in (opened(t.transforms) if _opens(t) else [t])]

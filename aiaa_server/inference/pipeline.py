@@ -17,6 +17,7 @@ from aiaa_server.engines.base import Engine
 from aiaa_server.errors import AIAAError, IncompatibleInput, ModelError
 from aiaa_server.imaging.io import Volume
 from aiaa_server.inference.crop_growth import CropGrowth, Stages
+from aiaa_server.inference.fast_paths import opened
 from aiaa_server.inference.fast_spacing import FastSpacingd
 from aiaa_server.inference.heap import release_free_heap
 from aiaa_server.inference.tensors import plain_tensor, volume_to_tensor
@@ -97,8 +98,8 @@ class ModelPipeline:
     def converts_on_model_grid(self) -> bool:
         """Whether the pre-transforms only move voxels around (channel, orientation) before a `Spacingd`
         that resamples `input_key` into float32 on the model grid: then the input may stay in its integer
-        type until that resampling (see `input_tensor`)."""
-        for transform in self.pre_transforms:
+        type until that resampling (see `input_tensor`). A bundle's preprocessing `Compose` is looked into."""
+        for transform in opened(self.pre_transforms):
             if isinstance(transform, FastSpacingd):
                 return self.input_key in transform.wrapped.keys
             if type(transform) not in _VOXEL_MOVING_TRANSFORMS:

@@ -1,0 +1,153 @@
+"""A bundle's preprocessing and postprocessing `Compose` run the MMARs' fast paths: integer input kept until the
+model-grid Spacingd, separable Spacingd, channel argmax; `Invertd` still inverts through the configured MONAI
+transforms, exactly; the mask equals the all-MONAI path; bundles the fast paths do not fit run as configured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd, Spacingd
+
+from aiaa_demo.phantoms import make_abdomen_phantom
+from aiaa_server.bundles.loader import load_bundle
+from aiaa_server.engines.torchscript import TorchScriptPool
+from aiaa_server.errors import ModelError
+from aiaa_server.imaging.formats import ImageFormat
+from aiaa_server.imaging.io import Volume
+from aiaa_server.inference.fast_discrete import FastAsDiscreted
+from aiaa_server.inference.fast_paths import opened
+from aiaa_server.inference.fast_spacing import FastSpacingd
+from aiaa_server.inference.pipeline import ModelPipeline, apply_transforms
+from aiaa_server.inference.tensors import volume_to_tensor
+from tests.support.bundles import edit_config, write_bundle
+
+
+def _pipeline(folder: Path) -> ModelPipeline:
+    return load_bundle(folder, TorchScriptPool()).pipeline
+
+
+@pytest.fixture(scope="module")
+def spleen(tmp_path_factory: pytest.TempPathFactory) -> ModelPipeline:
+    folder = tmp_path_factory.mktemp("bundles") / "spleen"
+    return _pipeline(write_bundle(folder, "spleen_ct_segmentation", small=True, seed=3))
+
+
+def _phantom(lps: bool) -> Volume:
+    phantom = make_abdomen_phantom(np.random.default_rng(5), shape=(160, 150, 36), spacing=(0.8, 0.8, 2.5),
+                                   lps_orientation=lps)
+    voxels = np.clip(phantom.image, -1024, 3071).astype(np.int16)
+    return Volume(array=voxels, affine=phantom.affine, format=ImageFormat.NIFTI, name="phantom")
+
+
+def _unwrapped(transforms: list[Any]) -> list[Any]:
+    return [getattr(t, "wrapped", t) for t in opened(transforms)]
+
+
+def _all_monai(pipeline: ModelPipeline, volume: Volume) -> np.ndarray:
+    """The reference path: float32 input, the configured MONAI transforms one by one (as their Compose runs them)."""
+    data = apply_transforms(_unwrapped(pipeline.pre_transforms), {pipeline.input_key: volume_to_tensor(volume)},
+                            "pre-transform", ModelError)
+    data = apply_transforms(_unwrapped(pipeline.post_transforms), pipeline.infer(data), "post-transform", ModelError)
+    image = pipeline.writer(data).image
+    assert image is not None
+    return image
+
+
+def _served(pipeline: ModelPipeline, volume: Volume) -> np.ndarray:
+    output = pipeline.run({pipeline.input_key: pipeline.input_tensor(volume)})
+    assert output.image is not None
+    return output.image
+
+
+def _invertd(pipeline: ModelPipeline) -> Invertd:
+    (invert,) = [t for t in opened(pipeline.post_transforms) if isinstance(t, Invertd)]
+    return invert
+
+
+def test_the_spleen_bundle_takes_the_fast_paths(spleen: ModelPipeline) -> None:
+    pre, post = opened(spleen.pre_transforms), opened(spleen.post_transforms)
+    assert [type(t).__name__ for t in pre] == ["LoadImaged", "EnsureChannelFirstd", "Orientationd", "FastSpacingd",
+                                               "ScaleIntensityRanged", "EnsureTyped"]
+    assert any(isinstance(t, FastAsDiscreted) for t in post)
+    assert spleen.converts_on_model_grid
+    assert spleen.input_tensor(_phantom(lps=False)).dtype == torch.int16  # no full-size float32 copy
+    # Invertd keeps the configured preprocessing: MONAI's own Spacingd, the very instance the wrapper runs
+    configured = _invertd(spleen).transform
+    assert isinstance(configured, Compose) and configured is not spleen.pre_transforms[0]
+    spacing = next(t for t in pre if isinstance(t, FastSpacingd))
+    assert any(t is spacing.wrapped for t in configured.transforms)
+    assert not any(isinstance(t, FastSpacingd) for t in configured.transforms)
+
+
+@pytest.mark.parametrize("lps", [False, True])
+def test_the_fast_mask_equals_the_all_monai_mask(spleen: ModelPipeline, lps: bool) -> None:
+    volume = _phantom(lps)
+    reference = _all_monai(spleen, volume)
+    served = _served(spleen, volume)
+    assert served.shape == reference.shape == volume.array.shape
+    assert 0 < reference.mean() < 1  # random weights, but both classes present: the comparison means something
+    assert float((served == reference).mean()) >= 0.9999
+
+
+def test_invertd_inverts_the_fast_spacing_exactly_as_monais(spleen: ModelPipeline) -> None:
+    """The same network output inverted after the fast preprocessing and after MONAI's: identical arrays (the
+    fast Spacingd records the operation MONAI records)."""
+    volume = _phantom(lps=True)
+    fast = apply_transforms(spleen.pre_transforms, {"image": spleen.input_tensor(volume)}, "pre", ModelError)
+    monai = apply_transforms(_unwrapped(spleen.pre_transforms), {"image": volume_to_tensor(volume)}, "pre",
+                             ModelError)
+    assert fast["image"].shape == monai["image"].shape
+    np.testing.assert_allclose(fast["image"].numpy(), monai["image"].numpy(), atol=1e-4)
+    assert [op["class"] for op in fast["image"].applied_operations] == \
+        [op["class"] for op in monai["image"].applied_operations]
+    pred = torch.softmax(torch.randn(2, *fast["image"].shape[1:], generator=torch.Generator().manual_seed(0)), 0)
+    invert = _invertd(spleen)  # pred as Activationsd leaves it: a MetaTensor without operations of its own
+    inverted = [invert({**data, "pred": MetaTensor(pred.clone())})["pred"] for data in (fast, monai)]
+    assert tuple(inverted[0].shape[1:]) == volume.array.shape
+    np.testing.assert_array_equal(inverted[0].numpy(), inverted[1].numpy())
+    np.testing.assert_array_equal(inverted[0].affine.numpy(), inverted[1].affine.numpy())
+
+
+def test_argmax_before_a_nearest_invertd(tmp_path: Path) -> None:
+    """wholeBody: its Spacingd stays MONAI's (a NormalizeIntensityd(nonzero=True) follows: see fast_paths), its
+    argmax (then a nearest-neighbour Invertd) is the fast one; EnsureTyped before the channel move keeps the
+    input float32. Exactly the all-MONAI mask."""
+    pipeline = _pipeline(write_bundle(tmp_path / "wb", "wholeBody_ct_segmentation", small=True, seed=3))
+    assert any(type(t) is Spacingd for t in opened(pipeline.pre_transforms))
+    assert any(isinstance(t, FastAsDiscreted) for t in opened(pipeline.post_transforms))
+    assert not pipeline.converts_on_model_grid
+    volume = _phantom(lps=True)
+    reference = _all_monai(pipeline, volume)
+    assert len(np.unique(reference)) > 1
+    np.testing.assert_array_equal(_served(pipeline, volume), reference)
+
+
+def test_transforms_without_a_fast_path_run_as_configured(tmp_path: Path) -> None:
+    """A nearest Spacingd and an argmax with MONAI options (the wrappers fall back to MONAI), and a lazy Compose
+    (never opened: its transforms stay as configured), give exactly MONAI's mask."""
+    folder = write_bundle(tmp_path / "other", "spleen_ct_segmentation", small=True, seed=3)
+
+    def edit(config: dict[str, Any]) -> dict[str, Any]:
+        config["preprocessing"]["transforms"][3]["mode"] = "nearest"
+        config["postprocessing"]["transforms"][2]["keepdim"] = True
+        return config
+
+    edit_config(folder, edit)
+    pipeline = _pipeline(folder)
+    volume = _phantom(lps=True)
+    reference = _all_monai(pipeline, volume)
+    assert 0 < reference.mean() < 1
+    np.testing.assert_array_equal(_served(pipeline, volume), reference)
+
+    edit_config(folder, lambda c: {**c, "preprocessing": {**c["preprocessing"], "lazy": True}})
+    lazy = _pipeline(folder)
+    assert type(lazy.pre_transforms[0]) is Compose
+    assert [type(t) for t in lazy.pre_transforms[0].transforms][3] is Spacingd  # not opened: as configured
+    assert not lazy.converts_on_model_grid
+    assert isinstance(lazy.input_tensor(volume), MetaTensor)
+    np.testing.assert_array_equal(_served(lazy, volume), _all_monai(lazy, volume))
