@@ -35,14 +35,14 @@ from segmentation_overhead import bench_model, make_phantom
 from aiaa_server.bundles.serving import BundleInference
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume, encode_volume
-from aiaa_server.inference.fast_paths import opened
+from aiaa_server.inference.fast_paths import configured_transforms, opened
 from aiaa_server.inference.pipeline import ModelPipeline
 from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.mmar.registry import ModelRegistry
 
 
 def _unwrapped(transforms: list) -> list:
-    return [getattr(t, "wrapped", t) for t in transforms]
+    return configured_transforms(transforms)
 
 
 def timed_steps(pipeline: ModelPipeline, volume: Volume, reference: bool) -> tuple[dict[str, float], torch.Tensor]:

@@ -37,7 +37,7 @@ def channel_argmax(values: torch.Tensor) -> torch.Tensor:
     return labels[None]
 
 
-def _plain_argmax(converter: Any, argmax: bool, to_onehot: Any, threshold: Any, rounding: Any) -> bool:
+def plain_argmax(converter: Any, argmax: bool, to_onehot: Any, threshold: Any, rounding: Any) -> bool:
     """Whether this key's settings are a bare channel argmax (MONAI's defaults: dim 0, keepdim, float)."""
     return bool(argmax) and to_onehot is None and threshold is None and rounding is None and not converter.kwargs
 
@@ -62,7 +62,7 @@ class FastAsDiscreted:
                                                                            w.rounding):
             value = d[key]
             tensor = value.as_subclass(torch.Tensor) if isinstance(value, torch.Tensor) else None
-            plain = _plain_argmax(w.converter, argmax, to_onehot, threshold, rounding)
+            plain = plain_argmax(w.converter, argmax, to_onehot, threshold, rounding)
             if (not plain or tensor is None or tensor.ndim < 2 or not tensor.dtype.is_floating_point
                     or bool(torch.isnan(tensor).any())):
                 d[key] = w.converter(value, argmax, to_onehot, threshold, rounding)

@@ -6,7 +6,9 @@ classes are replaced (not subclasses, which may change the behaviour):
 
 * `Spacingd` → `fast_spacing.FastSpacingd` (separable float32 resampling, integer input read directly);
 * `AsDiscreted` → `fast_discrete.FastAsDiscreted` (a channel argmax without `torch.argmax`);
-* `ScaleIntensityRangePercentilesd` → `fast_intensity.FastScaleIntensityRangePercentilesd` (one partial sort).
+* `ScaleIntensityRangePercentilesd` → `fast_intensity.FastScaleIntensityRangePercentilesd` (one partial sort);
+* an `Invertd` directly followed by an argmax `AsDiscreted` of the same key → `fast_invert.FastInvertArgmaxd`
+  (the inverse resampling and the argmax fused, slab by slab: bounded memory, uint8 labels).
 
 One exception: a `Spacingd` followed (in the same sequence) by a `NormalizeIntensityd(nonzero=True)` reading one of
 its keys stays MONAI's. That normalisation singles out voxels that are exactly 0, and where neighbours of mixed sign
@@ -27,10 +29,18 @@ import copy
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from monai.transforms import AsDiscreted, Compose, NormalizeIntensityd, ScaleIntensityRangePercentilesd, Spacingd
+from monai.transforms import (
+    AsDiscreted,
+    Compose,
+    Invertd,
+    NormalizeIntensityd,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
 
 from aiaa_server.inference.fast_discrete import FastAsDiscreted
 from aiaa_server.inference.fast_intensity import FastScaleIntensityRangePercentilesd
+from aiaa_server.inference.fast_invert import FastInvertArgmaxd
 from aiaa_server.inference.fast_spacing import FastSpacingd
 
 _REPLACEMENTS: dict[type, Callable[[Any], Any]] = {
@@ -47,8 +57,21 @@ def _opens(transform: Any) -> bool:
 def with_fast_paths(transforms: list[Any]) -> list[Any]:
     """`transforms` with every instance of a class above wrapped in its fast equivalent, looking inside plain
     `Compose`s (see the module doc); others unchanged (already wrapped ones too)."""
-    return [transform if _zero_sensitive_after(transform, transforms[index + 1 :]) else _with_fast_paths(transform)
-            for index, transform in enumerate(transforms)]
+    out: list[Any] = []
+    for index, transform in enumerate(transforms):
+        if out and _invert_then_argmax(out[-1], transform):
+            out[-1] = FastInvertArgmaxd(out[-1], _with_fast_paths(transform))
+        elif _zero_sensitive_after(transform, transforms[index + 1 :]):
+            out.append(transform)
+        else:
+            out.append(_with_fast_paths(transform))
+    return out
+
+
+def _invert_then_argmax(previous: Any, transform: Any) -> bool:
+    """An `Invertd` directly followed by an `AsDiscreted` of its keys (fused when the argmax is plain)."""
+    return (type(previous) is Invertd and type(transform) is AsDiscreted
+            and tuple(transform.keys) == tuple(previous.keys) and any(transform.argmax))
 
 
 def _zero_sensitive_after(transform: Any, later: list[Any]) -> bool:
@@ -76,3 +99,15 @@ def _with_fast_paths(transform: Any) -> Any:
 def opened(transforms: Iterable[Any]) -> list[Any]:
     """The transforms in the order they run, with every plain `Compose` opened into its own (recursively)."""
     return [item for t in transforms for item in (opened(t.transforms) if _opens(t) else [t])]
+
+
+def configured_transforms(transforms: Iterable[Any]) -> list[Any]:
+    """The configured MONAI transforms behind `transforms`, in the order they run (plain `Compose`s opened, each
+    wrapper replaced by what it wraps, a fused pair by both): the all-MONAI reference path."""
+    out: list[Any] = []
+    for transform in opened(transforms):
+        if isinstance(transform, FastInvertArgmaxd):
+            out += [transform.wrapped, getattr(transform.discrete, "wrapped", transform.discrete)]
+        else:
+            out.append(getattr(transform, "wrapped", transform))
+    return out

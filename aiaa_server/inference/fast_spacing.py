@@ -15,6 +15,7 @@ operations) runs the wrapped transform unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -46,12 +47,12 @@ def _fast_plan(value: Any) -> tuple[np.ndarray, tuple[int, ...], str] | None:
     return matrix, shape, padding
 
 
-def _sample_in_slabs(source: torch.Tensor, matrix: np.ndarray, shape: tuple[int, ...], padding: str,
-                     slab_voxels: int | None = None) -> torch.Tensor:
-    """`sample_grid` one slab of the output at a time, into a preallocated float32 output: each slab reads
-    only the source voxels it reaches, so the temporaries are slab-sized, not volume-sized. Slabs cut the
-    output axis fed by the source's outermost axis in memory, and the source is viewed in its memory order
-    (C or Fortran alike), so each slab reads whole contiguous runs and interpolates along outer axes.
+def sampled_slabs(source: torch.Tensor, matrix: np.ndarray, shape: tuple[int, ...], padding: str,
+                  slab_voxels: int | None = None) -> Iterator[tuple[int, int, int, torch.Tensor]]:
+    """`sample_grid` one slab of the output at a time: each slab reads only the source voxels it reaches, so the
+    temporaries are slab-sized, not volume-sized. Slabs cut the output axis fed by the source's outermost axis in
+    memory, and the source is viewed in its memory order (C or Fortran alike), so each slab reads whole
+    contiguous runs and interpolates along outer axes.
 
     Args:
         source: (C, *S) tensor, any dtype and memory order.
@@ -59,6 +60,9 @@ def _sample_in_slabs(source: torch.Tensor, matrix: np.ndarray, shape: tuple[int,
         shape: the n output spatial sizes.
         padding: "border" or "zeros".
         slab_voxels: output voxels per slab (at least one plane); default `SLAB_VOXELS`.
+
+    Yields:
+        (output spatial axis, start, stop, (C, *slab shape) float32 values) for consecutive slabs.
     """
     n = len(shape)
     order = sorted(range(n), key=lambda a: -abs(source.stride(1 + a)))  # source axes, outermost in memory first
@@ -67,7 +71,6 @@ def _sample_in_slabs(source: torch.Tensor, matrix: np.ndarray, shape: tuple[int,
     permutation = axis_permutation(matrix[:-1, :-1])
     assert permutation is not None
     axis = permutation[0]
-    out = torch.empty((source.shape[0], *shape), dtype=torch.float32)
     plane = max(int(np.prod(shape)) // max(shape[axis], 1), 1)
     step = max(1, (slab_voxels or SLAB_VOXELS) // plane)
     for start in range(0, shape[axis], step):
@@ -75,7 +78,15 @@ def _sample_in_slabs(source: torch.Tensor, matrix: np.ndarray, shape: tuple[int,
         shifted = matrix.copy()
         shifted[:-1, -1] += matrix[:-1, axis] * start  # slab index g → output index g + start on `axis`
         slab_shape = tuple(stop - start if a == axis else size for a, size in enumerate(shape))
-        out.narrow(1 + axis, start, stop - start).copy_(sample_grid(source, shifted, slab_shape, padding))
+        yield axis, start, stop, sample_grid(source, shifted, slab_shape, padding)
+
+
+def _sample_in_slabs(source: torch.Tensor, matrix: np.ndarray, shape: tuple[int, ...], padding: str,
+                     slab_voxels: int | None = None) -> torch.Tensor:
+    """`sampled_slabs` gathered into a preallocated (C, *shape) float32 output."""
+    out = torch.empty((source.shape[0], *shape), dtype=torch.float32)
+    for axis, start, stop, values in sampled_slabs(source, matrix, shape, padding, slab_voxels):
+        out.narrow(1 + axis, start, stop - start).copy_(values)
     return out
 
 

@@ -4,6 +4,7 @@ transforms, exactly; the mask equals the all-MONAI path; bundles the fast paths 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from aiaa_server.errors import ModelError
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume
 from aiaa_server.inference.fast_discrete import FastAsDiscreted
-from aiaa_server.inference.fast_paths import opened
+from aiaa_server.inference.fast_invert import FastInvertArgmaxd
+from aiaa_server.inference.fast_paths import configured_transforms, opened
 from aiaa_server.inference.fast_spacing import FastSpacingd
 from aiaa_server.inference.pipeline import ModelPipeline, apply_transforms
 from aiaa_server.inference.tensors import volume_to_tensor
@@ -45,7 +47,7 @@ def _phantom(lps: bool) -> Volume:
 
 
 def _unwrapped(transforms: list[Any]) -> list[Any]:
-    return [getattr(t, "wrapped", t) for t in opened(transforms)]
+    return configured_transforms(transforms)
 
 
 def _all_monai(pipeline: ModelPipeline, volume: Volume) -> np.ndarray:
@@ -65,7 +67,7 @@ def _served(pipeline: ModelPipeline, volume: Volume) -> np.ndarray:
 
 
 def _invertd(pipeline: ModelPipeline) -> Invertd:
-    (invert,) = [t for t in opened(pipeline.post_transforms) if isinstance(t, Invertd)]
+    (invert,) = [t for t in configured_transforms(pipeline.post_transforms) if isinstance(t, Invertd)]
     return invert
 
 
@@ -73,7 +75,9 @@ def test_the_spleen_bundle_takes_the_fast_paths(spleen: ModelPipeline) -> None:
     pre, post = opened(spleen.pre_transforms), opened(spleen.post_transforms)
     assert [type(t).__name__ for t in pre] == ["LoadImaged", "EnsureChannelFirstd", "Orientationd", "FastSpacingd",
                                                "ScaleIntensityRanged", "EnsureTyped"]
-    assert any(isinstance(t, FastAsDiscreted) for t in post)
+    assert [type(t).__name__ for t in post] == ["Activationsd", "FastInvertArgmaxd", "ResultOnInputGrid"]
+    fused = post[1]
+    assert isinstance(fused.wrapped, Invertd) and isinstance(fused.discrete, FastAsDiscreted)
     assert spleen.converts_on_model_grid
     assert spleen.input_tensor(_phantom(lps=False)).dtype == torch.int16  # no full-size float32 copy
     # Invertd keeps the configured preprocessing: MONAI's own Spacingd, the very instance the wrapper runs
@@ -151,3 +155,34 @@ def test_transforms_without_a_fast_path_run_as_configured(tmp_path: Path) -> Non
     assert not lazy.converts_on_model_grid
     assert isinstance(lazy.input_tensor(volume), MetaTensor)
     np.testing.assert_array_equal(_served(lazy, volume), _all_monai(lazy, volume))
+
+
+@pytest.mark.parametrize("lps", [False, True])
+def test_the_fused_inverse_and_argmax_equal_monais_invertd_then_argmax(spleen: ModelPipeline, lps: bool) -> None:
+    """Close class probabilities (the hardest case for an argmax), inverted by MONAI then argmaxed, vs the fused
+    slab-by-slab path: the same labels (but for near-ties), the same grid, uint8 in NIfTI order."""
+    volume = _phantom(lps)
+    data = apply_transforms(spleen.pre_transforms, {"image": spleen.input_tensor(volume)}, "pre", ModelError)
+    noise = torch.randn(2, *data["image"].shape[1:], generator=torch.Generator().manual_seed(1))
+    pred = torch.softmax(noise * 0.5, 0)
+    fused = next(t for t in opened(spleen.post_transforms) if isinstance(t, FastInvertArgmaxd))
+    ours = fused({**data, "pred": MetaTensor(pred.clone())})["pred"]
+    theirs = fused.discrete.wrapped(fused.wrapped({**data, "pred": MetaTensor(pred.clone())}))["pred"]
+    assert tuple(ours.shape) == tuple(theirs.shape) == (1, *volume.array.shape)
+    assert ours.dtype == torch.uint8 and ours.numpy()[0].flags.f_contiguous
+    np.testing.assert_allclose(ours.affine.numpy(), theirs.affine.numpy(), atol=1e-6)
+    agreement = float((ours.numpy() == theirs.numpy()).mean())
+    assert agreement >= 0.999
+    assert 0.2 < float(ours.float().mean()) < 0.8  # both labels present
+
+
+def test_the_fused_pair_falls_back_where_its_plan_does_not_hold(spleen: ModelPipeline) -> None:
+    """A nearest-neighbour Invertd is MONAI's pair unchanged (float32 labels)."""
+    volume = _phantom(lps=False)
+    data = apply_transforms(spleen.pre_transforms, {"image": spleen.input_tensor(volume)}, "pre", ModelError)
+    fused = next(t for t in opened(spleen.post_transforms) if isinstance(t, FastInvertArgmaxd))
+    nearest = copy.copy(fused.wrapped)
+    nearest.nearest_interp = (True,)
+    pred = MetaTensor(torch.softmax(torch.randn(2, *data["image"].shape[1:]), 0))
+    out = FastInvertArgmaxd(nearest, fused.discrete)({**data, "pred": pred})["pred"]
+    assert out.dtype == torch.float32 and tuple(out.shape) == (1, *volume.array.shape)

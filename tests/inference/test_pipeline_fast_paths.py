@@ -18,6 +18,7 @@ from aiaa_server.errors import ModelError
 from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume
 from aiaa_server.inference.fast_discrete import FastAsDiscreted
+from aiaa_server.inference.fast_paths import configured_transforms
 from aiaa_server.inference.fast_spacing import FastSpacingd
 from aiaa_server.inference.pipeline import ModelPipeline, apply_transforms
 from aiaa_server.inference.tensors import volume_to_tensor
@@ -43,12 +44,9 @@ def _phantom(lps: bool) -> Volume:
 
 def _all_monai(pipeline: ModelPipeline, volume: Volume) -> np.ndarray:
     """Today's reference path: float32 input, MONAI's Spacingd and AsDiscreted, the rest as configured."""
-    def unwrapped(transforms: list) -> list:
-        return [getattr(t, "wrapped", t) for t in transforms]
-
-    data = apply_transforms(unwrapped(pipeline.pre_transforms), {pipeline.input_key: volume_to_tensor(volume)},
+    data = apply_transforms(configured_transforms(pipeline.pre_transforms), {pipeline.input_key: volume_to_tensor(volume)},
                             "pre-transform", ModelError)
-    data = apply_transforms(unwrapped(pipeline.post_transforms), pipeline.infer(data), "post-transform", ModelError)
+    data = apply_transforms(configured_transforms(pipeline.post_transforms), pipeline.infer(data), "post-transform", ModelError)
     image = pipeline.writer(data).image
     assert image is not None
     return image
