@@ -14,11 +14,9 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, Invertd, Spacingd
 
-from aiaa_demo.phantoms import make_abdomen_phantom
 from aiaa_server.bundles.loader import load_bundle
 from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.errors import ModelError
-from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume
 from aiaa_server.inference.fast_discrete import FastAsDiscreted
 from aiaa_server.inference.fast_invert import FastInvertArgmaxd
@@ -27,6 +25,7 @@ from aiaa_server.inference.fast_spacing import FastSpacingd
 from aiaa_server.inference.pipeline import ModelPipeline, apply_transforms
 from aiaa_server.inference.tensors import volume_to_tensor
 from tests.support.bundles import edit_config, write_bundle
+from tests.support.reference import all_monai_mask, int16_phantom
 
 
 def _pipeline(folder: Path) -> ModelPipeline:
@@ -40,24 +39,11 @@ def spleen(tmp_path_factory: pytest.TempPathFactory) -> ModelPipeline:
 
 
 def _phantom(lps: bool) -> Volume:
-    phantom = make_abdomen_phantom(np.random.default_rng(5), shape=(160, 150, 36), spacing=(0.8, 0.8, 2.5),
-                                   lps_orientation=lps)
-    voxels = np.clip(phantom.image, -1024, 3071).astype(np.int16)
-    return Volume(array=voxels, affine=phantom.affine, format=ImageFormat.NIFTI, name="phantom")
-
-
-def _unwrapped(transforms: list[Any]) -> list[Any]:
-    return configured_transforms(transforms)
+    return int16_phantom((160, 150, 36), lps)
 
 
 def _all_monai(pipeline: ModelPipeline, volume: Volume) -> np.ndarray:
-    """The reference path: float32 input, the configured MONAI transforms one by one (as their Compose runs them)."""
-    data = apply_transforms(_unwrapped(pipeline.pre_transforms), {pipeline.input_key: volume_to_tensor(volume)},
-                            "pre-transform", ModelError)
-    data = apply_transforms(_unwrapped(pipeline.post_transforms), pipeline.infer(data), "post-transform", ModelError)
-    image = pipeline.writer(data).image
-    assert image is not None
-    return image
+    return all_monai_mask(pipeline, volume)
 
 
 def _served(pipeline: ModelPipeline, volume: Volume) -> np.ndarray:
@@ -103,7 +89,7 @@ def test_invertd_inverts_the_fast_spacing_exactly_as_monais(spleen: ModelPipelin
     fast Spacingd records the operation MONAI records)."""
     volume = _phantom(lps=True)
     fast = apply_transforms(spleen.pre_transforms, {"image": spleen.input_tensor(volume)}, "pre", ModelError)
-    monai = apply_transforms(_unwrapped(spleen.pre_transforms), {"image": volume_to_tensor(volume)}, "pre",
+    monai = apply_transforms(configured_transforms(spleen.pre_transforms), {"image": volume_to_tensor(volume)}, "pre",
                              ModelError)
     assert fast["image"].shape == monai["image"].shape
     np.testing.assert_allclose(fast["image"].numpy(), monai["image"].numpy(), atol=1e-4)

@@ -12,18 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from aiaa_demo.phantoms import make_abdomen_phantom
 from aiaa_server.engines.torchscript import TorchScriptPool
 from aiaa_server.errors import ModelError
-from aiaa_server.imaging.formats import ImageFormat
 from aiaa_server.imaging.io import Volume
 from aiaa_server.inference.fast_discrete import FastAsDiscreted
-from aiaa_server.inference.fast_paths import configured_transforms
 from aiaa_server.inference.fast_spacing import FastSpacingd
 from aiaa_server.inference.pipeline import ModelPipeline, apply_transforms
-from aiaa_server.inference.tensors import volume_to_tensor
 from aiaa_server.inference.transforms import restore_to_grid
 from aiaa_server.mmar.registry import ModelRegistry
+from tests.support.reference import all_monai_mask, int16_phantom
 
 SPLEEN = Path(__file__).resolve().parents[2] / "models" / "demo_spleen_ct_segmentation"
 
@@ -36,20 +33,11 @@ def spleen() -> ModelPipeline:
 
 
 def _phantom(lps: bool) -> Volume:
-    phantom = make_abdomen_phantom(np.random.default_rng(5), shape=(192, 192, 40), spacing=(0.8, 0.8, 2.5),
-                                   lps_orientation=lps)
-    voxels = np.clip(phantom.image, -1024, 3071).astype(np.int16)
-    return Volume(array=voxels, affine=phantom.affine, format=ImageFormat.NIFTI, name="phantom")
+    return int16_phantom((192, 192, 40), lps)
 
 
 def _all_monai(pipeline: ModelPipeline, volume: Volume) -> np.ndarray:
-    """Today's reference path: float32 input, MONAI's Spacingd and AsDiscreted, the rest as configured."""
-    data = apply_transforms(configured_transforms(pipeline.pre_transforms), {pipeline.input_key: volume_to_tensor(volume)},
-                            "pre-transform", ModelError)
-    data = apply_transforms(configured_transforms(pipeline.post_transforms), pipeline.infer(data), "post-transform", ModelError)
-    image = pipeline.writer(data).image
-    assert image is not None
-    return image
+    return all_monai_mask(pipeline, volume)
 
 
 def test_demo_spleen_takes_the_fast_paths(spleen: ModelPipeline) -> None:
