@@ -4,7 +4,7 @@ Phases, all in one run and against the same server:
   1. idle clicks: one clicker alone → the idle click p50/p95;
   2. one segmenting client alone → single-client segmentation throughput;
   3. load: 4 segmenters (each --segs segmentations) + 4 clickers clicking until the segmenters finish,
-     while a prober GETs /v1/models every 50 ms.
+     while a prober (a process of its own) GETs /v1/models every 50 ms.
 Prints click p95 under load vs idle, total throughput vs one client, and the /v1/models p99 (target < 50 ms).
 
     python bench/concurrency.py [--shape 512 512 120] [--segs 2] [--idle-clicks 12] [--workers 2] [--think 1]
@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -84,14 +86,35 @@ def _segmenter(base: str, path: Path, count: int, record: Record) -> None:
                 record.add("segs", float("nan"), exc.response.status_code)
 
 
-def _prober(base: str, stop: threading.Event, record: Record) -> None:
+def _probe_loop(base: str, stop: Any, results: Any) -> None:
+    """GET /v1/models every 50 ms until `stop` is set; (seconds, status) pairs put on `results`. Runs in a process
+    of its own, so that the bench's other client threads (uploads hold this process's GIL) do not add to it."""
     with httpx.Client(base_url=base, timeout=60) as client:
         client.get("/v1/models")
         while not stop.is_set():
             started = time.perf_counter()
             status = client.get("/v1/models").status_code
-            record.add("probes", time.perf_counter() - started, status)
+            results.put((time.perf_counter() - started, status))
             time.sleep(0.05)
+    results.put(None)
+
+
+class Prober:
+    """`_probe_loop` in a separate process, its results gathered into a `Record` at `stop`."""
+
+    def __init__(self, base: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.stop_event, self.results = context.Event(), context.Queue()
+        self.process = context.Process(target=_probe_loop, args=(base, self.stop_event, self.results), daemon=True)
+
+    def start(self) -> None:
+        self.process.start()
+
+    def stop(self, record: Record) -> None:
+        self.stop_event.set()
+        while (item := self.results.get(timeout=120)) is not None:
+            record.add("probes", *item)
+        self.process.join(timeout=60)
 
 
 def click_job_totals(client: httpx.Client) -> dict[str, float]:
@@ -152,18 +175,20 @@ def main() -> None:
             load, stop = Record(), threading.Event()
             clickers = [threading.Thread(target=_clicker, args=(base, s, points, args.think, stop, load))
                         for s in sessions]
-            prober = threading.Thread(target=_prober, args=(base, stop, load))
+            prober = Prober(base)
             segmenters = [threading.Thread(target=_segmenter, args=(base, path, args.segs, load))
                           for _ in range(args.clients)]
             started = time.perf_counter()
-            for thread in [prober, *clickers, *segmenters]:
+            prober.start()
+            for thread in [*clickers, *segmenters]:
                 thread.start()
             for thread in segmenters:
                 thread.join()
             elapsed = time.perf_counter() - started
             stop.set()
-            for thread in [prober, *clickers]:
+            for thread in clickers:
                 thread.join()
+            prober.stop(load)
             with server.client(timeout=60) as client:
                 totals.append(click_job_totals(client))
         finally:
