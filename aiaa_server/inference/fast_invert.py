@@ -62,7 +62,7 @@ def _plan(invert: Invertd, discrete: AsDiscreted, data: dict[str, Any]) -> tuple
     image, pred = data.get(orig_key), data.get(key)
     if not isinstance(image, MetaTensor) or not isinstance(pred, torch.Tensor) or pred.is_cuda or image.is_cuda:
         return None
-    if (image.pending_operations or ORIGINAL_AFFINE not in image.meta or pred.shape[1:] != image.shape[1:]
+    if (image.pending_operations or not {ORIGINAL_AFFINE, ORIGINAL_SHAPE} <= set(image.meta) or pred.shape[1:] != image.shape[1:]
             or not pred.dtype.is_floating_point or not 1 <= pred.shape[0] <= 256):
         return None
     padding = _inverse_padding(image.applied_operations)
