@@ -25,9 +25,9 @@ from monai.data import MetaTensor
 from monai.transforms import AsDiscreted, Invertd
 from monai.utils import TraceKeys
 
-from aiaa_server.imaging.sampling import PADDING_MODES, axis_permutation
+from aiaa_server.imaging.sampling import axis_permutation
 from aiaa_server.inference.fast_discrete import channel_argmax, plain_argmax
-from aiaa_server.inference.fast_spacing import sampled_slabs
+from aiaa_server.inference.fast_spacing import bilinear_padding, sampled_slabs
 from aiaa_server.inference.tensors import ORIGINAL_AFFINE, ORIGINAL_SHAPE
 
 _RESAMPLINGS = {"SpatialResample", "Spacing"}  # MONAI's trace names for a Spacingd's operation
@@ -42,11 +42,7 @@ def _inverse_padding(operations: list[dict[str, Any]]) -> str | None:
               if op.get(TraceKeys.CLASS_NAME) not in _RESAMPLINGS | _REORIENTATIONS]
     if others or len(resamplings) != 1:
         return None
-    settings = resamplings[0].get(TraceKeys.EXTRA_INFO) or {}
-    padding = str(settings.get("padding_mode"))
-    if str(settings.get("mode")) != "bilinear" or settings.get("align_corners") is not False:
-        return None
-    return padding if padding in PADDING_MODES else None
+    return bilinear_padding(resamplings[0].get(TraceKeys.EXTRA_INFO) or {})
 
 
 def _plan(invert: Invertd, discrete: AsDiscreted, data: dict[str, Any]) -> tuple[str, np.ndarray, tuple[int, ...],
@@ -62,13 +58,16 @@ def _plan(invert: Invertd, discrete: AsDiscreted, data: dict[str, Any]) -> tuple
     image, pred = data.get(orig_key), data.get(key)
     if not isinstance(image, MetaTensor) or not isinstance(pred, torch.Tensor) or pred.is_cuda or image.is_cuda:
         return None
-    if (image.pending_operations or not {ORIGINAL_AFFINE, ORIGINAL_SHAPE} <= set(image.meta) or pred.shape[1:] != image.shape[1:]
+    geometry_known = {ORIGINAL_AFFINE, ORIGINAL_SHAPE} <= set(image.meta)
+    if (image.pending_operations or not geometry_known or pred.shape[1:] != image.shape[1:]
             or not pred.dtype.is_floating_point or not 1 <= pred.shape[0] <= 256):
         return None
     padding = _inverse_padding(image.applied_operations)
+    if padding is None:
+        return None
     target_affine = np.asarray(image.meta[ORIGINAL_AFFINE], dtype=np.float64)
     matrix = np.linalg.solve(np.asarray(image.affine, dtype=np.float64), target_affine)
-    if padding is None or axis_permutation(matrix[:-1, :-1]) is None:
+    if axis_permutation(matrix[:-1, :-1]) is None:
         return None
     return key, matrix, tuple(int(s) for s in image.meta[ORIGINAL_SHAPE]), padding
 

@@ -30,18 +30,26 @@ from aiaa_server.imaging.sampling import PADDING_MODES, axis_permutation, sample
 SLAB_VOXELS = 2**21  # output voxels resampled at a time: float32 temporaries of ~10 MiB per axis pass
 
 
+def bilinear_padding(settings: dict[str, Any]) -> str | None:
+    """The padding mode of a traced MONAI resampling (its `extra_info`) that the separable path reproduces:
+    bilinear, `align_corners=False`, "border" or "zeros" padding; None for any other."""
+    padding = str(settings.get("padding_mode"))
+    if str(settings.get("mode")) != "bilinear" or settings.get("align_corners") is not False:
+        return None
+    return padding if padding in PADDING_MODES else None
+
+
 def _fast_plan(value: Any) -> tuple[np.ndarray, tuple[int, ...], str] | None:
     """(voxel → voxel matrix, output shape, padding mode) when `value`'s one pending resampling can take the
     separable path; None otherwise."""
     if not isinstance(value, MetaTensor) or len(value.pending_operations) != 1 or value.is_cuda:
         return None
     pending = value.pending_operations[0]
-    settings = pending.get(TraceKeys.EXTRA_INFO) or {}  # Spacing keeps its mode here, not in the lazy kwargs
-    if str(settings.get("mode")) != "bilinear" or settings.get("align_corners") is not False:
+    padding = bilinear_padding(pending.get(TraceKeys.EXTRA_INFO) or {})  # Spacing keeps its mode there
+    if padding is None:
         return None
-    padding = str(settings.get("padding_mode"))
     matrix = np.asarray(affine_from_pending(pending), dtype=np.float64)
-    if padding not in PADDING_MODES or matrix.shape[0] != value.ndim or axis_permutation(matrix[:-1, :-1]) is None:
+    if matrix.shape[0] != value.ndim or axis_permutation(matrix[:-1, :-1]) is None:
         return None
     shape = tuple(int(s) for s in value.peek_pending_shape())
     return matrix, shape, padding

@@ -168,7 +168,7 @@ class InferenceService:
             output = classify_slices(pipeline, volume, params.pipeline_data())
         else:  # a fresh dict per request: cached image data is never mutated
             if request.session_id is None and pipeline.converts_on_model_grid:
-                volume = volume.without_voxels()  # the model grid holds the image now: free the upload's voxels
+                volume = volume.without_voxels()  # the input tensor holds the voxels; the volume keeps the geometry
             data = {**params.pipeline_data(), **image_data}
             image_data = {}  # run_request empties `data` as the transforms replace the image: hold no other reference
             output = pipeline.run_request(data)
