@@ -70,7 +70,7 @@ def logs(
 
 
 @router.get("/health", summary="Liveness: the process answers")
-def health(system: SystemDep) -> dict[str, str]:
+async def health(system: SystemDep) -> dict[str, str]:
     return system.health()
 
 
