@@ -57,6 +57,7 @@ class ModelVersions:
         self.root = Path(root)
         self._lock = threading.Lock()
         self._figures: dict[str, tuple[tuple[int, int], tuple[int, float | None]]] = {}
+        self._pointers: dict[str, str] = {}  # name → its serving pointer's path, for the per-call stat
 
     def folder(self, name: str) -> Path:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -114,7 +115,10 @@ class ModelVersions:
         """(the version served, its validation Dice or None), read once per change of the serving pointer:
         `/v1/models` asks for every model on every call, so a call costs one `stat` per model, not two reads."""
         try:
-            status = (self.folder(name) / SERVING_FILE).stat()
+            pointer = self._pointers.get(name)
+            if pointer is None:
+                pointer = self._pointers[name] = str(self.folder(name) / SERVING_FILE)
+            status = os.stat(pointer)
         except OSError:
             return 0, None
         stamp = (status.st_mtime_ns, status.st_ino)  # an atomic rewrite is a new inode
