@@ -74,15 +74,3 @@ def test_two_dimensional_grids_and_integer_sources() -> None:
 def test_unknown_padding_mode_is_refused(source: torch.Tensor) -> None:
     with pytest.raises(ValueError, match="padding_mode"):
         sample_grid(source, np.eye(4), (2, 2, 2), padding_mode="reflection")
-
-
-@pytest.mark.parametrize("padding_mode", ["border", "zeros"])
-def test_strided_views_sample_as_their_contiguous_copies(padding_mode: str) -> None:
-    # a click's crop reads a float32 view of the session's volume (indexing), a copy goes through index_select
-    volume = torch.from_numpy(np.random.default_rng(5).normal(size=(1, 60, 50, 40)).astype(np.float32))
-    view = volume[:, 5:55, 3:47, 2:38]
-    matrix = np.diag([2.5, 2.5, 0.8, 1.0])
-    matrix[:3, 3] = [1.25, -0.5, 3.0]
-    assert not view.is_contiguous()
-    assert torch.equal(sample_grid(view, matrix, (20, 18, 40), padding_mode),
-                       sample_grid(view.contiguous(), matrix, (20, 18, 40), padding_mode))
