@@ -6,7 +6,8 @@ classes are replaced (not subclasses, which may change the behaviour):
 
 * `Spacingd` → `fast_spacing.FastSpacingd` (separable float32 resampling, integer input read directly);
 * `AsDiscreted` → `fast_discrete.FastAsDiscreted` (a channel argmax without `torch.argmax`);
-* `ScaleIntensityRangePercentilesd` → `fast_intensity.FastScaleIntensityRangePercentilesd` (one partial sort);
+* `ScaleIntensityRangePercentilesd` → `fast_intensity.FastScaleIntensityRangePercentilesd` (the order statistics
+  selected from the image's tails);
 * an `Invertd` directly followed by an argmax `AsDiscreted` of the same key → `fast_invert.FastInvertArgmaxd`
   (the inverse resampling and the argmax fused, slab by slab: bounded memory, uint8 labels).
 
