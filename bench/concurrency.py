@@ -86,11 +86,12 @@ def _segmenter(base: str, path: Path, count: int, record: Record) -> None:
                 record.add("segs", float("nan"), exc.response.status_code)
 
 
-def _probe_loop(base: str, stop: Any, results: Any) -> None:
+def _probe_loop(base: str, stop: Any, results: Any, ready: Any) -> None:
     """GET /v1/models every 50 ms until `stop` is set; (seconds, status) pairs put on `results`. Runs in a process
     of its own, so that the bench's other client threads (uploads hold this process's GIL) do not add to it."""
     with httpx.Client(base_url=base, timeout=60) as client:
         client.get("/v1/models")
+        ready.set()
         while not stop.is_set():
             started = time.perf_counter()
             status = client.get("/v1/models").status_code
@@ -104,11 +105,15 @@ class Prober:
 
     def __init__(self, base: str) -> None:
         context = multiprocessing.get_context("spawn")
-        self.stop_event, self.results = context.Event(), context.Queue()
-        self.process = context.Process(target=_probe_loop, args=(base, self.stop_event, self.results), daemon=True)
+        self.stop_event, self.ready, self.results = context.Event(), context.Event(), context.Queue()
+        self.process = context.Process(target=_probe_loop, args=(base, self.stop_event, self.results, self.ready),
+                                       daemon=True)
 
     def start(self) -> None:
+        """Start the process and wait until it probes (its imports take seconds)."""
         self.process.start()
+        if not self.ready.wait(timeout=120):
+            raise RuntimeError("the /v1/models prober did not start")
 
     def stop(self, record: Record) -> None:
         self.stop_event.set()

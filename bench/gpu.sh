@@ -45,6 +45,7 @@ benches=(
     "click_latency|${dev[*]}|${dev[*]} --clicks 3"
     "large_structure_click|${dev[*]}|${dev[*]} --clicks 2"
     "concurrency|${dev[*]}|${dev[*]} --shape 320 320 24 --segs 1 --idle-clicks 2 --clients 2 --think 0.1"
+    "models_latency|${dev[*]}|${dev[*]} --shape 320 320 24 --phase-seconds 5 --tight 1"
     "training_latency|${dev[*]}|${dev[*]} --shape 320 320 24 --images 2 --clicks 2 --budget 15"
     "bundle_parity|${dev[*]}|${dev[*]} --bundles spleen_ct_segmentation"
     "hostile_inputs|${dev[*]}|${dev[*]}"
