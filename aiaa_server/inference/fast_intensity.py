@@ -52,7 +52,7 @@ def order_statistics(values: np.ndarray, ranks: list[int]) -> dict[int, Any]:
 
     Large arrays are not partitioned whole: the values below (above) a threshold estimated from a strided
     sample hold the lowest (highest) ranks, and only those are partitioned. Where the threshold proves too
-    tight, or the ranks lie in the middle, or a NaN is present, the whole array is partitioned instead.
+    tight, or a rank lies in the middle, the whole array is partitioned instead.
     """
     count = values.size
     if count < _TAIL_SELECTION_MIN or not ranks:
