@@ -65,7 +65,7 @@ def click(client: httpx.Client, session_id: str, point: list[int]) -> tuple[floa
     return time.perf_counter() - started, response.status_code
 
 
-def _clicker(
+def clicker(
     base: str, session_id: str, points: list[list[int]], think: float, stop: threading.Event, record: Record
 ) -> None:
     with httpx.Client(base_url=base, timeout=600) as client:
@@ -77,7 +77,7 @@ def _clicker(
             stop.wait(think)  # the annotator looks at the result before the next click
 
 
-def _segmenter(base: str, path: Path, count: int, record: Record) -> None:
+def segmenter(base: str, path: Path, count: int, record: Record) -> None:
     with httpx.Client(base_url=base, timeout=1200) as client:
         for _ in range(count):
             try:
@@ -178,10 +178,10 @@ def main() -> None:
                 single_rate = len(single) / (time.perf_counter() - single_started)
 
             load, stop = Record(), threading.Event()
-            clickers = [threading.Thread(target=_clicker, args=(base, s, points, args.think, stop, load))
+            clickers = [threading.Thread(target=clicker, args=(base, s, points, args.think, stop, load))
                         for s in sessions]
             prober = Prober(base)
-            segmenters = [threading.Thread(target=_segmenter, args=(base, path, args.segs, load))
+            segmenters = [threading.Thread(target=segmenter, args=(base, path, args.segs, load))
                           for _ in range(args.clients)]
             started = time.perf_counter()
             prober.start()

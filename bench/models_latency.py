@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import httpx
-from concurrency import Prober, Record, _clicker, _segmenter, click, click_points, new_session
+from concurrency import Prober, Record, click, click_points, clicker, new_session, segmenter
 from segmentation_overhead import make_phantom, percentile, segment_http, start, write_phantom
 
 
@@ -37,9 +37,9 @@ def phase(base: str, kind: str, sessions: list[str], points: list[list[int]], pa
     record, stop = Record(), threading.Event()
     threads: list[threading.Thread] = []
     if kind == "clicks":
-        threads = [threading.Thread(target=_clicker, args=(base, s, points, 1.0, stop, record)) for s in sessions]
+        threads = [threading.Thread(target=clicker, args=(base, s, points, 1.0, stop, record)) for s in sessions]
     elif kind == "segs":
-        threads = [threading.Thread(target=_segmenter, args=(base, path, 2, record)) for _ in sessions]
+        threads = [threading.Thread(target=segmenter, args=(base, path, 2, record)) for _ in sessions]
     prober = Prober(base)
     prober.start()
     for thread in threads:
